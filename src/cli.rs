@@ -1,0 +1,128 @@
+//! The command line (clap): one subcommand per job a user runs, each with `--help` that
+//! explains it.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// wrongbook keeps the MySQL wide table `dwd_wrong_record_wide_delta` exactly current from the
+/// error-notebook app's business events: parse and validate, route by event type, keep the
+/// latest state per wrong record, join the pattern → teaching-type chain as a maintained join,
+/// and write batched upserts and deletes. Built on timely and differential dataflow.
+#[derive(Debug, Parser)]
+#[command(name = "wrongbook", version, propagate_version = true)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    /// Log filter (tracing's env-filter syntax), e.g. `info` or `wrongbook=debug`.
+    #[arg(long, global = true, env = "WRONGBOOK_LOG", default_value = "info")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole pipeline on embedded parts (SQLite, generated events); needs nothing
+    /// installed.
+    ///
+    /// Generates events, dimension and routing rows, loads them into an SQLite file, replays
+    /// the events into the wide table, applies a dimension change that corrects rows already
+    /// written, and prints a summary and sample rows.
+    Demo {
+        /// Directory for the SQLite file, events and dead letters.
+        #[arg(long, default_value = "wrongbook-demo")]
+        dir: PathBuf,
+        /// Number of events to generate.
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
+        /// Worker threads.
+        #[arg(short = 'w', long, default_value_t = 2)]
+        workers: usize,
+        /// Generator seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Create the seed's tables where missing: tower_pattern, tower_teaching_type_pt,
+    /// tower_teaching_type, the routing table and the wide table. Idempotent.
+    InitDb {
+        /// Configuration file (TOML; every key can be overridden by WRONGBOOK_SECTION__KEY).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Create this wide table instead of `sink.table` (e.g. a scratch copy).
+        #[arg(long)]
+        table: Option<String>,
+    },
+    /// Re-process a JSONL dump (one message per line) into the wide table.
+    ///
+    /// Reads the routing table and the dimension snapshots from the database, runs the
+    /// dataflow on N workers, and leaves the wide table exactly equal to what the events
+    /// compute: rows of records that no longer exist are deleted, stale rows are overwritten.
+    /// Bad messages go to a dead-letter file with their reason and raw bytes. Prints outcomes
+    /// by type and reason, rows written and events/s; exits 0 when the replay completed.
+    Replay {
+        /// Configuration file (TOML; every key can be overridden by WRONGBOOK_SECTION__KEY).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// The JSONL dump to replay.
+        #[arg(long)]
+        input: PathBuf,
+        /// Worker threads (default: `workers` from the configuration).
+        #[arg(short = 'w', long)]
+        workers: Option<usize>,
+        /// Dead-letter file (JSONL alert records); default: beside the input, as
+        /// NAME.dead-letters.jsonl.
+        #[arg(long)]
+        dead_letters: Option<PathBuf>,
+        /// SQL to run against the dimension tables once the events are written; the changed
+        /// dimension rows then correct every affected wide row, as a periodic refresh would.
+        #[arg(long, value_name = "FILE.sql")]
+        dims_after: Option<PathBuf>,
+        /// Write this table instead of `sink.table` (create it with `init-db --table`).
+        #[arg(long)]
+        table: Option<String>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Generate synthetic events (JSONL) and, optionally, dimension and routing rows (SQL).
+    ///
+    /// Deterministic from --seed: skewed users and patterns, out-of-order arrival, fixes before
+    /// their add, several fixes per record, deletes and re-adds, duplicates, and a share of
+    /// bad messages of every class.
+    Gen {
+        /// Number of messages.
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Share of bad messages (0..1).
+        #[arg(long, default_value_t = 0.02)]
+        bad_share: f64,
+        /// Share of exact duplicates (0..1).
+        #[arg(long, default_value_t = 0.03)]
+        duplicate_share: f64,
+        /// Number of patterns in the dimension tables.
+        #[arg(long, default_value_t = 200)]
+        patterns: usize,
+        /// Events file; `-` for stdout.
+        #[arg(long, short, default_value = "-")]
+        out: PathBuf,
+        /// Write SQL loading the dimension tables and the routing table here.
+        #[arg(long, value_name = "FILE.sql")]
+        dims_out: Option<PathBuf>,
+        /// Write SQL for a later dimension change here (for `replay --dims-after`).
+        #[arg(long, value_name = "FILE.sql")]
+        dims_change_out: Option<PathBuf>,
+        /// The routing table's name in the SQL.
+        #[arg(long, default_value = "flink_routing_config")]
+        routing_table: String,
+    },
+}

@@ -1,0 +1,7 @@
+//! One module per `wrongbook` subcommand; `main.rs` only parses the command line and calls
+//! these.
+
+pub mod demo;
+pub mod gen;
+pub mod init_db;
+pub mod replay;

@@ -1,0 +1,292 @@
+//! `wrongbook replay --input FILE.jsonl`: bounded re-processing of a dump. Reads the routing
+//! table and the dimension snapshots from the database, runs the dataflow on N workers, leaves
+//! the wide table exactly equal to what the events compute (reconciling whatever it held), and
+//! prints a summary of outcomes by type and reason, rows written and events/s.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::dataflow::route::{Route, RouteTable};
+use crate::db::DbError;
+use crate::engine::{run_bounded, EngineError, LaterDims, Pipeline, RunSummary};
+use crate::sink::dead_letters::DeadLetterFile;
+use crate::sink::{SinkStats, SinkTarget};
+use crate::source::dims::DimSnapshot;
+use crate::source::file::{BoundedInput, SourceProgress};
+use crate::source::routing::read_routing_rows;
+use crate::spec::SpecError;
+
+/// Why a replay could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("{0}")]
+    Input(String),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// What to replay and how.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    pub input: PathBuf,
+    /// Workers; the configuration's `workers` when `None`.
+    pub workers: Option<usize>,
+    /// The dead-letter file; beside the input when `None`.
+    pub dead_letters: Option<PathBuf>,
+    /// SQL applied to the dimension tables after the events are written; the new snapshot's
+    /// difference then corrects the affected rows.
+    pub dims_after: Option<PathBuf>,
+    /// Write this table instead of `sink.table`.
+    pub table: Option<String>,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// The default dead-letter file of `input`: `events.jsonl` → `events.dead-letters.jsonl`.
+pub fn default_dead_letter_path(input: &Path) -> PathBuf {
+    let stem = input
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "input".into());
+    input.with_file_name(format!("{stem}.dead-letters.jsonl"))
+}
+
+/// Runs the replay and returns its summary.
+pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<RunSummary, ReplayError> {
+    let spec = Arc::new(config.load_spec()?);
+    let settings = config.database();
+    let table = opts
+        .table
+        .clone()
+        .unwrap_or_else(|| config.sink.table.clone());
+    if !crate::config::is_identifier(&table) {
+        return Err(ReplayError::Input(format!(
+            "--table `{table}` is not a plain SQL table name"
+        )));
+    }
+    if !opts.input.is_file() {
+        return Err(ReplayError::Input(format!(
+            "input {} is not a readable file",
+            opts.input.display()
+        )));
+    }
+    let mut db = settings.connect()?;
+    db.query(&format!("SELECT id FROM {table} LIMIT 0"))
+        .map_err(|e| {
+            ReplayError::Input(format!(
+                "{e}\n  hint: create the tables with `wrongbook init-db -c <config>`"
+            ))
+        })?;
+    let routes = RouteTable::build(read_routing_rows(&mut db, &config.routing.table)?, &spec);
+    log_routes(&routes);
+    let dims = DimSnapshot::read(&mut db, &spec.dimensions)?;
+    tracing::info!(
+        patterns = dims.patterns.len(),
+        teaching_type_pts = dims.teaching_type_pts.len(),
+        teaching_types = dims.teaching_types.len(),
+        "read dimension snapshots"
+    );
+    drop(db);
+
+    let dims_after: Option<LaterDims> = match &opts.dims_after {
+        None => None,
+        Some(path) => {
+            let sql = std::fs::read_to_string(path).map_err(|e| {
+                ReplayError::Input(format!("cannot read --dims-after {}: {e}", path.display()))
+            })?;
+            let settings = settings.clone();
+            let dims_spec = spec.dimensions.clone();
+            Some(Box::new(move || {
+                let mut db = settings.connect().map_err(|e| e.to_string())?;
+                db.execute_script(&sql).map_err(|e| e.to_string())?;
+                DimSnapshot::read(&mut db, &dims_spec).map_err(|e| e.to_string())
+            }))
+        }
+    };
+
+    let dead_letter_path = opts
+        .dead_letters
+        .clone()
+        .unwrap_or_else(|| default_dead_letter_path(&opts.input));
+    let dead_letters = DeadLetterFile::create(&dead_letter_path).map_err(|e| {
+        ReplayError::Input(format!(
+            "cannot create dead-letter file {}: {e}",
+            dead_letter_path.display()
+        ))
+    })?;
+    let source_progress = Arc::new(SourceProgress::default());
+    let sink_stats = Arc::new(SinkStats::default());
+    let pipeline = Pipeline {
+        spec,
+        routes: Arc::new(routes),
+        engine: config.engine.clone(),
+        workers: opts.workers.unwrap_or(config.workers),
+        input: BoundedInput::File(opts.input.clone()),
+        dims,
+        dims_after,
+        sink: SinkTarget::Database {
+            settings,
+            table,
+            batch_rows: config.sink.batch_rows,
+        },
+        reconcile: true,
+        dead_letters: Arc::new(dead_letters),
+        source_progress: source_progress.clone(),
+        sink_stats: sink_stats.clone(),
+    };
+    let progress = opts
+        .progress
+        .then(|| ProgressDisplay::start(source_progress, sink_stats));
+    let result = run_bounded(pipeline);
+    if let Some(progress) = progress {
+        progress.finish();
+    }
+    let summary = result?;
+    tracing::info!(file = %dead_letter_path.display(), "dead letters written");
+    Ok(summary)
+}
+
+fn log_routes(routes: &RouteTable) {
+    let mut types: Vec<&str> = routes.rows.iter().map(|r| r.event_type.as_str()).collect();
+    types.sort_unstable();
+    types.dedup();
+    for event_type in types {
+        match routes.route(event_type) {
+            Some(Route::Process(r)) => {
+                tracing::info!(event_type, processor = %r.processor, "route")
+            }
+            Some(Route::Disabled) => {
+                tracing::info!(event_type, "route disabled: events are skipped")
+            }
+            Some(Route::UnknownProcessor(p)) => tracing::warn!(
+                event_type,
+                processor = %p,
+                "route names an unknown processor: its events become dead letters"
+            ),
+            Some(Route::NoSchema) => tracing::warn!(
+                event_type,
+                "routed type has no schema in the dataflow spec: its events become dead letters"
+            ),
+            None => {}
+        }
+    }
+}
+
+/// A progress bar over the input's bytes, with events/s and rows written.
+pub struct ProgressDisplay {
+    bar: indicatif::ProgressBar,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl ProgressDisplay {
+    pub fn start(source: Arc<SourceProgress>, sink: Arc<SinkStats>) -> ProgressDisplay {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({eta}) {msg}",
+            )
+            .expect("a valid progress template"),
+        );
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (bar, stop) = (bar.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let started = std::time::Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    bar.set_length(source.total_bytes.load(Ordering::Relaxed));
+                    bar.set_position(source.bytes.load(Ordering::Relaxed));
+                    let messages = source.messages.load(Ordering::Relaxed);
+                    let rate = messages as f64 / started.elapsed().as_secs_f64().max(1e-3);
+                    bar.set_message(format!(
+                        "{messages} events, {rate:.0}/s, {} rows written",
+                        sink.rows_upserted.load(Ordering::Relaxed)
+                    ));
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            })
+        };
+        ProgressDisplay { bar, stop, thread }
+    }
+
+    pub fn finish(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+        self.bar.finish_and_clear();
+    }
+}
+
+/// The summary a user reads after a replay.
+pub fn format_summary(summary: &RunSummary) -> String {
+    let mut out = String::new();
+    let totals = summary.outcomes.totals();
+    let _ = writeln!(
+        out,
+        "replayed {} events in {:.2}s on {} worker(s): {:.0} events/s",
+        summary.messages,
+        summary.elapsed.as_secs_f64(),
+        summary.workers,
+        summary.events_per_second()
+    );
+    let _ = writeln!(
+        out,
+        "\n{:<24} {:>10} {:>10} {:>10} {:>12}",
+        "type", "accepted", "skipped", "dead", "total"
+    );
+    for (label, counts) in &summary.outcomes.by_type {
+        let _ = writeln!(
+            out,
+            "{:<24} {:>10} {:>10} {:>10} {:>12}",
+            label,
+            counts.accepted,
+            counts.skipped_domain + counts.skipped_disabled,
+            counts.dead_letter_total(),
+            counts.total()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{:<24} {:>10} {:>10} {:>10} {:>12}",
+        "all",
+        totals.accepted,
+        totals.skipped_domain + totals.skipped_disabled,
+        totals.dead_letter_total(),
+        totals.total()
+    );
+    let _ = writeln!(
+        out,
+        "\nskipped: {} other domain, {} disabled type",
+        totals.skipped_domain, totals.skipped_disabled
+    );
+    if !totals.dead_letters.is_empty() {
+        let _ = writeln!(out, "dead letters by reason:");
+        for (reason, n) in &totals.dead_letters {
+            let _ = writeln!(out, "  {reason:<22} {n:>10}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nwide table: {} rows upserted, {} deleted, {} stale rows removed, {} transactions, {} retries",
+        summary.rows_upserted,
+        summary.rows_deleted,
+        summary.rows_reconciled,
+        summary.transactions,
+        summary.retries
+    );
+    if summary.dim_rows_changed > 0 {
+        let _ = writeln!(
+            out,
+            "dimension change applied: {} dimension rows changed",
+            summary.dim_rows_changed
+        );
+    }
+    out
+}

@@ -1,0 +1,162 @@
+//! Ingest: one raw message through parse → domain check → route → schema → processor, ending
+//! in exactly one [`Outcome`], and the per-type tally of outcomes that summaries and metrics read.
+//!
+//! This runs on the worker thread that pulled the message, before the message enters the
+//! dataflow, because routing is as-of the moment an event is ingested (SPEC §3).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::dataflow::process::{process, KeyedOp};
+use crate::dataflow::route::{Route, RouteTable};
+use crate::event::{parse_envelope, validate_payload, Reason, Rejection};
+use crate::spec::Spec;
+
+/// Why a message was skipped (counted, neither processed nor dead-lettered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    /// The event's domain is not the job's.
+    Domain,
+    /// The event's type is routed, but no routing row for it is enabled.
+    Disabled,
+}
+
+/// The one outcome of a message.
+#[derive(Debug)]
+pub enum Outcome {
+    Accepted(KeyedOp),
+    Skipped(SkipReason),
+    DeadLetter(Rejection),
+}
+
+/// The label outcomes are counted under: the event type when the spec or routing knows it,
+/// else one of two fixed labels, so hostile input cannot grow the tally without bound.
+pub const UNPARSED: &str = "<unparsed>";
+pub const UNKNOWN_TYPE: &str = "<unknown>";
+
+/// Everything needed to ingest a message.
+#[derive(Clone)]
+pub struct Ingestor {
+    pub spec: Arc<Spec>,
+    pub routes: Arc<RouteTable>,
+    pub max_message_bytes: usize,
+}
+
+impl Ingestor {
+    /// Ingests `raw`: returns the label to count it under and its outcome.
+    pub fn ingest(&self, raw: &[u8]) -> (String, Outcome) {
+        let envelope = match parse_envelope(raw, self.max_message_bytes) {
+            Ok(envelope) => envelope,
+            Err(rejection) => return (UNPARSED.to_owned(), Outcome::DeadLetter(rejection)),
+        };
+        let label = if self.routes.knows(&envelope.event_type)
+            || self
+                .spec
+                .event_types
+                .contains_key(envelope.event_type.as_ref())
+        {
+            envelope.event_type.to_string()
+        } else {
+            UNKNOWN_TYPE.to_owned()
+        };
+        if envelope.domain != self.spec.domain {
+            return (label, Outcome::Skipped(SkipReason::Domain));
+        }
+        let outcome = match self.routes.route(&envelope.event_type) {
+            None => Outcome::DeadLetter(Rejection::new(
+                Reason::UnknownType,
+                format!(
+                    "no routing row for type `{}`",
+                    envelope.event_type.chars().take(100).collect::<String>()
+                ),
+            )),
+            Some(Route::Disabled) => Outcome::Skipped(SkipReason::Disabled),
+            Some(Route::UnknownProcessor(name)) => Outcome::DeadLetter(Rejection::new(
+                Reason::UnknownProcessor,
+                format!(
+                    "the route names processor `{name}`, which the dataflow spec does not define"
+                ),
+            )),
+            Some(Route::NoSchema) => Outcome::DeadLetter(Rejection::new(
+                Reason::NoSchema,
+                format!("the dataflow spec has no payload schema for `{label}`"),
+            )),
+            Some(Route::Process(route)) => match validate_payload(&route.schema, envelope.payload)
+                .and_then(|fields| process(route, &envelope, &fields, &self.spec))
+            {
+                Ok(op) => Outcome::Accepted(op),
+                Err(rejection) => Outcome::DeadLetter(rejection),
+            },
+        };
+        (label, outcome)
+    }
+}
+
+/// Outcome counts of one event type.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TypeCounts {
+    pub accepted: u64,
+    pub skipped_domain: u64,
+    pub skipped_disabled: u64,
+    pub dead_letters: BTreeMap<&'static str, u64>,
+}
+
+impl TypeCounts {
+    pub fn dead_letter_total(&self) -> u64 {
+        self.dead_letters.values().sum()
+    }
+
+    pub fn total(&self) -> u64 {
+        self.accepted + self.skipped_domain + self.skipped_disabled + self.dead_letter_total()
+    }
+}
+
+/// Outcome counts by event type label.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct OutcomeCounts {
+    pub by_type: BTreeMap<String, TypeCounts>,
+}
+
+impl OutcomeCounts {
+    /// Counts one outcome under `label`.
+    pub fn record(&mut self, label: &str, outcome: &Outcome) {
+        let counts = match self.by_type.get_mut(label) {
+            Some(counts) => counts,
+            None => self.by_type.entry(label.to_owned()).or_default(),
+        };
+        match outcome {
+            Outcome::Accepted(_) => counts.accepted += 1,
+            Outcome::Skipped(SkipReason::Domain) => counts.skipped_domain += 1,
+            Outcome::Skipped(SkipReason::Disabled) => counts.skipped_disabled += 1,
+            Outcome::DeadLetter(r) => {
+                *counts.dead_letters.entry(r.reason.as_str()).or_default() += 1
+            }
+        }
+    }
+
+    /// Adds another tally into this one.
+    pub fn merge(&mut self, other: &OutcomeCounts) {
+        for (label, theirs) in &other.by_type {
+            let ours = self.by_type.entry(label.clone()).or_default();
+            ours.accepted += theirs.accepted;
+            ours.skipped_domain += theirs.skipped_domain;
+            ours.skipped_disabled += theirs.skipped_disabled;
+            for (reason, n) in &theirs.dead_letters {
+                *ours.dead_letters.entry(reason).or_default() += n;
+            }
+        }
+    }
+
+    /// The sum over all types.
+    pub fn totals(&self) -> TypeCounts {
+        let mut all = OutcomeCounts::default();
+        for counts in self.by_type.values() {
+            let mut one = OutcomeCounts::default();
+            one.by_type.insert(String::new(), counts.clone());
+            all.merge(&one);
+        }
+        all.by_type.remove("").unwrap_or_default()
+    }
+}

@@ -1,0 +1,113 @@
+//! The dataflow graph: record operations and dimension rows in, wide-table writes out.
+//!
+//! ```text
+//! ops (KeyedOp) ──► record state ──► (id, Record) ──┬──────────────────► join by pair ──► wide rows ──► sink
+//!                                                   └─► used pairs ─┐        ▲
+//! patterns, pt links, teaching types (diffs) ──────────────────────► dim lookups per pair
+//! ```
+//!
+//! Ingest (parse, route, process) runs before the graph, on the worker that pulled the message;
+//! the graph is the same for every worker and every source.
+
+pub mod dims;
+pub mod ingest;
+pub mod process;
+pub mod records;
+pub mod route;
+pub mod wide;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use differential_dataflow::input::{Input as _, InputSession};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::core::input::Handle as InputHandle;
+use timely::dataflow::operators::core::{Input as _, Probe as _};
+use timely::dataflow::ProbeHandle;
+use timely::worker::Worker;
+
+use crate::sink::{sink_operator, SinkChannels};
+use crate::source::dims::{DimDiff, DimSnapshot, PatternRow, TeachingTypePtRow, TeachingTypeRow};
+use process::KeyedOp;
+
+/// The inputs of one worker's dataflow and the probe that says what has been written.
+pub struct DataflowHandles {
+    pub ops: InputHandle<u64, CapacityContainerBuilder<Vec<KeyedOp>>>,
+    pub dims: DimInputs,
+    /// Passed a time once every worker's sink has committed all of that time's rows.
+    pub probe: ProbeHandle<u64>,
+}
+
+/// The dimension inputs: rows enter and leave as differences.
+pub struct DimInputs {
+    pub patterns: InputSession<u64, PatternRow, isize>,
+    pub teaching_type_pts: InputSession<u64, TeachingTypePtRow, isize>,
+    pub teaching_types: InputSession<u64, TeachingTypeRow, isize>,
+}
+
+impl DimInputs {
+    /// Feeds a full snapshot (as additions) at the current time.
+    pub fn load(&mut self, snapshot: &DimSnapshot) {
+        self.apply(&DimSnapshot::default().diff(snapshot));
+    }
+
+    /// Feeds a difference at the current time.
+    pub fn apply(&mut self, diff: &DimDiff) {
+        for (row, d) in &diff.patterns {
+            self.patterns.update(row.clone(), *d);
+        }
+        for (row, d) in &diff.teaching_type_pts {
+            self.teaching_type_pts.update(row.clone(), *d);
+        }
+        for (row, d) in &diff.teaching_types {
+            self.teaching_types.update(row.clone(), *d);
+        }
+    }
+
+    pub fn advance_to(&mut self, epoch: u64) {
+        self.patterns.advance_to(epoch);
+        self.teaching_type_pts.advance_to(epoch);
+        self.teaching_types.advance_to(epoch);
+        self.flush();
+    }
+
+    pub fn flush(&mut self) {
+        self.patterns.flush();
+        self.teaching_type_pts.flush();
+        self.teaching_types.flush();
+    }
+
+    pub fn epoch(&self) -> u64 {
+        *self.patterns.time()
+    }
+}
+
+/// Builds the dataflow on `worker`.
+pub fn build(
+    worker: &mut Worker,
+    fix_result_desc: Arc<HashMap<i64, String>>,
+    sink: SinkChannels,
+) -> DataflowHandles {
+    worker.dataflow::<u64, _, _>(|scope| {
+        let (ops_input, ops) = scope.new_input::<Vec<KeyedOp>>();
+        let (patterns, pattern_rows) = scope.new_collection();
+        let (teaching_type_pts, pt_rows) = scope.new_collection();
+        let (teaching_types, tt_rows) = scope.new_collection();
+
+        let records = records::record_state(ops);
+        let lookups = dims::dim_lookups(records.clone(), pattern_rows, pt_rows, tt_rows);
+        let rows = wide::wide_rows(records, lookups, fix_result_desc);
+        let probe = ProbeHandle::new();
+        sink_operator(rows, sink).probe_with(&probe);
+
+        DataflowHandles {
+            ops: ops_input,
+            dims: DimInputs {
+                patterns,
+                teaching_type_pts,
+                teaching_types,
+            },
+            probe,
+        }
+    })
+}

@@ -1,0 +1,298 @@
+//! Processors: a routed, schema-checked event becomes a [`KeyedOp`] on one wrong record, keyed
+//! by the record's wide-table id (SPEC §4, §6). This is where the processor kinds' meaning
+//! lives: which slots an add, a fix or a delete reads, the subject-name fallback, the
+//! fix_result mapping, and the column limits that make a value a dead letter instead of a
+//! truncated row.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dataflow::route::CompiledRoute;
+use crate::event::{Envelope, FieldValue, Fields, Reason, Rejection};
+use crate::schema::{check_fits, TIMESTAMP_RANGE};
+use crate::spec::{ProcessorKind, Slot, Spec};
+
+/// What orders a record's lifecycle events: event time, then event id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EventStamp {
+    pub timestamp: i64,
+    pub event_id: String,
+}
+
+/// A record as its add describes it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AddEvent {
+    pub stamp: EventStamp,
+    pub event_type: String,
+    pub wrong_id: String,
+    pub user_id: String,
+    pub question_id: String,
+    pub subject: Option<String>,
+    /// The add's `subjectName`, else the spec's name for `subject`.
+    pub subject_name: Option<String>,
+    pub pattern_id: Option<String>,
+    pub chapter_id: Option<String>,
+    pub question: Option<String>,
+    /// `wrongTime`, else `createTime`, else the event time; whole seconds.
+    pub collect_time: i64,
+}
+
+/// A fix of a record.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FixEvent {
+    /// `fix_time` (ms) first: the latest fix is the greatest by (`fixTime`, `eventId`).
+    pub fix_time_ms: i64,
+    pub stamp: EventStamp,
+    pub event_type: String,
+    pub wrong_id: String,
+    /// `fixId`, else the event id.
+    pub fix_id: String,
+    pub fix_result: i64,
+}
+
+impl FixEvent {
+    /// The order of fixes of one record: by (`fixTime`, `eventId`).
+    pub fn order_key(&self) -> (i64, &str) {
+        (self.fix_time_ms, &self.stamp.event_id)
+    }
+}
+
+/// A delete of a record.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DeleteEvent {
+    pub stamp: EventStamp,
+    pub wrong_id: String,
+}
+
+/// One event's effect on a record.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum RecordOp {
+    Add(AddEvent),
+    Fix(FixEvent),
+    Delete(DeleteEvent),
+}
+
+impl RecordOp {
+    pub fn wrong_id(&self) -> &str {
+        match self {
+            RecordOp::Add(a) => &a.wrong_id,
+            RecordOp::Fix(f) => &f.wrong_id,
+            RecordOp::Delete(d) => &d.wrong_id,
+        }
+    }
+}
+
+/// A record operation and the wide-table id of its record.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct KeyedOp {
+    pub id: u64,
+    pub op: RecordOp,
+}
+
+/// The wide-table id of `wrong_id` (SPEC §6): the number itself when it is a decimal integer
+/// in [0, 2^63) (ASCII digits, leading zeros allowed), else `xxh3_64(wrong_id) & (2^63 - 1)`.
+pub fn wide_id(wrong_id: &str) -> u64 {
+    const MAX: u64 = (1 << 63) - 1;
+    if !wrong_id.is_empty() && wrong_id.bytes().all(|b| b.is_ascii_digit()) {
+        let digits = wrong_id.trim_start_matches('0');
+        if digits.len() <= 19 {
+            if let Ok(value) = digits.parse::<u64>() {
+                if value <= MAX {
+                    return value;
+                }
+            } else if digits.is_empty() {
+                return 0;
+            }
+        }
+    }
+    xxhash_rust::xxh3::xxh3_64(wrong_id.as_bytes()) & MAX
+}
+
+/// Runs `route`'s processor on a validated event.
+pub fn process(
+    route: &CompiledRoute,
+    envelope: &Envelope<'_>,
+    fields: &Fields<'_>,
+    spec: &Spec,
+) -> Result<KeyedOp, Rejection> {
+    let slots = SlotValues { route, fields };
+    let stamp = EventStamp {
+        timestamp: envelope.timestamp,
+        event_id: fitting("event_id", &envelope.event_id)?,
+    };
+    let event_type = fitting("event_type", &envelope.event_type)?;
+    let op = match route.kind {
+        ProcessorKind::Add => {
+            let wrong_id = match slots.text(Slot::WrongRecordId)? {
+                Some(id) => id,
+                None => Cow::Borrowed(envelope.event_id.as_ref()),
+            };
+            let subject = slots.text(Slot::Subject)?;
+            let subject_name = match slots.text(Slot::SubjectName)? {
+                Some(name) => Some(name.into_owned()),
+                None => subject
+                    .as_deref()
+                    .and_then(|s| spec.subject_names.get(s))
+                    .cloned(),
+            };
+            let collect_ms = match slots.time(Slot::WrongTime)? {
+                Some(t) => t,
+                None => slots.time(Slot::CreateTime)?.unwrap_or(envelope.timestamp),
+            };
+            RecordOp::Add(AddEvent {
+                wrong_id: fitting("wrong_id", &wrong_id)?,
+                user_id: fitting("user_id", &slots.required_text(Slot::UserId)?)?,
+                question_id: fitting("question_id", &slots.required_text(Slot::QuestionId)?)?,
+                subject: optional_fitting("subject", subject)?,
+                subject_name: optional_fitting("subject_name", subject_name.map(Cow::Owned))?,
+                pattern_id: optional_fitting("pattern_id", slots.text(Slot::PatternId)?)?,
+                chapter_id: slots.text(Slot::ChapterId)?.map(Cow::into_owned),
+                question: optional_fitting("question", slots.text(Slot::Question)?)?,
+                collect_time: timestamp_seconds("collect_time", collect_ms)?,
+                stamp,
+                event_type,
+            })
+        }
+        ProcessorKind::Fix => {
+            let wrong_id = fitting("wrong_id", &slots.required_text(Slot::WrongRecordId)?)?;
+            let fix_time_ms = slots
+                .time(Slot::FixTime)?
+                .ok_or_else(|| slots.missing(Slot::FixTime))?;
+            timestamp_seconds("fix_time", fix_time_ms)?;
+            let result_text = slots.required_text(Slot::FixResult)?;
+            let fix_result = *spec.fix_results.get(result_text.as_ref()).ok_or_else(|| {
+                let shown: String = result_text.chars().take(40).collect();
+                Rejection::new(
+                    Reason::UnknownFixResult,
+                    format!("fixResult `{shown}` is not in the spec's fix_results"),
+                )
+            })?;
+            let fix_id = match slots.text(Slot::FixId)? {
+                Some(id) => id,
+                None => Cow::Borrowed(envelope.event_id.as_ref()),
+            };
+            RecordOp::Fix(FixEvent {
+                fix_time_ms,
+                fix_id: fitting("fix_id", &fix_id)?,
+                fix_result,
+                wrong_id,
+                stamp,
+                event_type,
+            })
+        }
+        ProcessorKind::Delete => RecordOp::Delete(DeleteEvent {
+            wrong_id: slots.required_text(Slot::WrongRecordId)?.into_owned(),
+            stamp,
+        }),
+    };
+    Ok(KeyedOp {
+        id: wide_id(op.wrong_id()),
+        op,
+    })
+}
+
+/// Slot values of one event, read through the route's slot → field map.
+struct SlotValues<'r, 'f, 'a> {
+    route: &'r CompiledRoute,
+    fields: &'f Fields<'a>,
+}
+
+impl<'a> SlotValues<'_, '_, 'a> {
+    fn value(&self, slot: Slot) -> Option<&FieldValue<'a>> {
+        self.route.slots[slot as usize].and_then(|i| self.fields[i].as_ref())
+    }
+
+    fn missing(&self, slot: Slot) -> Rejection {
+        let field = self.route_field(slot);
+        Rejection::new(
+            Reason::MissingField,
+            format!(
+                "`payload.{field}` is missing ({} needs it)",
+                self.route.processor
+            ),
+        )
+    }
+
+    fn route_field(&self, slot: Slot) -> String {
+        self.route.slots[slot as usize]
+            .map(|i| self.route.schema.fields[i].name.clone())
+            .unwrap_or_else(|| format!("<{slot:?} not in the {} schema>", self.route.event_type))
+    }
+
+    fn text(&self, slot: Slot) -> Result<Option<Cow<'a, str>>, Rejection> {
+        Ok(match self.value(slot) {
+            None => None,
+            Some(FieldValue::Text(t)) => Some(t.clone()),
+            Some(FieldValue::Int(i)) => Some(Cow::Owned(i.to_string())),
+        })
+    }
+
+    fn required_text(&self, slot: Slot) -> Result<Cow<'a, str>, Rejection> {
+        self.text(slot)?.ok_or_else(|| self.missing(slot))
+    }
+
+    fn time(&self, slot: Slot) -> Result<Option<i64>, Rejection> {
+        match self.value(slot) {
+            None => Ok(None),
+            Some(FieldValue::Int(i)) => Ok(Some(*i)),
+            Some(FieldValue::Text(t)) => t.parse().map(Some).map_err(|_| {
+                Rejection::new(
+                    Reason::InvalidField,
+                    format!("`payload.{}` is not a time", self.route_field(slot)),
+                )
+            }),
+        }
+    }
+}
+
+fn fitting(column: &str, value: &str) -> Result<String, Rejection> {
+    check_fits(column, value).map_err(|e| Rejection::new(Reason::ValueTooLong, e))?;
+    Ok(value.to_owned())
+}
+
+fn optional_fitting(
+    column: &str,
+    value: Option<Cow<'_, str>>,
+) -> Result<Option<String>, Rejection> {
+    value.map(|v| fitting(column, &v)).transpose()
+}
+
+/// Milliseconds as whole seconds, when a TIMESTAMP column can hold them.
+fn timestamp_seconds(column: &str, ms: i64) -> Result<i64, Rejection> {
+    let seconds = ms.div_euclid(1000);
+    if TIMESTAMP_RANGE.contains(&seconds) {
+        Ok(seconds)
+    } else {
+        Err(Rejection::new(
+            Reason::TimeOutOfRange,
+            format!("`{column}` {ms} ms is outside 1970-01-01 00:00:01 .. 2038-01-19 03:14:07 UTC"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_follow_the_decimal_rule_else_xxh3() {
+        assert_eq!(wide_id("123"), 123);
+        assert_eq!(wide_id("000123"), 123);
+        assert_eq!(wide_id("0"), 0);
+        assert_eq!(wide_id("000"), 0);
+        assert_eq!(wide_id("9223372036854775807"), 9_223_372_036_854_775_807);
+        let over = "9223372036854775808";
+        assert_eq!(
+            wide_id(over),
+            xxhash_rust::xxh3::xxh3_64(over.as_bytes()) & ((1 << 63) - 1)
+        );
+        assert_eq!(
+            wide_id("w-1"),
+            xxhash_rust::xxh3::xxh3_64(b"w-1") & ((1 << 63) - 1)
+        );
+        assert_ne!(wide_id("+1"), 1);
+        assert_ne!(wide_id("١٢"), 12);
+        assert!(wide_id("") < 1 << 63);
+    }
+}

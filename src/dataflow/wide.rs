@@ -1,0 +1,97 @@
+//! Wide rows (SPEC §6): a visible record, its latest fix and its dimension lookup become one row
+//! of `dwd_wrong_record_wide_delta`, keyed by the record's wide-table id.
+//!
+//! `process_time` is not part of the row: it is the wall-clock time of the write, which the
+//! sink adds, so that the dataflow's output depends only on its input.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use differential_dataflow::VecCollection;
+
+use crate::dataflow::dims::{pair_key, DimLookup, PairKey};
+use crate::dataflow::records::Record;
+
+/// One row of the wide table, times in whole seconds (UTC).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct WideRow {
+    pub id: u64,
+    pub wrong_id: String,
+    pub user_id: String,
+    pub subject: Option<String>,
+    pub subject_name: Option<String>,
+    pub question_id: String,
+    pub question: Option<String>,
+    pub pattern_id: Option<String>,
+    pub pattern_name: Option<String>,
+    pub teach_type_id: Option<String>,
+    pub teach_type_name: Option<String>,
+    pub collect_time: i64,
+    pub fix_id: Option<String>,
+    pub fix_time: Option<i64>,
+    pub fix_result: Option<i64>,
+    pub fix_result_desc: Option<String>,
+    pub event_id: String,
+    pub event_type: String,
+}
+
+impl WideRow {
+    /// Builds the row of record `id`.
+    pub fn assemble(
+        id: u64,
+        record: &Record,
+        lookup: &DimLookup,
+        fix_result_desc: &HashMap<i64, String>,
+    ) -> WideRow {
+        let add = &record.add;
+        let fix = record.fix.as_ref();
+        // The later of the add and the latest fix by event time; ties go to the fix.
+        let (event_id, event_type) = match fix {
+            Some(fix) if fix.stamp.timestamp >= add.stamp.timestamp => {
+                (&fix.stamp.event_id, &fix.event_type)
+            }
+            _ => (&add.stamp.event_id, &add.event_type),
+        };
+        WideRow {
+            id,
+            wrong_id: add.wrong_id.clone(),
+            user_id: add.user_id.clone(),
+            subject: add.subject.clone(),
+            subject_name: add.subject_name.clone(),
+            question_id: add.question_id.clone(),
+            question: add.question.clone(),
+            pattern_id: add.pattern_id.clone(),
+            pattern_name: lookup.pattern_name.clone(),
+            teach_type_id: lookup
+                .teach_type
+                .as_ref()
+                .map(|(tt_id, _)| tt_id.to_string()),
+            teach_type_name: lookup
+                .teach_type
+                .as_ref()
+                .and_then(|(_, name)| name.clone()),
+            collect_time: add.collect_time,
+            fix_id: fix.map(|f| f.fix_id.clone()),
+            fix_time: fix.map(|f| f.fix_time_ms.div_euclid(1000)),
+            fix_result: fix.map(|f| f.fix_result),
+            fix_result_desc: fix.and_then(|f| fix_result_desc.get(&f.fix_result).cloned()),
+            event_id: event_id.clone(),
+            event_type: event_type.clone(),
+        }
+    }
+}
+
+/// Joins visible records to their pair's lookup: the collection of wide rows.
+pub fn wide_rows<'scope>(
+    records: VecCollection<'scope, u64, (u64, Record), isize>,
+    lookups: VecCollection<'scope, u64, (PairKey, DimLookup), isize>,
+    fix_result_desc: Arc<HashMap<i64, String>>,
+) -> VecCollection<'scope, u64, WideRow, isize> {
+    records
+        .map(|(id, record)| (pair_key(&record), (id, record)))
+        .join_map(lookups, move |_pair, (id, record), lookup| {
+            WideRow::assemble(*id, record, lookup, &fix_result_desc)
+        })
+}

@@ -1,0 +1,458 @@
+//! The engine: runs the dataflow on N timely workers over a bounded input, with a source
+//! thread feeding the workers and one sink thread per worker writing the wide table.
+//!
+//! This is the plumbing layer (threads, channels, epochs, failure, the end of input); the
+//! dataflow itself is built by [`crate::dataflow::build`] and knows nothing of it.
+//!
+//! Each worker loop: pull the next batch from its source channel (unless it is more than
+//! `max_inflight_epochs` ahead of what the probe says is written: that is the back-pressure),
+//! advance its inputs to the batch's epoch, ingest each message (parse, route, process) and
+//! send the record operations into the dataflow; at the end of input advance to the final
+//! epoch, apply any later dimension snapshot once everything before it is written, close the
+//! inputs and run until the probe is done; then let the sink thread reconcile and finish.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, unbounded, TryRecvError};
+
+use crate::config::EngineConfig;
+use crate::dataflow::ingest::{Ingestor, Outcome, OutcomeCounts};
+use crate::dataflow::{build, DataflowHandles};
+use crate::sink::dead_letters::{DeadLetter, DeadLetterSink};
+use crate::sink::{SinkChannels, SinkCommand, SinkStats, SinkTarget, SinkThread};
+use crate::source::dims::DimSnapshot;
+use crate::source::file::{positions_for, read_bounded, BoundedInput, Dealer, SourceProgress};
+use crate::source::{SourceBatch, SourceEvent};
+use crate::spec::Spec;
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("cannot start the workers: {0}")]
+    Start(String),
+}
+
+/// A failure anywhere in the process, seen by every worker loop.
+#[derive(Default)]
+pub struct Failure {
+    set: AtomicBool,
+    message: Mutex<Option<String>>,
+}
+
+impl Failure {
+    /// Records the first failure.
+    pub fn set(&self, message: impl Into<String>) {
+        let mut slot = self.message.lock().expect("failure lock");
+        if slot.is_none() {
+            *slot = Some(message.into());
+        }
+        self.set.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.set.load(Ordering::Relaxed)
+    }
+
+    pub fn message(&self) -> Option<String> {
+        self.message.lock().expect("failure lock").clone()
+    }
+}
+
+/// A dimension snapshot taken after all events are written (`replay --dims-after`): its
+/// difference from the initial snapshot then flows through the maintained join.
+pub type LaterDims = Box<dyn FnOnce() -> Result<DimSnapshot, String> + Send>;
+
+/// Everything a bounded run needs.
+pub struct Pipeline {
+    pub spec: Arc<Spec>,
+    pub routes: Arc<crate::dataflow::route::RouteTable>,
+    pub engine: EngineConfig,
+    pub workers: usize,
+    pub input: BoundedInput,
+    pub dims: DimSnapshot,
+    pub dims_after: Option<LaterDims>,
+    pub sink: SinkTarget,
+    /// Delete rows of the table that the run does not produce.
+    pub reconcile: bool,
+    pub dead_letters: Arc<dyn DeadLetterSink>,
+    pub source_progress: Arc<SourceProgress>,
+    pub sink_stats: Arc<SinkStats>,
+}
+
+/// What a bounded run did.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub outcomes: OutcomeCounts,
+    pub messages: u64,
+    pub rows_upserted: u64,
+    pub rows_deleted: u64,
+    pub rows_reconciled: u64,
+    pub transactions: u64,
+    pub retries: u64,
+    /// Dimension rows changed by the later snapshot.
+    pub dim_rows_changed: usize,
+    pub workers: usize,
+    pub elapsed: Duration,
+}
+
+impl RunSummary {
+    pub fn events_per_second(&self) -> f64 {
+        self.messages as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// What one worker reports back.
+struct WorkerReport {
+    outcomes: OutcomeCounts,
+    dim_rows_changed: usize,
+}
+
+/// Runs the pipeline over its bounded input to the end.
+pub fn run_bounded(pipeline: Pipeline) -> Result<RunSummary, EngineError> {
+    let started = Instant::now();
+    let workers = pipeline.workers;
+    let failure = Arc::new(Failure::default());
+
+    let mut senders = Vec::with_capacity(workers);
+    let mut receivers = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let (tx, rx) = bounded::<SourceEvent>(4);
+        senders.push(tx);
+        receivers.push(Mutex::new(Some(rx)));
+    }
+    let dealer = Dealer::new(
+        senders,
+        0,
+        workers,
+        pipeline.engine.epoch_max_messages,
+        positions_for(&pipeline.input),
+        pipeline.source_progress.clone(),
+    );
+    let input = pipeline.input.clone();
+    let reader = std::thread::Builder::new()
+        .name("wrongbook-source".into())
+        .spawn(move || read_bounded(&input, dealer))
+        .map_err(|e| EngineError::Start(e.to_string()))?;
+
+    let shared = Arc::new(WorkerShared {
+        ingestor: Ingestor {
+            spec: pipeline.spec.clone(),
+            routes: pipeline.routes.clone(),
+            max_message_bytes: pipeline.engine.max_message_bytes,
+        },
+        fix_result_desc: Arc::new(pipeline.spec.fix_result_desc.clone()),
+        engine: pipeline.engine.clone(),
+        receivers,
+        dims: pipeline.dims,
+        dims_after: Mutex::new(pipeline.dims_after),
+        sink: pipeline.sink,
+        reconcile: pipeline.reconcile,
+        dead_letters: pipeline.dead_letters.clone(),
+        sink_stats: pipeline.sink_stats.clone(),
+        failure: failure.clone(),
+    });
+
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let result = run_worker(worker, &shared);
+        if let Err(message) = &result {
+            shared.failure.set(message.clone());
+        }
+        result
+    })
+    .map_err(EngineError::Start)?;
+
+    let mut outcomes = OutcomeCounts::default();
+    let mut dim_rows_changed = 0;
+    let mut first_error = None;
+    for result in guards.join() {
+        match result {
+            Ok(Ok(report)) => {
+                outcomes.merge(&report.outcomes);
+                dim_rows_changed += report.dim_rows_changed;
+            }
+            Ok(Err(message)) => {
+                first_error.get_or_insert(message);
+            }
+            Err(panic) => {
+                first_error.get_or_insert(format!("a worker panicked: {panic}"));
+            }
+        }
+    }
+    // The reader ends by itself once the workers are gone.
+    let _ = reader.join();
+    pipeline
+        .dead_letters
+        .flush()
+        .map_err(|e| EngineError::Failed(format!("writing dead letters: {e}")))?;
+    if let Some(message) = failure.message().or(first_error) {
+        return Err(EngineError::Failed(message));
+    }
+
+    let stats = &pipeline.sink_stats;
+    Ok(RunSummary {
+        messages: pipeline.source_progress.messages.load(Ordering::Relaxed),
+        outcomes,
+        rows_upserted: stats.rows_upserted.load(Ordering::Relaxed),
+        rows_deleted: stats.rows_deleted.load(Ordering::Relaxed),
+        rows_reconciled: stats.rows_reconciled.load(Ordering::Relaxed),
+        transactions: stats.transactions.load(Ordering::Relaxed),
+        retries: stats.retries.load(Ordering::Relaxed),
+        dim_rows_changed,
+        workers,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// What every worker of the process shares.
+struct WorkerShared {
+    ingestor: Ingestor,
+    fix_result_desc: Arc<std::collections::HashMap<i64, String>>,
+    engine: EngineConfig,
+    receivers: Vec<Mutex<Option<crossbeam_channel::Receiver<SourceEvent>>>>,
+    dims: DimSnapshot,
+    dims_after: Mutex<Option<LaterDims>>,
+    sink: SinkTarget,
+    reconcile: bool,
+    dead_letters: Arc<dyn DeadLetterSink>,
+    sink_stats: Arc<SinkStats>,
+    failure: Arc<Failure>,
+}
+
+fn run_worker(
+    worker: &mut timely::worker::Worker,
+    shared: &WorkerShared,
+) -> Result<WorkerReport, String> {
+    let index = worker.index();
+    let peers = worker.peers();
+    let source = shared.receivers[index]
+        .lock()
+        .expect("receiver lock")
+        .take()
+        .expect("each worker takes its own receiver once");
+
+    let (command_tx, command_rx) = bounded(shared.engine.max_inflight_epochs as usize + 2);
+    let (ack_tx, ack_rx) = unbounded();
+    let activator = Default::default();
+    let sink_failure = Arc::new(Mutex::new(None));
+    let DataflowHandles { ops, dims, probe } = build(
+        worker,
+        shared.fix_result_desc.clone(),
+        SinkChannels {
+            commands: command_tx.clone(),
+            acks: ack_rx,
+            activator: std::rc::Rc::clone(&activator),
+            failure: sink_failure.clone(),
+        },
+    );
+    let writer = shared
+        .sink
+        .connect()
+        .map_err(|e| format!("worker {index}: sink: {e}"))?;
+    let sink_thread = SinkThread {
+        writer,
+        commands: command_rx,
+        acks: ack_tx,
+        activator: activator
+            .borrow_mut()
+            .take()
+            .expect("the sink operator registers its activator when built"),
+        reconcile: shared.reconcile,
+        index,
+        peers,
+        stats: shared.sink_stats.clone(),
+    };
+    let failure = shared.failure.clone();
+    let sink_handle = std::thread::Builder::new()
+        .name(format!("wrongbook-sink-{index}"))
+        .spawn(move || {
+            let result = sink_thread.run();
+            if let Err(e) = &result {
+                failure.set(e.to_string());
+            }
+            result
+        })
+        .map_err(|e| format!("worker {index}: cannot start the sink thread: {e}"))?;
+
+    let mut state = WorkerLoop {
+        index,
+        shared,
+        ops: Some(ops),
+        dims: Some(dims),
+        outcomes: OutcomeCounts::default(),
+        dim_rows_changed: 0,
+    };
+    if index == 0 {
+        state
+            .dims
+            .as_mut()
+            .expect("dims are open at start")
+            .load(&shared.dims);
+    }
+    let result = state.drive(worker, &source, &probe, &sink_failure);
+    // Whatever happened, let the sink thread finish: reconcile only after a clean end.
+    if result.is_ok() {
+        let _ = command_tx.send(SinkCommand::Finish);
+    }
+    drop(command_tx);
+    let sink_result = sink_handle
+        .join()
+        .map_err(|_| format!("worker {index}: the sink thread panicked"))?;
+    result?;
+    sink_result.map_err(|e| e.to_string())?;
+    Ok(WorkerReport {
+        outcomes: state.outcomes,
+        dim_rows_changed: state.dim_rows_changed,
+    })
+}
+
+/// One worker's loop state.
+struct WorkerLoop<'a> {
+    index: usize,
+    shared: &'a WorkerShared,
+    ops: Option<
+        timely::dataflow::InputHandle<
+            u64,
+            timely::container::CapacityContainerBuilder<Vec<crate::dataflow::process::KeyedOp>>,
+        >,
+    >,
+    dims: Option<crate::dataflow::DimInputs>,
+    outcomes: OutcomeCounts,
+    dim_rows_changed: usize,
+}
+
+impl WorkerLoop<'_> {
+    fn drive(
+        &mut self,
+        worker: &mut timely::worker::Worker,
+        source: &crossbeam_channel::Receiver<SourceEvent>,
+        probe: &timely::dataflow::ProbeHandle<u64>,
+        sink_failure: &Arc<Mutex<Option<String>>>,
+    ) -> Result<(), String> {
+        let max_ahead = self.shared.engine.max_inflight_epochs;
+        let mut final_epoch: Option<u64> = None;
+        loop {
+            if self.shared.failure.is_set() {
+                return Err(self.shared.failure.message().unwrap_or_default());
+            }
+            if let Some(message) = sink_failure.lock().expect("sink failure lock").take() {
+                return Err(format!("worker {}: {message}", self.index));
+            }
+            let mut idle = true;
+            match final_epoch {
+                None => {
+                    let epoch = self.ops.as_ref().map_or(0, |ops| *ops.time());
+                    let caught_up = !probe.less_than(&epoch.saturating_sub(max_ahead));
+                    if caught_up {
+                        match source.try_recv() {
+                            Ok(SourceEvent::Batch(batch)) => {
+                                idle = false;
+                                self.advance_to(batch.epoch);
+                                self.ingest(&batch)?;
+                            }
+                            Ok(SourceEvent::End { final_epoch: end }) => {
+                                idle = false;
+                                self.advance_to(end);
+                                self.ops = None;
+                                final_epoch = Some(end);
+                            }
+                            Ok(SourceEvent::Failed(message)) => return Err(message),
+                            Err(TryRecvError::Empty) => {}
+                            Err(TryRecvError::Disconnected) => {
+                                return Err("the source stopped without an end".into())
+                            }
+                        }
+                    }
+                }
+                Some(end) => {
+                    if self.dims.is_some() {
+                        let later = if self.index == 0 {
+                            self.shared.dims_after.lock().expect("dims lock").take()
+                        } else {
+                            None
+                        };
+                        match later {
+                            Some(later) => {
+                                // Correct rows that are already written: wait for them first.
+                                while probe.less_than(&end) {
+                                    if self.shared.failure.is_set() {
+                                        return Err(self
+                                            .shared
+                                            .failure
+                                            .message()
+                                            .unwrap_or_default());
+                                    }
+                                    worker.step_or_park(Some(Duration::from_millis(1)));
+                                }
+                                let next = later()?;
+                                let diff = self.shared.dims.diff(&next);
+                                self.dim_rows_changed = diff.len();
+                                tracing::info!(
+                                    rows = diff.len(),
+                                    "applying the later dimension snapshot"
+                                );
+                                let dims = self.dims.as_mut().expect("checked above");
+                                dims.apply(&diff);
+                                dims.advance_to(end + 1);
+                            }
+                            None => {}
+                        }
+                        self.dims = None;
+                        idle = false;
+                    }
+                    if probe.done() {
+                        return Ok(());
+                    }
+                }
+            }
+            if idle {
+                worker.step_or_park(Some(Duration::from_millis(1)));
+            } else {
+                worker.step();
+            }
+        }
+    }
+
+    fn advance_to(&mut self, epoch: u64) {
+        if let Some(ops) = self.ops.as_mut() {
+            if epoch > *ops.time() {
+                ops.advance_to(epoch);
+            }
+        }
+        if let Some(dims) = self.dims.as_mut() {
+            if epoch > dims.epoch() {
+                dims.advance_to(epoch);
+            }
+        }
+    }
+
+    fn ingest(&mut self, batch: &SourceBatch) -> Result<(), String> {
+        let ops = self
+            .ops
+            .as_mut()
+            .expect("ingest happens before the end of input");
+        for (i, message) in batch.messages() {
+            let (label, outcome) = self.shared.ingestor.ingest(message);
+            self.outcomes.record(&label, &outcome);
+            match outcome {
+                Outcome::Accepted(op) => ops.send(op),
+                Outcome::Skipped(_) => {}
+                Outcome::DeadLetter(rejection) => self
+                    .shared
+                    .dead_letters
+                    .send(DeadLetter {
+                        reason: rejection.reason,
+                        detail: rejection.detail,
+                        source: batch.position(i),
+                        raw: message.to_vec(),
+                    })
+                    .map_err(|e| format!("writing a dead letter: {e}"))?,
+            }
+        }
+        ops.flush();
+        Ok(())
+    }
+}

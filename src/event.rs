@@ -1,0 +1,560 @@
+//! `BusinessEvent` parsing and validation (SPEC §2): raw message bytes become a typed envelope
+//! and schema-checked payload fields, or a [`Rejection`] with a reason class.
+//!
+//! Parsing borrows from the message: field values are slices of the input unless they carry
+//! escapes, and unknown fields are skipped without building a JSON tree. Nothing a message holds
+//! can panic this module; every failure is a value.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::spec::{EventSchema, FieldType};
+
+/// Why a message is a dead letter. The names are stable: they appear in the dead-letter output,
+/// in summaries and in metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// Longer than `engine.max_message_bytes`.
+    MessageTooLarge,
+    /// Not valid UTF-8.
+    InvalidUtf8,
+    /// Not RFC 8259 JSON (syntax, NaN, comments, trailing commas, lone surrogates, nesting).
+    InvalidJson,
+    /// Valid JSON, but not an object.
+    NotAnObject,
+    /// The same key twice in one object.
+    DuplicateKey,
+    /// A required envelope or payload field is absent or null.
+    MissingField,
+    /// A field has the wrong type or a number out of range.
+    InvalidField,
+    /// No routing row names the event's type.
+    UnknownType,
+    /// The route names a processor the dataflow spec does not know.
+    UnknownProcessor,
+    /// The route's type has no payload schema in the dataflow spec.
+    NoSchema,
+    /// A fix's result is not in the spec's `fix_results`.
+    UnknownFixResult,
+    /// A value is longer than its wide-table column.
+    ValueTooLong,
+    /// A time outside what the wide table's TIMESTAMP columns hold.
+    TimeOutOfRange,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 13] = [
+        Reason::MessageTooLarge,
+        Reason::InvalidUtf8,
+        Reason::InvalidJson,
+        Reason::NotAnObject,
+        Reason::DuplicateKey,
+        Reason::MissingField,
+        Reason::InvalidField,
+        Reason::UnknownType,
+        Reason::UnknownProcessor,
+        Reason::NoSchema,
+        Reason::UnknownFixResult,
+        Reason::ValueTooLong,
+        Reason::TimeOutOfRange,
+    ];
+
+    /// The reason's stable name (`invalid_json`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::MessageTooLarge => "message_too_large",
+            Reason::InvalidUtf8 => "invalid_utf8",
+            Reason::InvalidJson => "invalid_json",
+            Reason::NotAnObject => "not_an_object",
+            Reason::DuplicateKey => "duplicate_key",
+            Reason::MissingField => "missing_field",
+            Reason::InvalidField => "invalid_field",
+            Reason::UnknownType => "unknown_type",
+            Reason::UnknownProcessor => "unknown_processor",
+            Reason::NoSchema => "no_schema",
+            Reason::UnknownFixResult => "unknown_fix_result",
+            Reason::ValueTooLong => "value_too_long",
+            Reason::TimeOutOfRange => "time_out_of_range",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A message that cannot be processed, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: Reason,
+    pub detail: String,
+}
+
+impl Rejection {
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Rejection {
+        Rejection {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// The envelope of a `BusinessEvent`, borrowed from the message.
+#[derive(Debug)]
+pub struct Envelope<'a> {
+    pub domain: Cow<'a, str>,
+    pub event_type: Cow<'a, str>,
+    /// Event time, ms since the epoch.
+    pub timestamp: i64,
+    pub event_id: Cow<'a, str>,
+    pub payload: &'a RawValue,
+}
+
+/// A validated payload value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldValue<'a> {
+    Text(Cow<'a, str>),
+    Int(i64),
+}
+
+/// Payload values in schema order: `fields[i]` is the schema's field `i`, `None` when absent.
+pub type Fields<'a> = Vec<Option<FieldValue<'a>>>;
+
+/// Parses the envelope of a message: UTF-8, RFC 8259 JSON, an object, the four envelope fields
+/// typed per SPEC §2 and a payload object (its fields are checked by [`validate_payload`]).
+pub fn parse_envelope(raw: &[u8], max_bytes: usize) -> Result<Envelope<'_>, Rejection> {
+    if raw.len() > max_bytes {
+        return Err(Rejection::new(
+            Reason::MessageTooLarge,
+            format!("{} bytes, more than the limit of {max_bytes}", raw.len()),
+        ));
+    }
+    let text = std::str::from_utf8(raw).map_err(|e| {
+        Rejection::new(
+            Reason::InvalidUtf8,
+            format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+        )
+    })?;
+    let object = parse_object(text, true)?;
+    let mut domain = None;
+    let mut event_type = None;
+    let mut timestamp = None;
+    let mut event_id = None;
+    let mut payload = None;
+    for (key, value) in object {
+        match key.as_ref() {
+            "domain" => domain = string_field(value, "domain")?,
+            "type" => event_type = string_field(value, "type")?,
+            "timestamp" => timestamp = long_field(value, "timestamp", FieldType::Long)?,
+            "eventId" => event_id = string_field(value, "eventId")?,
+            "payload" => payload = (value.get() != "null").then_some(value),
+            _ => {}
+        }
+    }
+    let missing = |name: &str| Rejection::new(Reason::MissingField, format!("`{name}` is missing"));
+    let payload = payload.ok_or_else(|| missing("payload"))?;
+    if !payload.get().starts_with('{') {
+        return Err(Rejection::new(
+            Reason::InvalidField,
+            "`payload` is not an object",
+        ));
+    }
+    Ok(Envelope {
+        domain: domain.ok_or_else(|| missing("domain"))?,
+        event_type: event_type.ok_or_else(|| missing("type"))?,
+        timestamp: timestamp.ok_or_else(|| missing("timestamp"))?,
+        event_id: event_id.ok_or_else(|| missing("eventId"))?,
+        payload,
+    })
+}
+
+/// Checks a payload object against its type's schema and returns the values in schema order.
+/// Fields the schema does not name are ignored.
+pub fn validate_payload<'a>(
+    schema: &EventSchema,
+    payload: &'a RawValue,
+) -> Result<Fields<'a>, Rejection> {
+    let object = parse_object(payload.get(), false)?;
+    let mut fields: Fields<'a> = vec![None; schema.fields.len()];
+    for (key, value) in object {
+        let Some(index) = schema.field_index(&key) else {
+            continue;
+        };
+        let spec = &schema.fields[index];
+        let path = format!("payload.{}", spec.name);
+        fields[index] = match spec.ty {
+            FieldType::String => string_field(value, &path)?.map(FieldValue::Text),
+            FieldType::Long | FieldType::Integer => {
+                long_field(value, &path, spec.ty)?.map(FieldValue::Int)
+            }
+        };
+    }
+    for (spec, value) in schema.fields.iter().zip(&fields) {
+        if spec.required && value.is_none() {
+            return Err(Rejection::new(
+                Reason::MissingField,
+                format!("`payload.{}` is missing", spec.name),
+            ));
+        }
+    }
+    Ok(fields)
+}
+
+/// The entries of a JSON object, values left raw. `top_level` decides how a non-object is
+/// classified: a whole message that is not an object is `not_an_object`.
+fn parse_object(text: &str, top_level: bool) -> Result<Vec<(Cow<'_, str>, &RawValue)>, Rejection> {
+    match serde_json::from_str::<RawObject<'_>>(text) {
+        Ok(object) => {
+            if top_level && text.contains("\\u") && has_lone_surrogate(text) {
+                return Err(Rejection::new(
+                    Reason::InvalidJson,
+                    "a \\u escape is a lone surrogate",
+                ));
+            }
+            Ok(object.0)
+        }
+        Err(e) => {
+            let message = e.to_string();
+            if let Some(key) = message.strip_prefix(DUPLICATE_KEY) {
+                let key: String = key.chars().take(80).collect();
+                return Err(Rejection::new(Reason::DuplicateKey, format!("key {key}")));
+            }
+            match e.classify() {
+                serde_json::error::Category::Data if top_level => {
+                    Err(Rejection::new(Reason::NotAnObject, message))
+                }
+                serde_json::error::Category::Data => {
+                    Err(Rejection::new(Reason::InvalidField, message))
+                }
+                _ => Err(Rejection::new(Reason::InvalidJson, message)),
+            }
+        }
+    }
+}
+
+const DUPLICATE_KEY: &str = "duplicate key ";
+
+/// A JSON object whose values stay unparsed, rejecting duplicate keys.
+struct RawObject<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for RawObject<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+        impl<'de> Visitor<'de> for ObjectVisitor {
+            type Value = RawObject<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::with_capacity(12);
+                while let Some(BorrowedStr(key)) = map.next_key()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    if entries.iter().any(|(k, _)| *k == key) {
+                        return Err(de::Error::custom(format_args!("{DUPLICATE_KEY}`{key}`")));
+                    }
+                    entries.push((key, value));
+                }
+                Ok(RawObject(entries))
+            }
+        }
+        d.deserialize_map(ObjectVisitor)
+    }
+}
+
+/// A JSON string, borrowed when it has no escapes.
+struct BorrowedStr<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for BorrowedStr<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct StrVisitor;
+        impl<'de> Visitor<'de> for StrVisitor {
+            type Value = BorrowedStr<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(BorrowedStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(BorrowedStr(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(BorrowedStr(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(StrVisitor)
+    }
+}
+
+fn json_kind(raw: &str) -> &'static str {
+    match raw.as_bytes().first() {
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'"') => "a string",
+        _ => "a number",
+    }
+}
+
+fn is_integer_literal(raw: &str) -> bool {
+    let digits = raw.strip_prefix('-').unwrap_or(raw);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn parse_json_string(raw: &RawValue) -> Result<Cow<'_, str>, String> {
+    serde_json::from_str::<BorrowedStr<'_>>(raw.get())
+        .map(|s| s.0)
+        .map_err(|e| e.to_string())
+}
+
+/// The String rule: a JSON string, or a number as its decimal text; null is absent.
+fn string_field<'a>(raw: &'a RawValue, path: &str) -> Result<Option<Cow<'a, str>>, Rejection> {
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'n') => Ok(None),
+        Some(b'"') => parse_json_string(raw)
+            .map(Some)
+            .map_err(|e| Rejection::new(Reason::InvalidField, format!("`{path}`: {e}"))),
+        Some(b'-' | b'0'..=b'9') if is_integer_literal(text) => Ok(Some(Cow::Borrowed(text))),
+        Some(b'-' | b'0'..=b'9') => match text.parse::<f64>() {
+            Ok(f) if f.is_finite() => Ok(Some(Cow::Owned(f.to_string()))),
+            _ => Err(Rejection::new(
+                Reason::InvalidField,
+                format!("`{path}`: number `{text}` has no finite decimal form"),
+            )),
+        },
+        _ => Err(Rejection::new(
+            Reason::InvalidField,
+            format!("`{path}`: expected a string, got {}", json_kind(text)),
+        )),
+    }
+}
+
+/// The Long and Integer rules: a JSON integer, or a string of decimal digits, within range;
+/// null is absent.
+fn long_field(raw: &RawValue, path: &str, ty: FieldType) -> Result<Option<i64>, Rejection> {
+    let text = raw.get();
+    let (min, max, name) = match ty {
+        FieldType::Integer => (i64::from(i32::MIN), i64::from(i32::MAX), "Integer"),
+        _ => (i64::MIN, i64::MAX, "Long"),
+    };
+    let invalid = |what: String| Rejection::new(Reason::InvalidField, format!("`{path}`: {what}"));
+    let in_range = |digits: &str| -> Result<i64, Rejection> {
+        digits
+            .parse::<i64>()
+            .ok()
+            .filter(|v| (min..=max).contains(v))
+            .ok_or_else(|| invalid(format!("{digits} is out of range for {name}")))
+    };
+    match text.as_bytes().first() {
+        Some(b'n') => Ok(None),
+        Some(b'"') => {
+            let s = parse_json_string(raw).map_err(invalid)?;
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                let shown: String = s.chars().take(40).collect();
+                return Err(invalid(format!(
+                    "expected {name} digits, got the string \"{shown}\""
+                )));
+            }
+            in_range(&s).map(Some)
+        }
+        Some(b'-' | b'0'..=b'9') if is_integer_literal(text) => in_range(text).map(Some),
+        _ => Err(invalid(format!(
+            "expected {name}, got {}",
+            if text.starts_with(['-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']) {
+                "a non-integer number"
+            } else {
+                json_kind(text)
+            }
+        ))),
+    }
+}
+
+/// Whether valid JSON text holds a `\u` escape of a surrogate that is not half of a pair.
+/// serde_json checks escapes only in the strings it decodes; RFC 8259 text has none anywhere.
+fn has_lone_surrogate(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let hex = |at: usize| -> Option<u16> {
+        let digits = bytes.get(at..at + 4)?;
+        u16::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+    };
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        if bytes.get(i + 1) != Some(&b'u') {
+            i += 2;
+            continue;
+        }
+        let Some(unit) = hex(i + 2) else {
+            return true;
+        };
+        match unit {
+            0xD800..=0xDBFF => {
+                let low = (bytes.get(i + 6) == Some(&b'\\') && bytes.get(i + 7) == Some(&b'u'))
+                    .then(|| hex(i + 8))
+                    .flatten();
+                match low {
+                    Some(0xDC00..=0xDFFF) => i += 12,
+                    _ => return true,
+                }
+            }
+            0xDC00..=0xDFFF => return true,
+            _ => i += 6,
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Spec;
+
+    const MAX: usize = 1 << 20;
+
+    fn reason(raw: &[u8]) -> Reason {
+        parse_envelope(raw, MAX).unwrap_err().reason
+    }
+
+    fn fix_fields(payload: &str) -> Result<Vec<Option<FieldValue<'_>>>, Rejection> {
+        let spec = Spec::builtin();
+        let raw: &RawValue = serde_json::from_str(payload).unwrap();
+        validate_payload(&spec.event_types["wrongbook_fix"], raw).map(|f| {
+            f.into_iter()
+                .map(|v| {
+                    v.map(|v| match v {
+                        FieldValue::Text(t) => FieldValue::Text(Cow::Owned(t.into_owned())),
+                        FieldValue::Int(i) => FieldValue::Int(i),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    #[test]
+    fn a_good_envelope_parses_with_borrowed_fields() {
+        let msg = br#"{"domain":"wrongbook","type":"wrongbook_add","timestamp":"1640995200000","eventId":7,"payload":{"userId":"u"},"extra":[1,{"a":null}]}"#;
+        let env = parse_envelope(msg, MAX).unwrap();
+        assert_eq!(env.domain, "wrongbook");
+        assert_eq!(env.timestamp, 1_640_995_200_000);
+        assert_eq!(env.event_id, "7");
+        assert!(matches!(env.event_type, Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn malformed_messages_get_their_reason() {
+        assert_eq!(reason(b"\xff\xfe{}"), Reason::InvalidUtf8);
+        assert_eq!(reason(b"{\"a\":"), Reason::InvalidJson);
+        assert_eq!(reason(b"{\"a\":NaN}"), Reason::InvalidJson);
+        assert_eq!(reason(b"{\"a\":1,}"), Reason::InvalidJson);
+        assert_eq!(reason(b"{/*c*/\"a\":1}"), Reason::InvalidJson);
+        assert_eq!(reason(br#"{"a":"\ud800"}"#), Reason::InvalidJson);
+        assert_eq!(reason(br#"{"a":"\udc00\ud800"}"#), Reason::InvalidJson);
+        assert_eq!(reason(b"[1,2]"), Reason::NotAnObject);
+        assert_eq!(reason(b"\"str\""), Reason::NotAnObject);
+        assert_eq!(reason(b""), Reason::InvalidJson);
+        assert_eq!(reason(br#"{"type":"a","type":"b"}"#), Reason::DuplicateKey);
+        assert_eq!(reason(br#"{"type":"a"}"#), Reason::MissingField);
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(
+            reason(format!("{{\"x\":{deep}}}").as_bytes()),
+            Reason::InvalidJson
+        );
+        assert_eq!(
+            parse_envelope(&vec![b' '; 100], 10).unwrap_err().reason,
+            Reason::MessageTooLarge
+        );
+        let base = |ts: &str, payload: &str| {
+            format!(
+                r#"{{"domain":"d","type":"t","timestamp":{ts},"eventId":"e","payload":{payload}}}"#
+            )
+        };
+        assert_eq!(reason(base("1.5", "{}").as_bytes()), Reason::InvalidField);
+        assert_eq!(
+            reason(base("\"-1\"", "{}").as_bytes()),
+            Reason::InvalidField
+        );
+        assert_eq!(
+            reason(base("99999999999999999999", "{}").as_bytes()),
+            Reason::InvalidField
+        );
+        assert_eq!(reason(base("true", "{}").as_bytes()), Reason::InvalidField);
+        assert_eq!(reason(base("null", "{}").as_bytes()), Reason::MissingField);
+        assert_eq!(reason(base("1", "[]").as_bytes()), Reason::InvalidField);
+        assert_eq!(reason(base("1", "null").as_bytes()), Reason::MissingField);
+        assert!(parse_envelope(base("1", "{}").as_bytes(), MAX).is_ok());
+        assert!(parse_envelope(base("-5", r#"{"\ud83d\ude00":1}"#).as_bytes(), MAX).is_ok());
+    }
+
+    #[test]
+    fn payload_fields_follow_the_type_rules() {
+        let ok = fix_fields(
+            r#"{"userId":12,"questionId":"q","wrongRecordId":"w","fixTime":"0017","fixResult":"correct","attempts":null,"other":{"deep":[1]}}"#,
+        )
+        .unwrap();
+        assert!(ok.contains(&Some(FieldValue::Text("12".into()))));
+        assert!(ok.contains(&Some(FieldValue::Int(17))));
+
+        let bad = |p: &str| fix_fields(p).unwrap_err().reason;
+        let base = r#""userId":"u","questionId":"q","wrongRecordId":"w","fixResult":"1""#;
+        assert_eq!(bad(&format!("{{{base}}}")), Reason::MissingField);
+        assert_eq!(
+            bad(&format!("{{{base},\"fixTime\":null}}")),
+            Reason::MissingField
+        );
+        assert_eq!(
+            bad(&format!("{{{base},\"fixTime\":1.0}}")),
+            Reason::InvalidField
+        );
+        assert_eq!(
+            bad(&format!("{{{base},\"fixTime\":\"1e3\"}}")),
+            Reason::InvalidField
+        );
+        assert_eq!(
+            bad(&format!("{{{base},\"fixTime\":\"\"}}")),
+            Reason::InvalidField
+        );
+        assert_eq!(
+            bad(&format!("{{{base},\"fixTime\":1,\"attempts\":2147483648}}")),
+            Reason::InvalidField
+        );
+        assert_eq!(
+            bad(&format!("{{{base},\"fixTime\":1,\"fixId\":true}}")),
+            Reason::InvalidField
+        );
+        assert_eq!(
+            bad(&format!("{{{base},\"fixTime\":1,\"fixId\":{{}}}}")),
+            Reason::InvalidField
+        );
+        assert_eq!(
+            bad(&format!("{{{base},\"fixTime\":1,\"fixTime\":2}}")),
+            Reason::DuplicateKey
+        );
+        assert!(fix_fields(&format!(
+            "{{{base},\"fixTime\":1,\"attempts\":\"2147483647\"}}"
+        ))
+        .is_ok());
+    }
+
+    #[test]
+    fn numbers_as_strings_render_as_decimal_text() {
+        let ok = fix_fields(
+            r#"{"userId":1.5,"questionId":-3,"wrongRecordId":123456789012345678901234567890,"fixTime":1,"fixResult":1}"#,
+        )
+        .unwrap();
+        assert!(ok.contains(&Some(FieldValue::Text("1.5".into()))));
+        assert!(ok.contains(&Some(FieldValue::Text("-3".into()))));
+        assert!(ok.contains(&Some(FieldValue::Text(
+            "123456789012345678901234567890".into()
+        ))));
+    }
+}

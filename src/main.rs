@@ -1,0 +1,151 @@
+//! The `wrongbook` binary: parses the command line, sets up logging, calls the library, and
+//! maps errors to a message and a non-zero exit code.
+
+mod cli;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+
+use cli::{Cli, Command, LogFormat};
+use wrongbook::commands::{demo, gen, init_db, replay};
+use wrongbook::config::Config;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    Ok(Config::load(path)?)
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Demo {
+            dir,
+            events,
+            workers,
+            seed,
+        } => {
+            let text = demo::demo(&demo::DemoOptions {
+                dir,
+                events,
+                workers,
+                seed,
+                progress: true,
+            })?;
+            print!("{text}");
+        }
+        Command::InitDb { config, table } => {
+            let config = load_config(config.as_deref())?;
+            let db = init_db::init_db(&config, table.as_deref())?;
+            println!("tables ready in {}", db.target());
+        }
+        Command::Replay {
+            config,
+            input,
+            workers,
+            dead_letters,
+            dims_after,
+            table,
+            quiet,
+        } => {
+            let config = load_config(config.as_deref())?;
+            let summary = replay::replay(
+                &config,
+                &replay::ReplayOptions {
+                    input,
+                    workers,
+                    dead_letters,
+                    dims_after,
+                    table,
+                    progress: !quiet,
+                },
+            )?;
+            print!("{}", replay::format_summary(&summary));
+        }
+        Command::Gen {
+            events,
+            seed,
+            bad_share,
+            duplicate_share,
+            patterns,
+            out,
+            dims_out,
+            dims_change_out,
+            routing_table,
+        } => {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&bad_share) && (0.0..=1.0).contains(&duplicate_share),
+                "--bad-share and --duplicate-share are shares between 0 and 1"
+            );
+            anyhow::ensure!(
+                wrongbook::config::is_identifier(&routing_table),
+                "--routing-table `{routing_table}` is not a plain SQL table name"
+            );
+            let opts = gen::GenOptions {
+                events,
+                seed,
+                bad_share,
+                duplicate_share,
+                patterns: patterns.max(1),
+                ..gen::GenOptions::default()
+            };
+            let generated = gen::generate(&opts);
+            if out.as_os_str() == "-" {
+                let stdout = std::io::stdout();
+                let mut lock = std::io::BufWriter::new(stdout.lock());
+                gen::write_jsonl(&mut lock, &generated.messages)?;
+                lock.flush()?;
+            } else {
+                let file = std::fs::File::create(&out)
+                    .with_context(|| format!("cannot create {}", out.display()))?;
+                let mut writer = std::io::BufWriter::new(file);
+                gen::write_jsonl(&mut writer, &generated.messages)
+                    .and_then(|_| writer.flush())
+                    .with_context(|| format!("cannot write {}", out.display()))?;
+                eprintln!(
+                    "wrote {} events to {}",
+                    generated.messages.len(),
+                    out.display()
+                );
+            }
+            if let Some(path) = dims_out {
+                let sql = format!(
+                    "{}{}",
+                    gen::dims_sql(&generated.dims),
+                    gen::routing_sql(&routing_table)
+                );
+                std::fs::write(&path, sql)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            if let Some(path) = dims_change_out {
+                std::fs::write(&path, gen::dims_sql(&generated.dims_changed))
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! Dead letters (SPEC §2, §7): every message that cannot be processed, with its reason, where
+//! it came from and its raw bytes, so that nothing bad is silently lost. This output
+//! is a JSONL file in the alerts-topic record format; tests keep them in memory.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use base64::Engine as _;
+use serde_json::json;
+
+use crate::event::Reason;
+use crate::schema::format_timestamp;
+use crate::source::SourcePosition;
+
+/// A message that ended as a dead letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub reason: Reason,
+    pub detail: String,
+    pub source: SourcePosition,
+    pub raw: Vec<u8>,
+}
+
+impl DeadLetter {
+    /// The alert record (SPEC §7): `raw` as text when it is UTF-8, else base64.
+    pub fn to_json(&self, at_seconds: i64) -> serde_json::Value {
+        let mut record = json!({
+            "kind": "dead_letter",
+            "severity": "warning",
+            "reason": self.reason.as_str(),
+            "detail": self.detail,
+            "at": format!("{}Z", format_timestamp(at_seconds).replace(' ', "T")),
+            "source": self.source.to_json(),
+        });
+        match std::str::from_utf8(&self.raw) {
+            Ok(text) => record["raw"] = json!(text),
+            Err(_) => {
+                record["raw"] = json!(base64::engine::general_purpose::STANDARD.encode(&self.raw));
+                record["raw_encoding"] = json!("base64");
+            }
+        }
+        record
+    }
+}
+
+/// Where dead letters go.
+pub trait DeadLetterSink: Send + Sync {
+    fn send(&self, letter: DeadLetter) -> std::io::Result<()>;
+    fn flush(&self) -> std::io::Result<()>;
+}
+
+/// Dead letters appended to a JSONL file, one alert record per line.
+pub struct DeadLetterFile {
+    path: PathBuf,
+    out: Mutex<BufWriter<File>>,
+}
+
+impl DeadLetterFile {
+    /// Creates (truncates) `path`.
+    pub fn create(path: &Path) -> std::io::Result<DeadLetterFile> {
+        let file = File::create(path)?;
+        Ok(DeadLetterFile {
+            path: path.to_owned(),
+            out: Mutex::new(BufWriter::new(file)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn now_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl DeadLetterSink for DeadLetterFile {
+    fn send(&self, letter: DeadLetter) -> std::io::Result<()> {
+        let line = letter.to_json(now_seconds()).to_string();
+        let mut out = self.out.lock().expect("dead-letter file lock");
+        out.write_all(line.as_bytes())?;
+        out.write_all(b"\n")
+    }
+
+    fn flush(&self) -> std::io::Result<()> {
+        self.out.lock().expect("dead-letter file lock").flush()
+    }
+}
+
+/// Dead letters kept in memory.
+#[derive(Default)]
+pub struct DeadLetterMemory {
+    letters: Mutex<Vec<DeadLetter>>,
+}
+
+impl DeadLetterMemory {
+    pub fn letters(&self) -> Vec<DeadLetter> {
+        self.letters.lock().expect("dead-letter lock").clone()
+    }
+}
+
+impl DeadLetterSink for DeadLetterMemory {
+    fn send(&self, letter: DeadLetter) -> std::io::Result<()> {
+        self.letters.lock().expect("dead-letter lock").push(letter);
+        Ok(())
+    }
+
+    fn flush(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,372 @@
+//! The sink (SPEC §7): wide-row changes become transactions in the wide table.
+//!
+//! Each worker owns the rows whose id is `≡ worker (mod workers)`. The [`sink_operator`] takes
+//! the row changes exchanged to their owner, and, once the frontier has passed a time,
+//! consolidates that time's changes per id: an id with a row afterwards is an upsert, an id
+//! without one is a delete. The batch goes over a bounded channel to the worker's own sink
+//! thread, which writes it as one transaction of multi-row statements and acknowledges. The
+//! operator holds the time's capability until then, so a probe after the sink tells which
+//! times are in the database. Blocking I/O never runs on a timely worker thread.
+//!
+//! Reconcile: when asked, a sink thread first reads the ids the table holds in its share; ids
+//! the dataflow writes are crossed off, and what is left when the input is exhausted is
+//! deleted. A replay therefore leaves the table exactly equal to the computed result,
+//! whatever it held before.
+
+pub mod dead_letters;
+pub mod memory;
+pub mod mysql;
+pub mod sqlite;
+pub mod statements;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::Stream;
+use timely::scheduling::SyncActivator;
+
+use differential_dataflow::VecCollection;
+
+use crate::dataflow::wide::WideRow;
+use crate::db::DbSettings;
+
+/// Why a write failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct SinkError {
+    /// Worth retrying (deadlock, lock wait timeout, lost connection, busy database).
+    pub transient: bool,
+    pub message: String,
+}
+
+impl SinkError {
+    pub fn permanent(message: impl Into<String>) -> SinkError {
+        SinkError {
+            transient: false,
+            message: message.into(),
+        }
+    }
+
+    pub fn transient(message: impl Into<String>) -> SinkError {
+        SinkError {
+            transient: true,
+            message: message.into(),
+        }
+    }
+}
+
+/// The consolidated changes of one time on one worker's share of the table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SinkBatch {
+    pub epoch: u64,
+    pub upserts: Vec<WideRow>,
+    pub deletes: Vec<u64>,
+}
+
+/// Writes a worker's share of the wide table.
+pub trait TableWriter: Send {
+    /// The ids the table holds whose owner is worker `index` of `peers`.
+    fn owned_ids(&mut self, index: usize, peers: usize) -> Result<Vec<u64>, SinkError>;
+    /// Writes `batch` in one transaction, stamping rows with `process_time` (seconds, UTC).
+    fn write(&mut self, batch: &SinkBatch, process_time: i64) -> Result<(), SinkError>;
+}
+
+/// Where wide rows go.
+#[derive(Clone)]
+pub enum SinkTarget {
+    /// A MySQL/MariaDB or SQLite database.
+    Database {
+        settings: DbSettings,
+        table: String,
+        batch_rows: usize,
+    },
+    /// An in-memory table (benchmarks, tests, embedding).
+    Memory(memory::MemoryTable),
+    /// Nowhere: the dataflow runs, nothing is written (join benchmarks).
+    Discard,
+}
+
+impl SinkTarget {
+    /// A writer for one worker's share.
+    pub fn connect(&self) -> Result<Box<dyn TableWriter>, SinkError> {
+        match self {
+            SinkTarget::Database {
+                settings,
+                table,
+                batch_rows,
+            } => match settings.url {
+                crate::db::DbUrl::Mysql(_) => Ok(Box::new(mysql::MysqlWriter::connect(
+                    settings.clone(),
+                    table.clone(),
+                    *batch_rows,
+                )?)),
+                crate::db::DbUrl::Sqlite(_) => Ok(Box::new(sqlite::SqliteWriter::open(
+                    settings,
+                    table.clone(),
+                    *batch_rows,
+                )?)),
+            },
+            SinkTarget::Memory(table) => Ok(Box::new(table.clone())),
+            SinkTarget::Discard => Ok(Box::new(DiscardWriter)),
+        }
+    }
+}
+
+struct DiscardWriter;
+
+impl TableWriter for DiscardWriter {
+    fn owned_ids(&mut self, _: usize, _: usize) -> Result<Vec<u64>, SinkError> {
+        Ok(Vec::new())
+    }
+    fn write(&mut self, _: &SinkBatch, _: i64) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// Counters of what the sinks did, shared by all workers of a process.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    pub rows_upserted: AtomicU64,
+    pub rows_deleted: AtomicU64,
+    pub rows_reconciled: AtomicU64,
+    pub transactions: AtomicU64,
+    pub retries: AtomicU64,
+    /// Total time spent in transactions, µs.
+    pub write_micros: AtomicU64,
+}
+
+/// A request to a sink thread.
+pub enum SinkCommand {
+    Write(SinkBatch),
+    /// Input is exhausted: reconcile (when enabled) and stop.
+    Finish,
+}
+
+/// Where a sink thread's failure is reported to the worker loops.
+pub type FailureSlot = Arc<Mutex<Option<String>>>;
+
+/// Runs a worker's sink thread until [`SinkCommand::Finish`] or until the channel closes.
+pub struct SinkThread {
+    pub writer: Box<dyn TableWriter>,
+    pub commands: Receiver<SinkCommand>,
+    pub acks: Sender<u64>,
+    pub activator: SyncActivator,
+    pub reconcile: bool,
+    pub index: usize,
+    pub peers: usize,
+    pub stats: Arc<SinkStats>,
+}
+
+impl SinkThread {
+    pub fn run(mut self) -> Result<(), SinkError> {
+        let mut leftover: HashSet<u64> = if self.reconcile {
+            let (index, peers) = (self.index, self.peers);
+            let ids = self.retry("read owned ids", |w| w.owned_ids(index, peers))?;
+            ids.into_iter().collect()
+        } else {
+            HashSet::new()
+        };
+        while let Ok(command) = self.commands.recv() {
+            match command {
+                SinkCommand::Write(batch) => {
+                    for row in &batch.upserts {
+                        leftover.remove(&row.id);
+                    }
+                    for id in &batch.deletes {
+                        leftover.remove(id);
+                    }
+                    self.write(&batch)?;
+                    self.stats
+                        .rows_upserted
+                        .fetch_add(batch.upserts.len() as u64, Ordering::Relaxed);
+                    self.stats
+                        .rows_deleted
+                        .fetch_add(batch.deletes.len() as u64, Ordering::Relaxed);
+                    // The worker may be gone after a failure elsewhere; then nobody waits.
+                    let _ = self.acks.send(batch.epoch);
+                    let _ = self.activator.activate();
+                }
+                SinkCommand::Finish => {
+                    if !leftover.is_empty() {
+                        let mut ids: Vec<u64> = leftover.drain().collect();
+                        ids.sort_unstable();
+                        let batch = SinkBatch {
+                            epoch: u64::MAX,
+                            upserts: Vec::new(),
+                            deletes: ids,
+                        };
+                        self.write(&batch)?;
+                        self.stats
+                            .rows_reconciled
+                            .fetch_add(batch.deletes.len() as u64, Ordering::Relaxed);
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, batch: &SinkBatch) -> Result<(), SinkError> {
+        let started = Instant::now();
+        let process_time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        self.retry("write batch", |w| w.write(batch, process_time))?;
+        self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .write_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Runs `op` until it succeeds or fails permanently, backing off on transient errors.
+    fn retry<T>(
+        &mut self,
+        what: &str,
+        mut op: impl FnMut(&mut dyn TableWriter) -> Result<T, SinkError>,
+    ) -> Result<T, SinkError> {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match op(self.writer.as_mut()) {
+                Ok(value) => return Ok(value),
+                Err(e) if e.transient => {
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(worker = self.index, error = %e.message, retry_in = ?backoff, "sink: {what} failed, retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    return Err(SinkError::permanent(format!(
+                        "worker {}: {what}: {}",
+                        self.index, e.message
+                    )))
+                }
+            }
+        }
+    }
+}
+
+/// The worker side of a sink thread: where batches go and acknowledgements come from.
+pub struct SinkChannels {
+    pub commands: Sender<SinkCommand>,
+    pub acks: Receiver<u64>,
+    /// Filled by the operator when it is built: hand it to the sink thread.
+    pub activator: Rc<RefCell<Option<SyncActivator>>>,
+    pub failure: FailureSlot,
+}
+
+/// Consolidates one time's row changes into upserts and deletes.
+pub fn consolidate(epoch: u64, mut changes: Vec<(WideRow, isize)>) -> SinkBatch {
+    changes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut net: Vec<(WideRow, isize)> = Vec::with_capacity(changes.len());
+    for (row, diff) in changes {
+        match net.last_mut() {
+            Some((last, d)) if *last == row => *d += diff,
+            _ => net.push((row, diff)),
+        }
+    }
+    net.retain(|(_, d)| *d != 0);
+    let mut batch = SinkBatch {
+        epoch,
+        ..SinkBatch::default()
+    };
+    let mut i = 0;
+    while i < net.len() {
+        let id = net[i].0.id;
+        let mut upsert = None;
+        while i < net.len() && net[i].0.id == id {
+            let (row, diff) = &net[i];
+            debug_assert!(
+                *diff == 1 || *diff == -1,
+                "an id has at most one visible row: {diff}"
+            );
+            if *diff > 0 {
+                upsert = Some(row.clone());
+            }
+            i += 1;
+        }
+        match upsert {
+            Some(row) => batch.upserts.push(row),
+            None => batch.deletes.push(id),
+        }
+    }
+    batch
+}
+
+/// The sink operator: exchanges row changes to their owning worker, hands each completed
+/// time's batch to the sink thread and holds the time until it is acknowledged.
+pub fn sink_operator<'scope>(
+    rows: VecCollection<'scope, u64, WideRow, isize>,
+    channels: SinkChannels,
+) -> Stream<'scope, u64, Vec<()>> {
+    let scope = rows.inner.scope();
+    let exchange = Exchange::new(|update: &(WideRow, u64, isize)| update.0.id);
+    rows.inner
+        .unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+            exchange,
+            "WideTableSink",
+            move |_capability, info| {
+                *channels.activator.borrow_mut() =
+                    Some(scope.worker().sync_activator_for(info.address.to_vec()));
+                let mut pending: BTreeMap<u64, (Capability<u64>, Vec<(WideRow, isize)>)> =
+                    BTreeMap::new();
+                let mut unsent: VecDeque<(Capability<u64>, SinkBatch)> = VecDeque::new();
+                let mut unacked: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
+                move |(input, frontier), output| {
+                    // The output carries no data: the held capabilities are the progress signal.
+                    let _ = output;
+                    input.for_each(|cap, data| {
+                        for (row, time, diff) in data.drain(..) {
+                            pending
+                                .entry(time)
+                                .or_insert_with(|| (cap.delayed(&time, 0), Vec::new()))
+                                .1
+                                .push((row, diff));
+                        }
+                    });
+                    while let Some(entry) = pending.first_entry() {
+                        if frontier.less_equal(entry.key()) {
+                            break;
+                        }
+                        let (time, (cap, changes)) = entry.remove_entry();
+                        let batch = consolidate(time, changes);
+                        if !batch.upserts.is_empty() || !batch.deletes.is_empty() {
+                            unsent.push_back((cap, batch));
+                        }
+                    }
+                    while let Some((cap, batch)) = unsent.pop_front() {
+                        let epoch = batch.epoch;
+                        match channels.commands.try_send(SinkCommand::Write(batch)) {
+                            Ok(()) => {
+                                unacked.insert(epoch, cap);
+                            }
+                            Err(TrySendError::Full(SinkCommand::Write(batch))) => {
+                                // Re-activated by the sink thread's next acknowledgement.
+                                unsent.push_front((cap, batch));
+                                break;
+                            }
+                            Err(_) => {
+                                let mut failure = channels.failure.lock().expect("failure slot");
+                                failure.get_or_insert_with(|| "the sink thread stopped".into());
+                                break;
+                            }
+                        }
+                    }
+                    for epoch in channels.acks.try_iter() {
+                        unacked.remove(&epoch);
+                    }
+                }
+            },
+        )
+}

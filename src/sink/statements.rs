@@ -1,0 +1,85 @@
+//! The sink's SQL: multi-row upserts and deletes for a dialect, with placeholders only, and the
+//! parameters of a row. Table names are validated identifiers; values are never spliced.
+
+use crate::dataflow::wide::WideRow;
+use crate::schema::{format_timestamp, Dialect, WIDE_COLUMNS};
+
+/// A statement parameter, converted to each driver's value type by its writer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Param<'a> {
+    Null,
+    Int(i64),
+    Text(&'a str),
+    Owned(String),
+}
+
+/// `INSERT … VALUES (…),… ON DUPLICATE KEY UPDATE` (MySQL) or `ON CONFLICT(id) DO UPDATE`
+/// (SQLite) for `rows` rows.
+pub fn upsert_sql(dialect: Dialect, table: &str, rows: usize) -> String {
+    let columns: Vec<&str> = WIDE_COLUMNS.iter().map(|(name, _)| *name).collect();
+    let one = format!("({})", vec!["?"; columns.len()].join(","));
+    let values = vec![one.as_str(); rows].join(",");
+    let updates: Vec<String> = columns[1..]
+        .iter()
+        .map(|c| match dialect {
+            Dialect::Mysql => format!("{c}=VALUES({c})"),
+            Dialect::Sqlite => format!("{c}=excluded.{c}"),
+        })
+        .collect();
+    let conflict = match dialect {
+        Dialect::Mysql => "ON DUPLICATE KEY UPDATE",
+        Dialect::Sqlite => "ON CONFLICT(id) DO UPDATE SET",
+    };
+    format!(
+        "INSERT INTO {table} ({}) VALUES {values} {conflict} {}",
+        columns.join(","),
+        updates.join(",")
+    )
+}
+
+/// `DELETE FROM table WHERE id IN (?, …)` for `ids` ids.
+pub fn delete_sql(table: &str, ids: usize) -> String {
+    format!(
+        "DELETE FROM {table} WHERE id IN ({})",
+        vec!["?"; ids].join(",")
+    )
+}
+
+/// `SELECT id` of the rows owned by one worker: `id mod peers = index`; negative ids, which
+/// this engine never writes, belong to worker 0 so that reconcile removes them too.
+pub fn owned_ids_sql(table: &str) -> String {
+    format!("SELECT id FROM {table} WHERE (id >= 0 AND id % ? = ?) OR (id < 0 AND ? = 0)")
+}
+
+fn text(value: &Option<String>) -> Param<'_> {
+    value.as_deref().map_or(Param::Null, Param::Text)
+}
+
+fn time(seconds: Option<i64>) -> Param<'static> {
+    seconds.map_or(Param::Null, |s| Param::Owned(format_timestamp(s)))
+}
+
+/// The parameters of `row`, in [`WIDE_COLUMNS`] order.
+pub fn row_params(row: &WideRow, process_time: i64) -> [Param<'_>; 19] {
+    [
+        Param::Int(row.id as i64),
+        Param::Text(&row.wrong_id),
+        Param::Text(&row.user_id),
+        text(&row.subject),
+        text(&row.subject_name),
+        Param::Text(&row.question_id),
+        text(&row.question),
+        text(&row.pattern_id),
+        text(&row.pattern_name),
+        text(&row.teach_type_id),
+        text(&row.teach_type_name),
+        time(Some(row.collect_time)),
+        text(&row.fix_id),
+        time(row.fix_time),
+        row.fix_result.map_or(Param::Null, Param::Int),
+        text(&row.fix_result_desc),
+        Param::Text(&row.event_id),
+        Param::Text(&row.event_type),
+        time(Some(process_time)),
+    ]
+}

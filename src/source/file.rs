@@ -1,0 +1,221 @@
+//! The bounded sources: a JSONL file (one message per line) or messages in memory, cut into
+//! chunks that are dealt to the workers round-robin, each chunk stamped with an epoch.
+//!
+//! Epochs are assigned here, not by the workers: chunk `k` goes to worker `k mod workers` at
+//! epoch `k / (workers × chunks_per_epoch)`, so all workers move through the same epochs and
+//! the end of input is one epoch that everyone reaches. In a cluster, every process reads the
+//! file and keeps the chunks of its own workers.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+
+use super::{Positions, SourceBatch, SourceEvent};
+
+/// Messages per chunk.
+pub const CHUNK_MESSAGES: usize = 1024;
+
+/// How far a source has read, for progress displays.
+#[derive(Debug, Default)]
+pub struct SourceProgress {
+    pub bytes: AtomicU64,
+    pub messages: AtomicU64,
+    /// The input's size in bytes, when known.
+    pub total_bytes: AtomicU64,
+}
+
+/// A bounded input.
+#[derive(Debug, Clone)]
+pub enum BoundedInput {
+    /// A JSONL file.
+    File(PathBuf),
+    /// Messages in memory.
+    Messages(Arc<Vec<Vec<u8>>>),
+}
+
+/// Deals chunks of messages to the workers of this process.
+pub struct Dealer {
+    /// Senders of this process's workers, by local index.
+    senders: Vec<Sender<SourceEvent>>,
+    /// The global index of this process's first worker.
+    first_worker: usize,
+    peers: usize,
+    chunks_per_epoch: u64,
+    chunk_index: u64,
+    chunk: SourceBatch,
+    make_positions: Box<dyn Fn() -> Positions + Send>,
+    pub progress: Arc<SourceProgress>,
+}
+
+impl Dealer {
+    pub fn new(
+        senders: Vec<Sender<SourceEvent>>,
+        first_worker: usize,
+        peers: usize,
+        epoch_max_messages: usize,
+        make_positions: Box<dyn Fn() -> Positions + Send>,
+        progress: Arc<SourceProgress>,
+    ) -> Dealer {
+        let chunk = SourceBatch::new(0, make_positions());
+        Dealer {
+            senders,
+            first_worker,
+            peers,
+            chunks_per_epoch: (epoch_max_messages / CHUNK_MESSAGES).max(1) as u64,
+            chunk_index: 0,
+            chunk,
+            make_positions,
+            progress,
+        }
+    }
+
+    fn epoch_of(&self, chunk_index: u64) -> u64 {
+        chunk_index / (self.peers as u64 * self.chunks_per_epoch)
+    }
+
+    /// Adds a message; `line` is its line number for file sources.
+    pub fn push(&mut self, message: &[u8], line: u64) -> Result<(), Closed> {
+        self.chunk.push(message);
+        if let Positions::Lines { lines, .. } = &mut self.chunk.positions {
+            lines.push(line);
+        }
+        self.progress.messages.fetch_add(1, Ordering::Relaxed);
+        if self.chunk.len() >= CHUNK_MESSAGES {
+            self.deal()?;
+        }
+        Ok(())
+    }
+
+    fn deal(&mut self) -> Result<(), Closed> {
+        let worker = (self.chunk_index % self.peers as u64) as usize;
+        let mut next = SourceBatch::new(0, (self.make_positions)());
+        if let Positions::Indexed { first } = &mut next.positions {
+            *first = self.progress.messages.load(Ordering::Relaxed);
+        }
+        let mut chunk = std::mem::replace(&mut self.chunk, next);
+        chunk.epoch = self.epoch_of(self.chunk_index);
+        self.chunk_index += 1;
+        if let Some(local) = worker.checked_sub(self.first_worker) {
+            if let Some(sender) = self.senders.get(local) {
+                sender.send(SourceEvent::Batch(chunk)).map_err(|_| Closed)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deals the last chunk and tells every worker where input ends.
+    pub fn finish(mut self) -> Result<(), Closed> {
+        if !self.chunk.is_empty() {
+            self.deal()?;
+        }
+        let final_epoch = if self.chunk_index == 0 {
+            0
+        } else {
+            self.epoch_of(self.chunk_index - 1) + 1
+        };
+        for sender in &self.senders {
+            sender
+                .send(SourceEvent::End { final_epoch })
+                .map_err(|_| Closed)?;
+        }
+        Ok(())
+    }
+
+    /// Tells every worker the source failed.
+    pub fn fail(self, message: String) {
+        for sender in &self.senders {
+            let _ = sender.send(SourceEvent::Failed(message.clone()));
+        }
+    }
+}
+
+/// The workers stopped listening (the job is failing or done).
+#[derive(Debug)]
+pub struct Closed;
+
+/// Reads `input` to the end and deals it; runs on its own thread.
+pub fn read_bounded(input: &BoundedInput, mut dealer: Dealer) {
+    match input {
+        BoundedInput::Messages(messages) => {
+            for message in messages.iter() {
+                dealer
+                    .progress
+                    .bytes
+                    .fetch_add(message.len() as u64, Ordering::Relaxed);
+                if dealer.push(message, 0).is_err() {
+                    return;
+                }
+            }
+            let _ = dealer.finish();
+        }
+        BoundedInput::File(path) => match read_lines(path, &mut dealer) {
+            Ok(()) => {
+                let _ = dealer.finish();
+            }
+            Err(ReadError::Io(message)) => dealer.fail(message),
+            Err(ReadError::Closed) => {}
+        },
+    }
+}
+
+enum ReadError {
+    Io(String),
+    Closed,
+}
+
+fn read_lines(path: &Path, dealer: &mut Dealer) -> Result<(), ReadError> {
+    let io = |e: std::io::Error| ReadError::Io(format!("reading {}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(io)?;
+    if let Ok(meta) = file.metadata() {
+        dealer
+            .progress
+            .total_bytes
+            .store(meta.len(), Ordering::Relaxed);
+    }
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut line = Vec::with_capacity(4096);
+    let mut number = 0u64;
+    loop {
+        line.clear();
+        let read = reader.read_until(b'\n', &mut line).map_err(io)?;
+        if read == 0 {
+            return Ok(());
+        }
+        number += 1;
+        dealer
+            .progress
+            .bytes
+            .fetch_add(read as u64, Ordering::Relaxed);
+        let mut message = line.as_slice();
+        if let Some(rest) = message.strip_suffix(b"\n") {
+            message = rest;
+        }
+        if let Some(rest) = message.strip_suffix(b"\r") {
+            message = rest;
+        }
+        // Blank lines separate nothing in JSONL: they are not messages.
+        if message.is_empty() {
+            continue;
+        }
+        dealer
+            .push(message, number)
+            .map_err(|_| ReadError::Closed)?;
+    }
+}
+
+/// The positions of a new chunk of `input`.
+pub fn positions_for(input: &BoundedInput) -> Box<dyn Fn() -> Positions + Send> {
+    match input {
+        BoundedInput::File(path) => {
+            let file: Arc<str> = Arc::from(path.display().to_string());
+            Box::new(move || Positions::Lines {
+                file: file.clone(),
+                lines: Vec::with_capacity(CHUNK_MESSAGES),
+            })
+        }
+        BoundedInput::Messages(_) => Box::new(|| Positions::Indexed { first: 0 }),
+    }
+}

@@ -1,0 +1,107 @@
+//! Sources: where the dataflow's input comes from. A source runs on its own thread and hands
+//! [`SourceBatch`]es to the workers over bounded channels; the dataflow does not know whether
+//! they came from a file or from Kafka. Dimension snapshots and the routing table are read
+//! from the database by `dims` and `routing`.
+
+pub mod dims;
+pub mod file;
+pub mod routing;
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+/// Where one message came from, for dead letters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourcePosition {
+    /// Line `line` (1-based) of a JSONL file.
+    Line { file: Arc<str>, line: u64 },
+    /// An in-memory message, by index.
+    Index(u64),
+}
+
+impl SourcePosition {
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            SourcePosition::Line { file, line } => json!({ "file": file.as_ref(), "line": line }),
+            SourcePosition::Index(index) => json!({ "index": index }),
+        }
+    }
+}
+
+/// How the messages of a batch are located in their source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Positions {
+    /// Consecutive non-blank lines of a file, starting at `first_line`; `lines[i]` is the line
+    /// number of message `i`.
+    Lines { file: Arc<str>, lines: Vec<u64> },
+    /// In-memory messages starting at `first`.
+    Indexed { first: u64 },
+}
+
+/// A batch of raw messages for one worker, all of one epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceBatch {
+    pub epoch: u64,
+    /// The messages' bytes, back to back.
+    pub data: Vec<u8>,
+    /// `data[ends[i-1]..ends[i]]` is message `i`.
+    pub ends: Vec<usize>,
+    pub positions: Positions,
+}
+
+impl SourceBatch {
+    pub fn new(epoch: u64, positions: Positions) -> SourceBatch {
+        SourceBatch {
+            epoch,
+            data: Vec::new(),
+            ends: Vec::new(),
+            positions,
+        }
+    }
+
+    pub fn push(&mut self, message: &[u8]) {
+        self.data.extend_from_slice(message);
+        self.ends.push(self.data.len());
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The messages with their index in the batch.
+    pub fn messages(&self) -> impl Iterator<Item = (usize, &[u8])> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(self.ends.iter().copied())
+            .enumerate()
+            .map(|(i, (start, end))| (i, &self.data[start..end]))
+    }
+
+    /// Where message `i` came from.
+    pub fn position(&self, i: usize) -> SourcePosition {
+        match &self.positions {
+            Positions::Lines { file, lines } => SourcePosition::Line {
+                file: file.clone(),
+                line: lines[i],
+            },
+            Positions::Indexed { first } => SourcePosition::Index(first + i as u64),
+        }
+    }
+}
+
+/// What a source tells a worker.
+#[derive(Debug)]
+pub enum SourceEvent {
+    Batch(SourceBatch),
+    /// No more input; every worker advances to `final_epoch`.
+    End {
+        final_epoch: u64,
+    },
+    /// The source failed; the job stops with this message.
+    Failed(String),
+}

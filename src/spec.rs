@@ -1,0 +1,501 @@
+//! The dataflow spec (`dataflows/*.toml`): what each event type's payload must hold, what each
+//! processor extracts, the processor aliases, the wide-row lookup maps and the dimension queries.
+//!
+//! The spec is data, not code: a new event type is a schema plus a processor entry here and a
+//! routing row in the database. Loading validates the whole file and names the file, the key and
+//! what is wrong, so a bad deploy fails at start rather than dead-lettering every event.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::HumanDuration;
+
+/// The spec shipped with the binary, used when the configuration names none.
+pub const BUILTIN_SPEC: &str = include_str!("../dataflows/wrongbook.toml");
+
+/// Why a spec could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("cannot read dataflow spec {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("dataflow spec {file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("dataflow spec {file}: `{key}`: {message}")]
+    Invalid {
+        file: String,
+        key: String,
+        message: String,
+    },
+}
+
+/// The type of a payload field (SPEC §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum FieldType {
+    String,
+    Long,
+    Integer,
+}
+
+/// One payload field of an event type's schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldSpec {
+    pub name: String,
+    pub ty: FieldType,
+    pub required: bool,
+}
+
+/// The payload schema of one event type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventSchema {
+    pub event_type: String,
+    pub fields: Vec<FieldSpec>,
+}
+
+impl EventSchema {
+    /// The index of the field called `name`, if the schema has one.
+    pub fn field_index(&self, name: &str) -> Option<usize> {
+        self.fields.iter().position(|f| f.name == name)
+    }
+}
+
+/// The built-in processor kinds: what an event does to a wrong record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessorKind {
+    /// Collects a wrong question: creates or replaces the record.
+    Add,
+    /// Submits a fix for a record.
+    Fix,
+    /// Deletes a record.
+    Delete,
+}
+
+/// A slot a processor kind fills from the payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Slot {
+    WrongRecordId,
+    UserId,
+    QuestionId,
+    Subject,
+    SubjectName,
+    PatternId,
+    ChapterId,
+    Question,
+    WrongTime,
+    CreateTime,
+    FixTime,
+    FixResult,
+    FixId,
+}
+
+impl Slot {
+    /// Number of slots; `Slot as usize` indexes arrays of this length.
+    pub const COUNT: usize = 13;
+
+    fn parse(kind: ProcessorKind, name: &str) -> Option<Slot> {
+        let slot = match name {
+            "wrong_record_id" => Slot::WrongRecordId,
+            "user_id" => Slot::UserId,
+            "question_id" => Slot::QuestionId,
+            "subject" => Slot::Subject,
+            "subject_name" => Slot::SubjectName,
+            "pattern_id" => Slot::PatternId,
+            "chapter_id" => Slot::ChapterId,
+            "question" => Slot::Question,
+            "wrong_time" => Slot::WrongTime,
+            "create_time" => Slot::CreateTime,
+            "fix_time" => Slot::FixTime,
+            "fix_result" => Slot::FixResult,
+            "fix_id" => Slot::FixId,
+            _ => return None,
+        };
+        kind.slots().contains(&slot).then_some(slot)
+    }
+
+    /// Whether the slot holds a time (a Long) rather than text.
+    pub fn is_time(self) -> bool {
+        matches!(self, Slot::WrongTime | Slot::CreateTime | Slot::FixTime)
+    }
+}
+
+impl ProcessorKind {
+    /// The slots this kind can fill.
+    pub fn slots(self) -> &'static [Slot] {
+        use Slot::*;
+        match self {
+            ProcessorKind::Add => &[
+                WrongRecordId,
+                UserId,
+                QuestionId,
+                Subject,
+                SubjectName,
+                PatternId,
+                ChapterId,
+                Question,
+                WrongTime,
+                CreateTime,
+            ],
+            ProcessorKind::Fix => &[WrongRecordId, FixTime, FixResult, FixId],
+            ProcessorKind::Delete => &[WrongRecordId],
+        }
+    }
+
+    /// The slots without which an event of this kind is a dead letter.
+    pub fn required_slots(self) -> &'static [Slot] {
+        use Slot::*;
+        match self {
+            ProcessorKind::Add => &[UserId, QuestionId],
+            ProcessorKind::Fix => &[WrongRecordId, FixTime, FixResult],
+            ProcessorKind::Delete => &[WrongRecordId],
+        }
+    }
+}
+
+/// A processor: a built-in kind and the payload field that fills each slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessorSpec {
+    pub name: String,
+    pub kind: ProcessorKind,
+    pub fields: BTreeMap<Slot, String>,
+}
+
+/// How one dimension table is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DimensionSpec {
+    pub table: String,
+    pub query: String,
+    pub refresh_interval: Duration,
+}
+
+/// The three dimension tables of the chain (SPEC §5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dimensions {
+    pub pattern: DimensionSpec,
+    pub teaching_type_pt: DimensionSpec,
+    pub teaching_type: DimensionSpec,
+}
+
+/// A loaded and validated dataflow spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    pub domain: String,
+    pub event_types: BTreeMap<String, EventSchema>,
+    pub processors: BTreeMap<String, ProcessorSpec>,
+    aliases: HashMap<String, String>,
+    pub subject_names: HashMap<String, String>,
+    pub fix_results: HashMap<String, i64>,
+    pub fix_result_desc: HashMap<i64, String>,
+    pub dimensions: Dimensions,
+}
+
+impl Spec {
+    /// Loads and validates the spec at `path`.
+    pub fn load(path: &Path) -> Result<Spec, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Spec::parse(&text, &path.display().to_string())
+    }
+
+    /// The spec shipped with the binary.
+    pub fn builtin() -> Spec {
+        Spec::parse(BUILTIN_SPEC, "<builtin dataflows/wrongbook.toml>")
+            .expect("the built-in spec is validated by the test suite")
+    }
+
+    /// Parses and validates spec text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Spec, SpecError> {
+        let raw: RawSpec = toml::from_str(text).map_err(|e| SpecError::Parse {
+            file: file.to_owned(),
+            message: e.to_string(),
+        })?;
+        raw.validate(file)
+    }
+
+    /// Resolves a routing row's `processor_class` (a processor name or one of its aliases).
+    pub fn processor(&self, name_or_alias: &str) -> Option<&ProcessorSpec> {
+        let name = self
+            .aliases
+            .get(name_or_alias)
+            .map(String::as_str)
+            .unwrap_or(name_or_alias);
+        self.processors.get(name)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    domain: String,
+    #[serde(default)]
+    event_types: BTreeMap<String, RawEventType>,
+    #[serde(default)]
+    processors: BTreeMap<String, RawProcessor>,
+    #[serde(default)]
+    subject_names: HashMap<String, String>,
+    fix_results: HashMap<String, i64>,
+    fix_result_desc: HashMap<String, String>,
+    dimensions: RawDimensions,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEventType {
+    payload: BTreeMap<String, RawField>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawField {
+    #[serde(rename = "type")]
+    ty: FieldType,
+    #[serde(default)]
+    required: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProcessor {
+    kind: ProcessorKind,
+    #[serde(default)]
+    aliases: Vec<String>,
+    fields: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDimensions {
+    pattern: RawDimension,
+    teaching_type_pt: RawDimension,
+    teaching_type: RawDimension,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDimension {
+    table: String,
+    query: String,
+    #[serde(default = "default_refresh")]
+    refresh_interval: HumanDuration,
+}
+
+fn default_refresh() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30 * 60))
+}
+
+impl RawSpec {
+    fn validate(self, file: &str) -> Result<Spec, SpecError> {
+        let invalid = |key: String, message: String| SpecError::Invalid {
+            file: file.to_owned(),
+            key,
+            message,
+        };
+        if self.domain.trim().is_empty() {
+            return Err(invalid("domain".into(), "must not be empty".into()));
+        }
+
+        let mut event_types = BTreeMap::new();
+        for (event_type, raw) in self.event_types {
+            if raw.payload.is_empty() {
+                return Err(invalid(
+                    format!("event_types.{event_type}.payload"),
+                    "a payload schema needs at least one field".into(),
+                ));
+            }
+            let fields = raw
+                .payload
+                .into_iter()
+                .map(|(name, f)| FieldSpec {
+                    name,
+                    ty: f.ty,
+                    required: f.required,
+                })
+                .collect();
+            event_types.insert(event_type.clone(), EventSchema { event_type, fields });
+        }
+
+        let mut processors = BTreeMap::new();
+        let mut aliases = HashMap::new();
+        for (name, raw) in self.processors {
+            let mut fields = BTreeMap::new();
+            for (slot_name, field) in raw.fields {
+                let slot = Slot::parse(raw.kind, &slot_name).ok_or_else(|| {
+                    invalid(
+                        format!("processors.{name}.fields.{slot_name}"),
+                        format!(
+                            "a `{:?}` processor has no slot `{slot_name}`; it knows {}",
+                            raw.kind,
+                            slot_names(raw.kind)
+                        ),
+                    )
+                })?;
+                if field.is_empty() {
+                    return Err(invalid(
+                        format!("processors.{name}.fields.{slot_name}"),
+                        "names no payload field".into(),
+                    ));
+                }
+                fields.insert(slot, field);
+            }
+            for slot in raw.kind.required_slots() {
+                if !fields.contains_key(slot) {
+                    return Err(invalid(
+                        format!("processors.{name}.fields"),
+                        format!("a `{:?}` processor must map slot {:?}", raw.kind, slot),
+                    ));
+                }
+            }
+            for alias in raw.aliases {
+                if let Some(other) = aliases.insert(alias.clone(), name.clone()) {
+                    return Err(invalid(
+                        format!("processors.{name}.aliases"),
+                        format!("alias `{alias}` is already taken by processor `{other}`"),
+                    ));
+                }
+            }
+            processors.insert(
+                name.clone(),
+                ProcessorSpec {
+                    name,
+                    kind: raw.kind,
+                    fields,
+                },
+            );
+        }
+        if let Some((alias, _)) = aliases.iter().find(|(a, _)| processors.contains_key(*a)) {
+            return Err(invalid(
+                "processors".into(),
+                format!("alias `{alias}` is also the name of a processor"),
+            ));
+        }
+
+        let mut fix_result_desc = HashMap::new();
+        for (code, desc) in self.fix_result_desc {
+            let value: i64 = code.parse().map_err(|_| {
+                invalid(
+                    format!("fix_result_desc.{code}"),
+                    "keys must be fix_result integers".into(),
+                )
+            })?;
+            fix_result_desc.insert(value, desc);
+        }
+        for (text, value) in &self.fix_results {
+            if !fix_result_desc.contains_key(value) {
+                return Err(invalid(
+                    format!("fix_results.{text}"),
+                    format!("maps to {value}, which has no entry in [fix_result_desc]"),
+                ));
+            }
+        }
+
+        let dims = self.dimensions;
+        for (key, dim) in [
+            ("pattern", &dims.pattern),
+            ("teaching_type_pt", &dims.teaching_type_pt),
+            ("teaching_type", &dims.teaching_type),
+        ] {
+            if dim.query.trim().is_empty() {
+                return Err(invalid(
+                    format!("dimensions.{key}.query"),
+                    "must not be empty".into(),
+                ));
+            }
+            if !crate::config::is_identifier(&dim.table) {
+                return Err(invalid(
+                    format!("dimensions.{key}.table"),
+                    format!("`{}` is not a plain SQL table name", dim.table),
+                ));
+            }
+            if dim.refresh_interval.0.is_zero() {
+                return Err(invalid(
+                    format!("dimensions.{key}.refresh_interval"),
+                    "must be positive".into(),
+                ));
+            }
+        }
+        let dimension = |d: RawDimension| DimensionSpec {
+            table: d.table,
+            query: d.query,
+            refresh_interval: d.refresh_interval.0,
+        };
+
+        Ok(Spec {
+            domain: self.domain,
+            event_types,
+            processors,
+            aliases,
+            subject_names: self.subject_names,
+            fix_results: self.fix_results,
+            fix_result_desc,
+            dimensions: Dimensions {
+                pattern: dimension(dims.pattern),
+                teaching_type_pt: dimension(dims.teaching_type_pt),
+                teaching_type: dimension(dims.teaching_type),
+            },
+        })
+    }
+}
+
+fn slot_names(kind: ProcessorKind) -> String {
+    kind.slots()
+        .iter()
+        .map(|s| format!("{s:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_spec_loads_with_the_seed_processors_and_aliases() {
+        let spec = Spec::builtin();
+        assert_eq!(spec.domain, "wrongbook");
+        let add = spec
+            .processor("com.flink.realtime.processor.impl.WrongbookAddProcessor")
+            .expect("seed alias resolves");
+        assert_eq!(add.name, "wrongbook_add");
+        assert_eq!(
+            spec.processor("wrongbook_fix").unwrap().kind,
+            ProcessorKind::Fix
+        );
+        assert!(spec.processor("com.example.Nope").is_none());
+        assert_eq!(spec.fix_results["correct"], 1);
+        assert_eq!(spec.fix_result_desc[&0], "未订正");
+        assert_eq!(spec.subject_names["math"], "数学");
+        let fix = &spec.event_types["wrongbook_fix"];
+        let fix_time = &fix.fields[fix.field_index("fixTime").unwrap()];
+        assert_eq!((fix_time.ty, fix_time.required), (FieldType::Long, true));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_key() {
+        let bad = BUILTIN_SPEC.replace("fix_time = \"fixTime\"", "fix_tme = \"fixTime\"");
+        let err = Spec::parse(&bad, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("x.toml"), "{err}");
+        assert!(
+            err.contains("processors.wrongbook_fix.fields.fix_tme"),
+            "{err}"
+        );
+
+        let bad = BUILTIN_SPEC.replace("type = \"Long\"", "type = \"Lng\"");
+        let err = Spec::parse(&bad, "y.toml").unwrap_err().to_string();
+        assert!(err.contains("y.toml") && err.contains("Lng"), "{err}");
+
+        let bad = BUILTIN_SPEC.replace("\"wrong\" = 0", "\"wrong\" = 7");
+        let err = Spec::parse(&bad, "z.toml").unwrap_err().to_string();
+        assert!(err.contains("fix_results.wrong"), "{err}");
+
+        let bad = BUILTIN_SPEC.replace("table = \"tower_pattern\"", "table = \"x; DROP\"");
+        let err = Spec::parse(&bad, "w.toml").unwrap_err().to_string();
+        assert!(err.contains("dimensions.pattern.table"), "{err}");
+    }
+}
