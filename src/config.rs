@@ -165,6 +165,8 @@ pub struct SinkConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
+    /// Messages a source hands a worker at once.
+    pub chunk_messages: usize,
     /// Messages a worker takes into one epoch at most.
     pub epoch_max_messages: usize,
     /// Epochs a worker may run ahead of the last one fully written, before it stops pulling.
@@ -239,6 +241,7 @@ impl Default for SinkConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
+            chunk_messages: 1024,
             epoch_max_messages: 16_384,
             max_inflight_epochs: 4,
             max_message_bytes: 1 << 20,
@@ -352,6 +355,12 @@ impl Config {
             return Err(invalid(
                 "sink.time_zone",
                 format!("`{}` is not an offset like +00:00", self.sink.time_zone),
+            ));
+        }
+        if self.engine.chunk_messages == 0 {
+            return Err(invalid(
+                "engine.chunk_messages",
+                "must be at least 1".into(),
             ));
         }
         if self.engine.epoch_max_messages == 0 {

@@ -128,6 +128,7 @@ pub fn run_bounded(pipeline: Pipeline) -> Result<RunSummary, EngineError> {
         senders,
         0,
         workers,
+        pipeline.engine.chunk_messages,
         pipeline.engine.epoch_max_messages,
         positions_for(&pipeline.input),
         pipeline.source_progress.clone(),

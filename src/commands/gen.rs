@@ -12,6 +12,7 @@ use std::io::Write;
 use serde_json::{json, Value};
 
 use crate::source::dims::{DimSnapshot, PatternRow, TeachingTypePtRow, TeachingTypeRow};
+use crate::source::routing::RoutingRow;
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -180,6 +181,29 @@ pub fn later_dims(opts: &GenOptions, dims: &DimSnapshot) -> DimSnapshot {
     next
 }
 
+/// For each pattern index, the chapters of the teaching types it links to.
+fn pattern_chapters(opts: &GenOptions, dims: &DimSnapshot) -> Vec<Vec<String>> {
+    let mut chapters = vec![Vec::new(); opts.patterns.max(1)];
+    for link in &dims.teaching_type_pts {
+        let pattern = link
+            .pt_id
+            .as_deref()
+            .and_then(|p| p.strip_prefix("pattern_"))
+            .and_then(|p| p.parse::<usize>().ok());
+        let chapter = dims
+            .teaching_types
+            .iter()
+            .find(|tt| Some(tt.id) == link.teaching_type_id)
+            .and_then(|tt| tt.chapter_id.clone());
+        if let (Some(p), Some(chapter)) = (pattern, chapter) {
+            if let Some(list) = chapters.get_mut(p) {
+                list.push(chapter);
+            }
+        }
+    }
+    chapters
+}
+
 fn pattern_id(p: usize) -> String {
     format!("pattern_{p}")
 }
@@ -192,6 +216,7 @@ fn chapter_id(c: usize) -> String {
 pub fn generate(opts: &GenOptions) -> Generated {
     let dims = dims(opts);
     let dims_changed = later_dims(opts, &dims);
+    let chapters_of = pattern_chapters(opts, &dims);
     let mut rng = Rng::new(opts.seed);
     let mut messages: Vec<Vec<u8>> = Vec::with_capacity(opts.events);
     let users = (opts.events / 40).max(5);
@@ -244,8 +269,8 @@ pub fn generate(opts: &GenOptions) -> Generated {
             if rng.chance(0.4) {
                 payload["subjectName"] = json!(format!("{subject}科"));
             }
+            let p = rng.skewed(opts.patterns.max(1));
             if rng.chance(0.92) {
-                let p = rng.skewed(opts.patterns.max(1));
                 payload["patternId"] = if rng.chance(0.03) {
                     json!(format!("pattern_missing_{p}"))
                 } else {
@@ -253,7 +278,14 @@ pub fn generate(opts: &GenOptions) -> Generated {
                 };
             }
             if rng.chance(0.7) {
-                payload["chapterId"] = json!(chapter_id(rng.below(opts.chapters.max(1))));
+                // Mostly a chapter the pattern's teaching types are in, so the chain matches.
+                let known = &chapters_of[p.min(chapters_of.len().saturating_sub(1))];
+                let chapter = if !known.is_empty() && rng.chance(0.8) {
+                    known[rng.below(known.len())].clone()
+                } else {
+                    chapter_id(rng.below(opts.chapters.max(1)))
+                };
+                payload["chapterId"] = json!(chapter);
                 payload["chapterName"] = json!("章节");
             }
             if rng.chance(0.5) {
@@ -441,20 +473,76 @@ pub fn dims_sql(dims: &DimSnapshot) -> String {
     sql
 }
 
-/// SQL that replaces the routing table's rows with the generator's routes: the seed's three
-/// rows (delete disabled), a newer enabled delete route by our processor name, a disabled
-/// type and a type whose processor does not exist.
+/// The generator's routes: the seed's three rows (delete disabled), a newer enabled delete
+/// route by our processor name, a disabled type and a type whose processor does not exist.
+pub fn routing_rows() -> Vec<RoutingRow> {
+    let row = |id, event_type: &str, class: &str, enabled, priority, version: &str| RoutingRow {
+        id,
+        event_type: event_type.into(),
+        processor_class: class.into(),
+        enabled,
+        hot_deployable: true,
+        priority,
+        version: Some(version.into()),
+    };
+    vec![
+        row(
+            1,
+            "wrongbook_add",
+            "com.flink.realtime.processor.impl.WrongbookAddProcessor",
+            true,
+            100,
+            "1.0",
+        ),
+        row(
+            2,
+            "wrongbook_fix",
+            "com.flink.realtime.processor.impl.WrongbookFixProcessor",
+            true,
+            100,
+            "1.0",
+        ),
+        row(
+            3,
+            "wrongbook_delete",
+            "com.flink.realtime.processor.impl.WrongbookDeleteProcessor",
+            false,
+            90,
+            "1.0",
+        ),
+        row(4, "wrongbook_delete", "wrongbook_delete", true, 100, "1.1"),
+        row(5, "wrongbook_review", "wrongbook_add", false, 100, "1.0"),
+        row(
+            6,
+            "wrongbook_share",
+            "com.flink.realtime.processor.impl.WrongbookShareProcessor",
+            true,
+            100,
+            "1.0",
+        ),
+    ]
+}
+
+/// SQL that replaces the routing table's rows with [`routing_rows`].
 pub fn routing_sql(table: &str) -> String {
+    let values: Vec<String> = routing_rows()
+        .iter()
+        .map(|r| {
+            format!(
+                "({}, {}, {}, {}, {}, {}, {})",
+                r.id,
+                sql_text(&Some(r.event_type.clone())),
+                sql_text(&Some(r.processor_class.clone())),
+                i64::from(r.enabled),
+                i64::from(r.hot_deployable),
+                r.priority,
+                sql_text(&r.version)
+            )
+        })
+        .collect();
     format!(
-        "DELETE FROM {table};
-INSERT INTO {table} (id, event_type, processor_class, enabled, hot_deployable, priority, version) VALUES
-(1, 'wrongbook_add', 'com.flink.realtime.processor.impl.WrongbookAddProcessor', 1, 1, 100, '1.0'),
-(2, 'wrongbook_fix', 'com.flink.realtime.processor.impl.WrongbookFixProcessor', 1, 1, 100, '1.0'),
-(3, 'wrongbook_delete', 'com.flink.realtime.processor.impl.WrongbookDeleteProcessor', 0, 1, 90, '1.0'),
-(4, 'wrongbook_delete', 'wrongbook_delete', 1, 1, 100, '1.1'),
-(5, 'wrongbook_review', 'wrongbook_add', 0, 1, 100, '1.0'),
-(6, 'wrongbook_share', 'com.flink.realtime.processor.impl.WrongbookShareProcessor', 1, 1, 100, '1.0');
-"
+        "DELETE FROM {table};\nINSERT INTO {table} (id, event_type, processor_class, enabled, hot_deployable, priority, version) VALUES\n{};\n",
+        values.join(",\n")
     )
 }
 

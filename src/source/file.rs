@@ -15,9 +15,6 @@ use crossbeam_channel::Sender;
 
 use super::{Positions, SourceBatch, SourceEvent};
 
-/// Messages per chunk.
-pub const CHUNK_MESSAGES: usize = 1024;
-
 /// How far a source has read, for progress displays.
 #[derive(Debug, Default)]
 pub struct SourceProgress {
@@ -43,6 +40,7 @@ pub struct Dealer {
     /// The global index of this process's first worker.
     first_worker: usize,
     peers: usize,
+    chunk_messages: usize,
     chunks_per_epoch: u64,
     chunk_index: u64,
     chunk: SourceBatch,
@@ -55,6 +53,7 @@ impl Dealer {
         senders: Vec<Sender<SourceEvent>>,
         first_worker: usize,
         peers: usize,
+        chunk_messages: usize,
         epoch_max_messages: usize,
         make_positions: Box<dyn Fn() -> Positions + Send>,
         progress: Arc<SourceProgress>,
@@ -64,7 +63,8 @@ impl Dealer {
             senders,
             first_worker,
             peers,
-            chunks_per_epoch: (epoch_max_messages / CHUNK_MESSAGES).max(1) as u64,
+            chunk_messages,
+            chunks_per_epoch: (epoch_max_messages / chunk_messages).max(1) as u64,
             chunk_index: 0,
             chunk,
             make_positions,
@@ -83,7 +83,7 @@ impl Dealer {
             lines.push(line);
         }
         self.progress.messages.fetch_add(1, Ordering::Relaxed);
-        if self.chunk.len() >= CHUNK_MESSAGES {
+        if self.chunk.len() >= self.chunk_messages {
             self.deal()?;
         }
         Ok(())
@@ -213,7 +213,7 @@ pub fn positions_for(input: &BoundedInput) -> Box<dyn Fn() -> Positions + Send> 
             let file: Arc<str> = Arc::from(path.display().to_string());
             Box::new(move || Positions::Lines {
                 file: file.clone(),
-                lines: Vec::with_capacity(CHUNK_MESSAGES),
+                lines: Vec::new(),
             })
         }
         BoundedInput::Messages(_) => Box::new(|| Positions::Indexed { first: 0 }),

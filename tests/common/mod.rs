@@ -1,0 +1,262 @@
+//! Test support: the reference model, running the engine in memory, and throwaway databases
+//! (a MariaDB database per test on 127.0.0.1:3306, or an SQLite file).
+#![allow(dead_code)]
+
+pub mod reference;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use wrongbook::config::{Config, EngineConfig};
+use wrongbook::dataflow::route::RouteTable;
+use wrongbook::dataflow::wide::WideRow;
+use wrongbook::db::{Db, SqlValue};
+use wrongbook::engine::{run_bounded, Pipeline, RunSummary};
+use wrongbook::sink::dead_letters::{DeadLetter, DeadLetterMemory};
+use wrongbook::sink::memory::MemoryTable;
+use wrongbook::sink::{SinkStats, SinkTarget};
+use wrongbook::source::dims::DimSnapshot;
+use wrongbook::source::file::{BoundedInput, SourceProgress};
+use wrongbook::spec::Spec;
+
+pub use reference::{reference, Row};
+
+/// A wide row of the engine as the model's comparable row.
+pub fn row_of(row: &WideRow) -> Row {
+    let text = |v: &Option<String>| v.clone();
+    vec![
+        Some(row.id.to_string()),
+        Some(row.wrong_id.clone()),
+        Some(row.user_id.clone()),
+        text(&row.subject),
+        text(&row.subject_name),
+        Some(row.question_id.clone()),
+        text(&row.question),
+        text(&row.pattern_id),
+        text(&row.pattern_name),
+        text(&row.teach_type_id),
+        text(&row.teach_type_name),
+        Some(row.collect_time.to_string()),
+        text(&row.fix_id),
+        row.fix_time.map(|t| t.to_string()),
+        row.fix_result.map(|r| r.to_string()),
+        text(&row.fix_result_desc),
+        Some(row.event_id.clone()),
+        Some(row.event_type.clone()),
+    ]
+}
+
+/// How to run the engine in memory.
+pub struct MemoryRun {
+    pub workers: usize,
+    pub chunk_messages: usize,
+    pub epoch_max_messages: usize,
+    pub dims: DimSnapshot,
+    pub dims_after: Option<DimSnapshot>,
+    pub table: MemoryTable,
+}
+
+impl MemoryRun {
+    pub fn new(workers: usize, dims: DimSnapshot) -> MemoryRun {
+        MemoryRun {
+            workers,
+            chunk_messages: 64,
+            epoch_max_messages: 256,
+            dims,
+            dims_after: None,
+            table: MemoryTable::default(),
+        }
+    }
+
+    /// Runs the engine over `messages` with the generator's routing; returns the summary, the
+    /// table and the dead letters.
+    pub fn run(self, messages: Vec<Vec<u8>>) -> (RunSummary, BTreeMap<i64, Row>, Vec<DeadLetter>) {
+        let spec = Spec::builtin();
+        let routes = RouteTable::build(wrongbook::commands::gen::routing_rows(), &spec);
+        let dead_letters = Arc::new(DeadLetterMemory::default());
+        let later = self.dims_after.clone();
+        let pipeline = Pipeline {
+            spec: Arc::new(spec),
+            routes: Arc::new(routes),
+            engine: EngineConfig {
+                chunk_messages: self.chunk_messages,
+                epoch_max_messages: self.epoch_max_messages,
+                ..EngineConfig::default()
+            },
+            workers: self.workers,
+            input: BoundedInput::Messages(Arc::new(messages)),
+            dims: self.dims,
+            dims_after: later.map(|d| Box::new(move || Ok(d)) as wrongbook::engine::LaterDims),
+            sink: SinkTarget::Memory(self.table.clone()),
+            reconcile: true,
+            dead_letters: dead_letters.clone(),
+            source_progress: Arc::new(SourceProgress::default()),
+            sink_stats: Arc::new(SinkStats::default()),
+        };
+        let summary = run_bounded(pipeline).expect("the engine runs");
+        let table = self
+            .table
+            .snapshot()
+            .values()
+            .map(|row| (row.id as i64, row_of(row)))
+            .collect();
+        (summary, table, dead_letters.letters())
+    }
+}
+
+/// Whether tests must fail rather than skip when a service is missing.
+pub fn services_required() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+static NEXT_DB: AtomicU64 = AtomicU64::new(0);
+
+/// A database that lives as long as the test.
+pub struct TestDatabase {
+    pub config: Config,
+    mysql_name: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestDatabase {
+    /// A fresh MariaDB database on 127.0.0.1:3306 (root, empty password); `None` (skip) when
+    /// MariaDB is not running, except under CI, where that fails the test.
+    pub fn mariadb() -> Option<TestDatabase> {
+        let admin_url = "mysql://root@127.0.0.1:3306/mysql";
+        let opts = mysql::Opts::from_url(admin_url).expect("a valid url");
+        let mut admin = match mysql::Conn::new(opts) {
+            Ok(conn) => conn,
+            Err(e) => {
+                assert!(
+                    !services_required(),
+                    "MariaDB at 127.0.0.1:3306 is required under CI: {e}"
+                );
+                eprintln!("skipping: MariaDB at 127.0.0.1:3306 is not reachable: {e}");
+                return None;
+            }
+        };
+        let name = format!(
+            "wb_test_{}_{}_{}",
+            std::process::id(),
+            NEXT_DB.fetch_add(1, Ordering::Relaxed),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos()
+        );
+        use mysql::prelude::Queryable;
+        admin
+            .query_drop(format!("CREATE DATABASE {name}"))
+            .expect("create a test database");
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.mysql.url = format!("mysql://127.0.0.1:3306/{name}");
+        config.mysql.username = "root".into();
+        Some(TestDatabase {
+            config,
+            mysql_name: Some(name),
+            _dir: dir,
+        })
+    }
+
+    /// A fresh SQLite file in a temporary directory.
+    pub fn sqlite() -> TestDatabase {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.mysql.url = format!("sqlite://{}", dir.path().join("wb.db").display());
+        TestDatabase {
+            config,
+            mysql_name: None,
+            _dir: dir,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    pub fn connect(&self) -> Db {
+        self.config
+            .database()
+            .connect()
+            .expect("connect to the test database")
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.mysql_name.is_none()
+    }
+
+    /// The wide table `table` as comparable rows; also checks every row has a process_time.
+    pub fn read_table(&self, table: &str) -> BTreeMap<i64, Row> {
+        let epoch = |col: &str| {
+            if self.is_sqlite() {
+                format!("CAST(strftime('%s', {col}) AS INTEGER)")
+            } else {
+                format!("UNIX_TIMESTAMP({col})")
+            }
+        };
+        let sql = format!(
+            "SELECT id, wrong_id, user_id, subject, subject_name, question_id, question, pattern_id, \
+             pattern_name, teach_type_id, teach_type_name, {}, fix_id, {}, fix_result, \
+             fix_result_desc, event_id, event_type, process_time FROM {table}",
+            epoch("collect_time"),
+            epoch("fix_time")
+        );
+        let rows = self.connect().query(&sql).expect("read the wide table");
+        rows.rows
+            .into_iter()
+            .map(|mut row| {
+                let process_time = row.pop().unwrap();
+                assert_ne!(process_time, SqlValue::Null, "every row has a process_time");
+                let row: Row = row.into_iter().map(SqlValue::into_text).collect();
+                let id = row[0].as_ref().unwrap().parse::<i64>().unwrap();
+                (id, row)
+            })
+            .collect()
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Some(name) = &self.mysql_name {
+            if let Ok(mut admin) = mysql::Conn::new(
+                mysql::Opts::from_url("mysql://root@127.0.0.1:3306/mysql").unwrap(),
+            ) {
+                use mysql::prelude::Queryable;
+                let _ = admin.query_drop(format!("DROP DATABASE IF EXISTS {name}"));
+            }
+        }
+    }
+}
+
+/// Compares two tables and says which ids differ and how.
+pub fn assert_tables_equal(actual: &BTreeMap<i64, Row>, expected: &BTreeMap<i64, Row>, what: &str) {
+    if actual == expected {
+        return;
+    }
+    let mut report = Vec::new();
+    for (id, row) in expected {
+        match actual.get(id) {
+            None => report.push(format!("missing id {id}: {row:?}")),
+            Some(a) if a != row => {
+                report.push(format!("id {id}:\n  got      {a:?}\n  expected {row:?}"))
+            }
+            _ => {}
+        }
+    }
+    for (id, row) in actual {
+        if !expected.contains_key(id) {
+            report.push(format!("unexpected id {id}: {row:?}"));
+        }
+    }
+    let shown: Vec<String> = report.iter().take(10).cloned().collect();
+    panic!(
+        "{what}: {} rows vs {} expected, {} differences:\n{}",
+        actual.len(),
+        expected.len(),
+        report.len(),
+        shown.join("\n")
+    );
+}
