@@ -59,6 +59,9 @@ pub enum Command {
         /// Create this wide table instead of `sink.table` (e.g. a scratch copy).
         #[arg(long)]
         table: Option<String>,
+        /// Then run these SQL files (e.g. the dimension and routing rows from `gen --dims-out`).
+        #[arg(long, value_name = "FILE.sql")]
+        load: Vec<PathBuf>,
     },
     /// Re-process a JSONL dump (one message per line) into the wide table.
     ///
@@ -88,6 +91,10 @@ pub enum Command {
         /// Write this table instead of `sink.table` (create it with `init-db --table`).
         #[arg(long)]
         table: Option<String>,
+        /// Run everything but write nothing to the wide table (outcomes, dead letters and
+        /// speed only).
+        #[arg(long)]
+        dry_run: bool,
         /// No progress bar.
         #[arg(long)]
         quiet: bool,

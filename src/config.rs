@@ -16,10 +16,10 @@ pub const ENV_PREFIX: &str = "WRONGBOOK_";
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("config file {file}: {message}")]
     Parse { file: String, message: String },
@@ -285,9 +285,9 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let (mut table, file, base_dir) = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
                     path: path.to_owned(),
-                    source,
+                    cause,
                 })?;
                 let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
                     file: path.display().to_string(),

@@ -375,31 +375,24 @@ impl WorkerLoop<'_> {
                         } else {
                             None
                         };
-                        match later {
-                            Some(later) => {
-                                // Correct rows that are already written: wait for them first.
-                                while probe.less_than(&end) {
-                                    if self.shared.failure.is_set() {
-                                        return Err(self
-                                            .shared
-                                            .failure
-                                            .message()
-                                            .unwrap_or_default());
-                                    }
-                                    worker.step_or_park(Some(Duration::from_millis(1)));
+                        if let Some(later) = later {
+                            // Correct rows that are already written: wait for them first.
+                            while probe.less_than(&end) {
+                                if self.shared.failure.is_set() {
+                                    return Err(self.shared.failure.message().unwrap_or_default());
                                 }
-                                let next = later()?;
-                                let diff = self.shared.dims.diff(&next);
-                                self.dim_rows_changed = diff.len();
-                                tracing::info!(
-                                    rows = diff.len(),
-                                    "applying the later dimension snapshot"
-                                );
-                                let dims = self.dims.as_mut().expect("checked above");
-                                dims.apply(&diff);
-                                dims.advance_to(end + 1);
+                                worker.step_or_park(Some(Duration::from_millis(1)));
                             }
-                            None => {}
+                            let next = later()?;
+                            let diff = self.shared.dims.diff(&next);
+                            self.dim_rows_changed = diff.len();
+                            tracing::info!(
+                                rows = diff.len(),
+                                "applying the later dimension snapshot"
+                            );
+                            let dims = self.dims.as_mut().expect("checked above");
+                            dims.apply(&diff);
+                            dims.advance_to(end + 1);
                         }
                         self.dims = None;
                         idle = false;

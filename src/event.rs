@@ -464,13 +464,14 @@ mod tests {
         assert_eq!(reason(b""), Reason::InvalidJson);
         assert_eq!(reason(br#"{"type":"a","type":"b"}"#), Reason::DuplicateKey);
         assert_eq!(reason(br#"{"type":"a"}"#), Reason::MissingField);
-        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        // Deep nesting in a field nobody reads is skipped iteratively, without recursion.
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert_eq!(
             reason(format!("{{\"x\":{deep}}}").as_bytes()),
-            Reason::InvalidJson
+            Reason::MissingField
         );
         assert_eq!(
-            parse_envelope(&vec![b' '; 100], 10).unwrap_err().reason,
+            parse_envelope(&[b' '; 100], 10).unwrap_err().reason,
             Reason::MessageTooLarge
         );
         let base = |ts: &str, payload: &str| {

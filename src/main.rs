@@ -58,10 +58,21 @@ fn run(command: Command) -> anyhow::Result<()> {
             })?;
             print!("{text}");
         }
-        Command::InitDb { config, table } => {
+        Command::InitDb {
+            config,
+            table,
+            load,
+        } => {
             let config = load_config(config.as_deref())?;
-            let db = init_db::init_db(&config, table.as_deref())?;
+            let mut db = init_db::init_db(&config, table.as_deref())?;
             println!("tables ready in {}", db.target());
+            for path in load {
+                let sql = std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                db.execute_script(&sql)
+                    .with_context(|| format!("loading {}", path.display()))?;
+                println!("loaded {}", path.display());
+            }
         }
         Command::Replay {
             config,
@@ -70,6 +81,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             dead_letters,
             dims_after,
             table,
+            dry_run,
             quiet,
         } => {
             let config = load_config(config.as_deref())?;
@@ -81,6 +93,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     dead_letters,
                     dims_after,
                     table,
+                    dry_run,
                     progress: !quiet,
                 },
             )?;

@@ -19,10 +19,10 @@ pub const BUILTIN_SPEC: &str = include_str!("../dataflows/wrongbook.toml");
 /// Why a spec could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
-    #[error("cannot read dataflow spec {path}: {source}")]
+    #[error("cannot read dataflow spec {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("dataflow spec {file}: {message}")]
     Parse { file: String, message: String },
@@ -197,9 +197,9 @@ pub struct Spec {
 impl Spec {
     /// Loads and validates the spec at `path`.
     pub fn load(path: &Path) -> Result<Spec, SpecError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| SpecError::Read {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
         Spec::parse(&text, &path.display().to_string())
     }

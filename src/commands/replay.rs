@@ -46,6 +46,8 @@ pub struct ReplayOptions {
     pub dims_after: Option<PathBuf>,
     /// Write this table instead of `sink.table`.
     pub table: Option<String>,
+    /// Write nothing to the wide table.
+    pub dry_run: bool,
     /// Show a progress bar on stderr.
     pub progress: bool,
 }
@@ -132,12 +134,16 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<RunSummary, Repla
         input: BoundedInput::File(opts.input.clone()),
         dims,
         dims_after,
-        sink: SinkTarget::Database {
-            settings,
-            table,
-            batch_rows: config.sink.batch_rows,
+        sink: if opts.dry_run {
+            SinkTarget::Discard
+        } else {
+            SinkTarget::Database {
+                settings,
+                table,
+                batch_rows: config.sink.batch_rows,
+            }
         },
-        reconcile: true,
+        reconcile: !opts.dry_run,
         dead_letters: Arc::new(dead_letters),
         source_progress: source_progress.clone(),
         sink_stats: sink_stats.clone(),

@@ -24,6 +24,8 @@ pub enum SkipReason {
 }
 
 /// The one outcome of a message.
+// `Accepted` is the common case by far: boxing it would cost an allocation per event.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Outcome {
     Accepted(KeyedOp),

@@ -304,6 +304,9 @@ pub fn consolidate(epoch: u64, mut changes: Vec<(WideRow, isize)>) -> SinkBatch 
     batch
 }
 
+/// Row changes waiting for their time to complete, with the capability that holds the time.
+type PendingTimes = BTreeMap<u64, (Capability<u64>, Vec<(WideRow, isize)>)>;
+
 /// The sink operator: exchanges row changes to their owning worker, hands each completed
 /// time's batch to the sink thread and holds the time until it is acknowledged.
 pub fn sink_operator<'scope>(
@@ -319,8 +322,7 @@ pub fn sink_operator<'scope>(
             move |_capability, info| {
                 *channels.activator.borrow_mut() =
                     Some(scope.worker().sync_activator_for(info.address.to_vec()));
-                let mut pending: BTreeMap<u64, (Capability<u64>, Vec<(WideRow, isize)>)> =
-                    BTreeMap::new();
+                let mut pending: PendingTimes = BTreeMap::new();
                 let mut unsent: VecDeque<(Capability<u64>, SinkBatch)> = VecDeque::new();
                 let mut unacked: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
                 move |(input, frontier), output| {

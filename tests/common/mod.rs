@@ -1,6 +1,6 @@
 //! Test support: the reference model, running the engine in memory, and throwaway databases
 //! (a MariaDB database per test on 127.0.0.1:3306, or an SQLite file).
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod reference;
 

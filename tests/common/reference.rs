@@ -94,6 +94,7 @@ fn secs(ms: i64) -> Result<i64, ()> {
     }
 }
 
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 enum Life {
     Add {

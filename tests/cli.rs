@@ -1,0 +1,213 @@
+//! The `wrongbook` binary as a user runs it: `--help` explains every command, the shipped
+//! configurations load, bad configuration gives one clear error and a non-zero exit, secrets
+//! never print, and gen → init-db --load → replay works from the command line.
+
+mod common;
+
+use std::process::{Command, Output};
+
+fn wrongbook(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wrongbook"))
+        .args(args)
+        .env_remove("WRONGBOOK_LOG")
+        .output()
+        .expect("run the wrongbook binary")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn help_explains_every_command() {
+    let top = wrongbook(&["--help"]);
+    assert!(top.status.success());
+    for command in ["demo", "init-db", "replay", "gen"] {
+        assert!(
+            text(&top).contains(command),
+            "top-level help lists {command}"
+        );
+        let help = wrongbook(&[command, "--help"]);
+        assert!(help.status.success(), "{command} --help");
+        assert!(
+            text(&help).len() > 300,
+            "{command} --help explains: {}",
+            text(&help)
+        );
+    }
+    assert!(text(&wrongbook(&["replay", "--help"])).contains("--dims-after"));
+}
+
+#[test]
+fn shipped_configurations_load() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    for file in ["config/wrongbook.toml", "config/sqlite.toml"] {
+        let config = wrongbook::config::Config::load_with_env(
+            Some(&std::path::Path::new(root).join(file)),
+            Vec::new(),
+        )
+        .unwrap_or_else(|e| panic!("{file}: {e}"));
+        config
+            .load_spec()
+            .unwrap_or_else(|e| panic!("{file}: spec: {e}"));
+    }
+}
+
+#[test]
+fn bad_configuration_is_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.toml");
+    let out = wrongbook(&[
+        "replay",
+        "-c",
+        missing.to_str().unwrap(),
+        "--input",
+        "x.jsonl",
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("nope.toml"), "{}", text(&out));
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "workers = \"two\"\n").unwrap();
+    let out = wrongbook(&["init-db", "-c", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("bad.toml") && text(&out).contains("workers"),
+        "{}",
+        text(&out)
+    );
+
+    let spec = dir.path().join("spec.toml");
+    std::fs::write(&spec, "domain = \"x\"\n").unwrap();
+    let with_spec = dir.path().join("with-spec.toml");
+    std::fs::write(
+        &with_spec,
+        format!(
+            "spec = \"spec.toml\"\n[mysql]\nurl = \"sqlite://{}\"\n",
+            dir.path().join("x.db").display()
+        ),
+    )
+    .unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{}\n").unwrap();
+    let out = wrongbook(&[
+        "replay",
+        "-c",
+        with_spec.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("spec.toml"), "{}", text(&out));
+
+    // A database without the tables says how to create them.
+    let no_tables = dir.path().join("no-tables.toml");
+    std::fs::write(
+        &no_tables,
+        format!(
+            "[mysql]\nurl = \"sqlite://{}\"\n",
+            dir.path().join("empty.db").display()
+        ),
+    )
+    .unwrap();
+    let out = wrongbook(&[
+        "replay",
+        "-c",
+        no_tables.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("init-db"), "{}", text(&out));
+    assert!(!text(&out).contains("panicked"), "{}", text(&out));
+}
+
+#[test]
+fn secrets_never_print() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        "[mysql]\nurl = \"mysql://127.0.0.1:1/wb\"\nusername = \"root\"\npassword = \"hunter2-secret\"\n",
+    )
+    .unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{}\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wrongbook"))
+        .args([
+            "--log",
+            "debug",
+            "replay",
+            "-c",
+            config.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+        ])
+        .env("WRONGBOOK_KAFKA__PASSWORD", "kafka-secret")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let all = text(&out);
+    assert!(
+        all.contains("127.0.0.1:1"),
+        "the error names the address: {all}"
+    );
+    assert!(
+        !all.contains("hunter2-secret") && !all.contains("kafka-secret"),
+        "{all}"
+    );
+}
+
+#[test]
+fn gen_init_db_and_replay_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let gen = |out: &str| {
+        wrongbook(&[
+            "gen",
+            "--events",
+            "3000",
+            "--seed",
+            "11",
+            "--out",
+            out,
+            "--dims-out",
+            &path("dims.sql"),
+            "--dims-change-out",
+            &path("change.sql"),
+        ])
+    };
+    assert!(gen(&path("a.jsonl")).status.success());
+    assert!(gen(&path("b.jsonl")).status.success());
+    assert_eq!(
+        std::fs::read(path("a.jsonl")).unwrap(),
+        std::fs::read(path("b.jsonl")).unwrap(),
+        "deterministic"
+    );
+
+    let config = path("job.toml");
+    std::fs::write(&config, "[mysql]\nurl = \"sqlite://job.db\"\n").unwrap();
+    let out = wrongbook(&["init-db", "-c", &config, "--load", &path("dims.sql")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = wrongbook(&[
+        "replay",
+        "-c",
+        &config,
+        "--input",
+        &path("a.jsonl"),
+        "-w",
+        "2",
+        "--quiet",
+        "--dims-after",
+        &path("change.sql"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("replayed 3000 events"), "{summary}");
+    assert!(summary.contains("dead letters by reason"), "{summary}");
+    assert!(std::path::Path::new(&path("a.dead-letters.jsonl")).exists());
+}
