@@ -1,82 +1,86 @@
-//! The dimension chain (SPEC §5) as an incrementally maintained join:
+//! The dimension chain (SPEC §5), maintained in differential dataflow:
 //! pattern → teaching-type link (`pt`) → teaching type (`tt`).
 //!
-//! Records are not joined to the dimension tables directly. Records use few distinct
-//! `(pattern_id, chapter_id)` pairs, so the chain is resolved per *pair*:
+//! Everything a record needs from the three tables depends on its pattern, and on its chapter
+//! only through a filter. So the chain is reduced, per pattern, to one [`PatternLookup`]: the
+//! pattern's name, its winning teaching type over all chapters, and its winner within each
+//! chapter. Live `pt` rows join live `tt` rows by teaching-type id, the names join in by pattern,
+//! and one `reduce` per pattern keeps the candidates with the least (`order_num`, `tt.id`).
 //!
-//! 1. `candidates`: live `pt` rows joined to live `tt` rows, keyed by pattern.
-//! 2. the pairs records use (`distinct`), joined to the pattern names and to the candidates
-//!    (keeping those whose chapter matches, or all when the pair has no chapter),
-//! 3. one `reduce` per pair to a [`DimLookup`]: the name and the candidate with the least
-//!    (`order_num`, `tt.id`). A marker fact makes every used pair produce a lookup, matched or
-//!    not, which gives the left-join semantics without an antijoin.
-//!
-//! Records then join the lookups by pair. When a dimension row changes, only the pairs it
-//! touches change their lookup, and the join retracts and re-inserts exactly the wide rows of
-//! the records using those pairs.
+//! The result is as small as the dimension tables, not as large as the records: it is
+//! broadcast to every worker, where [`crate::dataflow::join`] holds the records. A change to a
+//! dimension row changes the lookups of the patterns it touches, and nothing else.
 
 use serde::{Deserialize, Serialize};
 
 use differential_dataflow::VecCollection;
 
-use crate::dataflow::records::Record;
 use crate::source::dims::{PatternRow, TeachingTypePtRow, TeachingTypeRow};
 
-/// What a record's dimension lookups resolve to.
+/// A teaching type as a wide row shows it: (`tt.id`, `tt.teaching_type_name`).
+pub type TeachType = (i64, Option<String>);
+
+/// Everything the dimension chain knows about one pattern.
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct DimLookup {
-    pub pattern_name: Option<String>,
-    /// The winning teaching type: (`tt.id`, `tt.teaching_type_name`).
-    pub teach_type: Option<(i64, Option<String>)>,
+pub struct PatternLookup {
+    /// `tower_pattern.name`.
+    pub name: Option<String>,
+    /// The winner among all live candidates (for records without a chapter).
+    pub overall: Option<TeachType>,
+    /// The winner within each chapter, sorted by chapter.
+    pub by_chapter: Vec<(String, TeachType)>,
 }
 
-/// The join key of a record: its pattern and chapter.
-pub type PairKey = (Option<String>, Option<String>);
+/// What a record's lookups resolve to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DimLookup<'a> {
+    pub pattern_name: Option<&'a str>,
+    pub teach_type: Option<&'a TeachType>,
+}
+
+impl PatternLookup {
+    /// The lookup of a record with this pattern and `chapter`: the chapter filter is dropped
+    /// when the record has no chapter.
+    pub fn resolve(&self, chapter: Option<&str>) -> DimLookup<'_> {
+        let teach_type = match chapter {
+            None => self.overall.as_ref(),
+            Some(chapter) => self
+                .by_chapter
+                .binary_search_by(|(c, _)| c.as_str().cmp(chapter))
+                .ok()
+                .map(|i| &self.by_chapter[i].1),
+        };
+        DimLookup {
+            pattern_name: self.name.as_deref(),
+            teach_type,
+        }
+    }
+}
 
 /// A teaching-type candidate of a pattern. Field order is the winner order.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 struct Candidate {
     order_num: Option<i64>,
     tt_id: i64,
+    chapter: Option<String>,
     name: Option<String>,
 }
 
-/// What is known about a used pair. `Used < Name < Candidate`, and candidates sort by
-/// (`order_num`, `tt.id`), so a reduce sees the winner first.
+/// What is known about a pattern. Names sort before candidates, and candidates by
+/// (`order_num`, `tt.id`), so a reduce meets each chapter's winner first.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-enum PairFact {
-    Used,
+enum PatternFact {
     Name(Option<String>),
     Candidate(Candidate),
 }
 
-/// The pair a record looks up.
-pub fn pair_key(record: &Record) -> PairKey {
-    (record.add.pattern_id.clone(), record.add.chapter_id.clone())
-}
-
-/// The lookup of every pair that `records` use, maintained as records and dimensions change.
-pub fn dim_lookups<'scope>(
-    records: VecCollection<'scope, u64, (u64, Record), isize>,
+/// The lookup of every pattern the dimension tables mention, maintained as they change.
+pub fn pattern_lookups<'scope>(
     patterns: VecCollection<'scope, u64, PatternRow, isize>,
     teaching_type_pts: VecCollection<'scope, u64, TeachingTypePtRow, isize>,
     teaching_types: VecCollection<'scope, u64, TeachingTypeRow, isize>,
-) -> VecCollection<'scope, u64, (PairKey, DimLookup), isize> {
-    let pairs = records.map(|(_, record)| pair_key(&record)).distinct();
-    let by_pattern = pairs
-        .clone()
-        .flat_map(|(pattern, chapter)| pattern.map(|p| (p, chapter)));
-
-    let names = patterns.map(|row| (row.id, row.name));
-    let pair_names = by_pattern
-        .clone()
-        .join_map(names, |pattern, chapter, name| {
-            (
-                (Some(pattern.clone()), chapter.clone()),
-                PairFact::Name(name.clone()),
-            )
-        });
-
+) -> VecCollection<'scope, u64, (String, PatternLookup), isize> {
+    let names = patterns.map(|row| (row.id, PatternFact::Name(row.name)));
     let live_links =
         teaching_type_pts.flat_map(|pt| match (pt.is_delete, pt.teaching_type_id, pt.pt_id) {
             (Some(0), Some(tt_id), Some(pattern)) => Some((tt_id, (pattern, pt.order_num))),
@@ -91,52 +95,65 @@ pub fn dim_lookups<'scope>(
         |tt_id, (pattern, order_num), (chapter, name)| {
             (
                 pattern.clone(),
-                (
-                    chapter.clone(),
-                    Candidate {
-                        order_num: *order_num,
-                        tt_id: *tt_id,
-                        name: name.clone(),
-                    },
-                ),
+                PatternFact::Candidate(Candidate {
+                    order_num: *order_num,
+                    tt_id: *tt_id,
+                    chapter: chapter.clone(),
+                    name: name.clone(),
+                }),
             )
         },
     );
-    let pair_candidates = by_pattern
-        .join_map(candidates, |pattern, chapter, (tt_chapter, candidate)| {
-            let matches = chapter.is_none() || chapter == tt_chapter;
-            matches.then(|| {
-                (
-                    (Some(pattern.clone()), chapter.clone()),
-                    PairFact::Candidate(candidate.clone()),
-                )
-            })
-        })
-        .flat_map(|fact| fact);
-
-    pairs
-        .map(|pair| (pair, PairFact::Used))
-        .concat(pair_names)
-        .concat(pair_candidates)
-        .reduce(|_pair, facts, output| {
-            if !matches!(facts.first(), Some((PairFact::Used, _))) {
-                return;
-            }
-            let mut lookup = DimLookup::default();
-            for (fact, _) in facts {
-                match fact {
-                    PairFact::Used => {}
-                    PairFact::Name(name) => {
-                        if lookup.pattern_name.is_none() {
-                            lookup.pattern_name = name.clone();
-                        }
+    names.concat(candidates).reduce(|_pattern, facts, output| {
+        let mut lookup = PatternLookup::default();
+        for (fact, _) in facts {
+            match fact {
+                PatternFact::Name(name) => {
+                    if lookup.name.is_none() {
+                        lookup.name = name.clone();
                     }
-                    PairFact::Candidate(c) => {
-                        lookup.teach_type = Some((c.tt_id, c.name.clone()));
-                        break;
+                }
+                PatternFact::Candidate(c) => {
+                    let winner = (c.tt_id, c.name.clone());
+                    if lookup.overall.is_none() {
+                        lookup.overall = Some(winner.clone());
+                    }
+                    if let Some(chapter) = &c.chapter {
+                        if !lookup.by_chapter.iter().any(|(seen, _)| seen == chapter) {
+                            lookup.by_chapter.push((chapter.clone(), winner));
+                        }
                     }
                 }
             }
-            output.push((lookup, 1));
-        })
+        }
+        lookup.by_chapter.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        output.push((lookup, 1));
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_without_a_chapter_gets_the_overall_winner() {
+        let lookup = PatternLookup {
+            name: Some("p".into()),
+            overall: Some((1, Some("one".into()))),
+            by_chapter: vec![
+                ("a".into(), (2, None)),
+                ("c".into(), (3, Some("three".into()))),
+            ],
+        };
+        assert_eq!(
+            lookup.resolve(None).teach_type,
+            Some(&(1, Some("one".into())))
+        );
+        assert_eq!(
+            lookup.resolve(Some("c")).teach_type,
+            Some(&(3, Some("three".into())))
+        );
+        assert_eq!(lookup.resolve(Some("b")).teach_type, None);
+        assert_eq!(lookup.resolve(Some("b")).pattern_name, Some("p"));
+    }
 }

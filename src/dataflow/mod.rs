@@ -1,9 +1,9 @@
 //! The dataflow graph: record operations and dimension rows in, wide-table writes out.
 //!
 //! ```text
-//! ops (KeyedOp) ──► record state ──► (id, Record) ──┬──────────────────► join by pair ──► wide rows ──► sink
-//!                                                   └─► used pairs ─┐        ▲
-//! patterns, pt links, teaching types (diffs) ──────────────────────► dim lookups per pair
+//! ops (KeyedOp, by id) ─────────────────────────────────► join: record state ──► row updates ──► sink
+//!                                                               ▲ (broadcast)
+//! patterns, pt links, teaching types (diffs) ──► pattern lookups
 //! ```
 //!
 //! Ingest (parse, route, process) runs before the graph, on the worker that pulled the message;
@@ -11,6 +11,7 @@
 
 pub mod dims;
 pub mod ingest;
+pub mod join;
 pub mod process;
 pub mod records;
 pub mod route;
@@ -94,11 +95,10 @@ pub fn build(
         let (teaching_type_pts, pt_rows) = scope.new_collection();
         let (teaching_types, tt_rows) = scope.new_collection();
 
-        let records = records::record_state(ops);
-        let lookups = dims::dim_lookups(records.clone(), pattern_rows, pt_rows, tt_rows);
-        let rows = wide::wide_rows(records, lookups, fix_result_desc);
+        let lookups = dims::pattern_lookups(pattern_rows, pt_rows, tt_rows);
+        let updates = join::join_records_with_dims(ops, lookups, fix_result_desc);
         let probe = ProbeHandle::new();
-        sink_operator(rows, sink).probe_with(&probe);
+        sink_operator(updates, sink).probe_with(&probe);
 
         DataflowHandles {
             ops: ops_input,

@@ -3,36 +3,26 @@
 //! For each wrong record we keep only its latest lifecycle event (add or delete, by
 //! (`timestamp`, `eventId`)) and its latest fix (by (`fixTime`, `eventId`)). A record exists
 //! iff its lifecycle winner is an add. State is therefore O(records), whatever the history
-//! length, and it is exactly what a checkpoint must save. The operator turns record operations
-//! into a differential collection `(id, Record)`: when an id's visible record changes it emits
-//! `-old` and `+new` at that time.
-//!
-//! Operations are applied in time order once the input frontier has passed their time, so the
-//! state after time `t` is the state of all events up to `t`, whatever order they arrived in
-//! (the winners are maxima, so arrival order within a time does not matter either). Duplicates
-//! compare equal to the winner and change nothing.
+//! length, and it is exactly what a checkpoint must save. The winners are maxima, so the order
+//! in which operations are applied does not matter, and duplicates compare equal to the winner
+//! and change nothing. [`crate::dataflow::join`] owns a store per worker and applies each
+//! time's operations in time order.
 //!
 //! Two wrong ids can share a wide-table id (`"7"` and `"007"`, or an xxh3 collision). The table
 //! holds one row per id, so the row shown is that of the live record with the least wrong id:
 //! deterministic, and independent of arrival order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::Capability;
-use timely::dataflow::Stream;
 
-use differential_dataflow::{AsCollection, VecCollection};
+use crate::dataflow::process::{AddEvent, EventStamp, FixEvent, RecordOp};
 
-use crate::dataflow::process::{AddEvent, EventStamp, FixEvent, KeyedOp, RecordOp};
-
-/// A live record: its add and its latest fix.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Record {
-    pub add: AddEvent,
-    pub fix: Option<FixEvent>,
+/// A live record: its add and its latest fix, borrowed from the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub add: &'a AddEvent,
+    pub fix: Option<&'a FixEvent>,
 }
 
 /// The lifecycle winner of one wrong id.
@@ -107,29 +97,37 @@ pub struct RecordStore {
     by_id: HashMap<u64, Vec<WrongRecord>>,
 }
 
+/// What applying a group of operations did to an id's visible record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// No operation won: the visible record is as it was.
+    Unchanged,
+    /// Some operation won. `before` is the pattern of the record visible before (`None` when
+    /// none was); the visible record now is [`RecordStore::visible`].
+    Changed { before: Option<Option<String>> },
+}
+
 impl RecordStore {
     /// The visible record of `id`: the live one with the least wrong id.
-    fn visible(records: &[WrongRecord]) -> Option<Record> {
+    pub fn visible(&self, id: u64) -> Option<Record<'_>> {
+        Self::visible_of(self.by_id.get(&id)?)
+    }
+
+    fn visible_of(records: &[WrongRecord]) -> Option<Record<'_>> {
         records
             .iter()
             .filter_map(|r| r.live_add().map(|add| (r, add)))
             .min_by(|a, b| a.0.wrong_id.cmp(&b.0.wrong_id))
             .map(|(r, add)| Record {
-                add: add.clone(),
-                fix: r.fix.clone(),
+                add,
+                fix: r.fix.as_ref(),
             })
     }
 
-    /// Applies the operations on `id` and reports the change of its visible record as
-    /// `(record, diff)` pairs.
-    pub fn apply(
-        &mut self,
-        id: u64,
-        ops: impl IntoIterator<Item = RecordOp>,
-        changes: &mut Vec<(Record, isize)>,
-    ) {
+    /// Applies the operations on `id`, in any order: the winners are maxima.
+    pub fn apply(&mut self, id: u64, ops: impl IntoIterator<Item = RecordOp>) -> Applied {
         let records = self.by_id.entry(id).or_default();
-        let mut before: Option<Option<Record>> = None;
+        let mut applied = Applied::Unchanged;
         for op in ops {
             let index = match records.iter().position(|r| r.wrong_id == op.wrong_id()) {
                 Some(index) => index,
@@ -143,24 +141,14 @@ impl RecordStore {
                 }
             };
             if records[index].is_won_by(&op) {
-                if before.is_none() {
-                    before = Some(Self::visible(records));
+                if applied == Applied::Unchanged {
+                    let before = Self::visible_of(records).map(|r| r.add.pattern_id.clone());
+                    applied = Applied::Changed { before };
                 }
                 records[index].apply(op);
             }
         }
-        let Some(before) = before else {
-            return;
-        };
-        let after = Self::visible(records);
-        if before != after {
-            if let Some(old) = before {
-                changes.push((old, -1));
-            }
-            if let Some(new) = after {
-                changes.push((new, 1));
-            }
-        }
+        applied
     }
 
     /// The number of ids with state (live, deleted or fix-only).
@@ -171,55 +159,6 @@ impl RecordStore {
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
     }
-}
-
-/// The record-state operator: record operations, exchanged by id, in; the collection of
-/// visible records `(id, Record)` out.
-pub fn record_state<'scope>(
-    ops: Stream<'scope, u64, Vec<KeyedOp>>,
-) -> VecCollection<'scope, u64, (u64, Record), isize> {
-    let exchange = Exchange::new(|op: &KeyedOp| op.id);
-    ops.unary_frontier(exchange, "RecordState", |_capability, _info| {
-        let mut store = RecordStore::default();
-        let mut pending: BTreeMap<u64, (Capability<u64>, Vec<KeyedOp>)> = BTreeMap::new();
-        let mut changes = Vec::new();
-        move |(input, frontier), output| {
-            input.for_each(|cap, data| {
-                let Some(time) = cap.least().copied() else {
-                    return;
-                };
-                let entry = pending.entry(time).or_insert_with(|| {
-                    let cap = cap
-                        .retain_least(0)
-                        .expect("a message with a time has a capability");
-                    (cap, Vec::new())
-                });
-                entry.1.append(data);
-            });
-            while let Some(entry) = pending.first_entry() {
-                if frontier.less_equal(entry.key()) {
-                    break;
-                }
-                let (time, (cap, mut ops)) = entry.remove_entry();
-                ops.sort_unstable_by_key(|op| op.id);
-                let mut session = output.session(&cap);
-                let mut ops = ops.into_iter().peekable();
-                while let Some(first) = ops.next() {
-                    let id = first.id;
-                    let mut group = vec![first.op];
-                    while let Some(next) = ops.next_if(|op| op.id == id) {
-                        group.push(next.op);
-                    }
-                    changes.clear();
-                    store.apply(id, group, &mut changes);
-                    for (record, diff) in changes.drain(..) {
-                        session.give(((id, record), time, diff));
-                    }
-                }
-            }
-        }
-    })
-    .as_collection()
 }
 
 #[cfg(test)]
@@ -257,8 +196,8 @@ mod tests {
         })
     }
 
-    fn visible(store: &RecordStore, id: u64) -> Option<Record> {
-        RecordStore::visible(store.by_id.get(&id)?)
+    fn user(store: &RecordStore, id: u64) -> Option<String> {
+        store.visible(id).map(|r| r.add.user_id.clone())
     }
 
     #[test]
@@ -266,19 +205,17 @@ mod tests {
         let mut forward = RecordStore::default();
         let mut backward = RecordStore::default();
         let ops = vec![add("1", 10, "u1"), delete("1", 20), add("1", 30, "u3")];
-        let mut changes = Vec::new();
-        forward.apply(1, ops.clone(), &mut changes);
-        backward.apply(1, ops.into_iter().rev(), &mut changes);
-        assert_eq!(visible(&forward, 1).unwrap().add.user_id, "u3");
-        assert_eq!(visible(&forward, 1), visible(&backward, 1));
+        forward.apply(1, ops.clone());
+        backward.apply(1, ops.into_iter().rev());
+        assert_eq!(user(&forward, 1).as_deref(), Some("u3"));
+        assert_eq!(user(&forward, 1), user(&backward, 1));
 
         let mut store = RecordStore::default();
-        store.apply(1, [add("1", 10, "u1"), delete("1", 20)], &mut changes);
-        assert_eq!(visible(&store, 1), None);
-        changes.clear();
-        store.apply(1, [add("1", 15, "late")], &mut changes);
-        assert!(
-            changes.is_empty(),
+        store.apply(1, [add("1", 10, "u1"), delete("1", 20)]);
+        assert_eq!(user(&store, 1), None);
+        assert_eq!(
+            store.apply(1, [add("1", 15, "late")]),
+            Applied::Unchanged,
             "an add older than the delete changes nothing"
         );
     }
@@ -286,14 +223,9 @@ mod tests {
     #[test]
     fn a_shared_id_shows_the_least_live_wrong_id() {
         let mut store = RecordStore::default();
-        let mut changes = Vec::new();
-        store.apply(
-            7,
-            [add("7", 1, "plain"), add("007", 1, "padded")],
-            &mut changes,
-        );
-        assert_eq!(visible(&store, 7).unwrap().add.wrong_id, "007");
-        store.apply(7, [delete("007", 2)], &mut changes);
-        assert_eq!(visible(&store, 7).unwrap().add.wrong_id, "7");
+        store.apply(7, [add("7", 1, "plain"), add("007", 1, "padded")]);
+        assert_eq!(store.visible(7).unwrap().add.wrong_id, "007");
+        store.apply(7, [delete("007", 2)]);
+        assert_eq!(store.visible(7).unwrap().add.wrong_id, "7");
     }
 }

@@ -1,17 +1,15 @@
 //! Wide rows (SPEC §6): a visible record, its latest fix and its dimension lookup become one row
-//! of `dwd_wrong_record_wide_delta`, keyed by the record's wide-table id.
+//! of `dwd_wrong_record_wide_delta`, keyed by the record's wide-table id, and [`RowUpdate`]s
+//! tell the sink what an id's row is after a time.
 //!
 //! `process_time` is not part of the row: it is the wall-clock time of the write, which the
 //! sink adds, so that the dataflow's output depends only on its input.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use differential_dataflow::VecCollection;
-
-use crate::dataflow::dims::{pair_key, DimLookup, PairKey};
+use crate::dataflow::dims::DimLookup;
 use crate::dataflow::records::Record;
 
 /// One row of the wide table, times in whole seconds (UTC).
@@ -41,12 +39,12 @@ impl WideRow {
     /// Builds the row of record `id`.
     pub fn assemble(
         id: u64,
-        record: &Record,
-        lookup: &DimLookup,
+        record: Record<'_>,
+        lookup: &DimLookup<'_>,
         fix_result_desc: &HashMap<i64, String>,
     ) -> WideRow {
-        let add = &record.add;
-        let fix = record.fix.as_ref();
+        let add = record.add;
+        let fix = record.fix;
         // The later of the add and the latest fix by event time; ties go to the fix.
         let (event_id, event_type) = match fix {
             Some(fix) if fix.stamp.timestamp >= add.stamp.timestamp => {
@@ -63,15 +61,9 @@ impl WideRow {
             question_id: add.question_id.clone(),
             question: add.question.clone(),
             pattern_id: add.pattern_id.clone(),
-            pattern_name: lookup.pattern_name.clone(),
-            teach_type_id: lookup
-                .teach_type
-                .as_ref()
-                .map(|(tt_id, _)| tt_id.to_string()),
-            teach_type_name: lookup
-                .teach_type
-                .as_ref()
-                .and_then(|(_, name)| name.clone()),
+            pattern_name: lookup.pattern_name.map(str::to_owned),
+            teach_type_id: lookup.teach_type.map(|(tt_id, _)| tt_id.to_string()),
+            teach_type_name: lookup.teach_type.and_then(|(_, name)| name.clone()),
             collect_time: add.collect_time,
             fix_id: fix.map(|f| f.fix_id.clone()),
             fix_time: fix.map(|f| f.fix_time_ms.div_euclid(1000)),
@@ -83,15 +75,5 @@ impl WideRow {
     }
 }
 
-/// Joins visible records to their pair's lookup: the collection of wide rows.
-pub fn wide_rows<'scope>(
-    records: VecCollection<'scope, u64, (u64, Record), isize>,
-    lookups: VecCollection<'scope, u64, (PairKey, DimLookup), isize>,
-    fix_result_desc: Arc<HashMap<i64, String>>,
-) -> VecCollection<'scope, u64, WideRow, isize> {
-    records
-        .map(|(id, record)| (pair_key(&record), (id, record)))
-        .join_map(lookups, move |_pair, (id, record), lookup| {
-            WideRow::assemble(*id, record, lookup, &fix_result_desc)
-        })
-}
+/// The row of an id after a time: `Some` to upsert, `None` to delete.
+pub type RowUpdate = (u64, Option<WideRow>);

@@ -1,10 +1,9 @@
 //! The sink (SPEC §7): wide-row changes become transactions in the wide table.
 //!
-//! Each worker owns the rows whose id is `≡ worker (mod workers)`. The [`sink_operator`] takes
-//! the row changes exchanged to their owner, and, once the frontier has passed a time,
-//! consolidates that time's changes per id: an id with a row afterwards is an upsert, an id
-//! without one is a delete. The batch goes over a bounded channel to the worker's own sink
-//! thread, which writes it as one transaction of multi-row statements and acknowledges. The
+//! Each worker owns the rows whose id is `≡ worker (mod workers)`, and the join produces each
+//! row on its owner. Once the frontier has passed a time, the [`sink_operator`] turns that
+//! time's row updates into one batch: an id with a row is an upsert, an id without one is a
+//! delete. The batch goes over a bounded channel to the worker's own sink thread, which writes it as one transaction of multi-row statements and acknowledges. The
 //! operator holds the time's capability until then, so a probe after the sink tells which
 //! times are in the database. Blocking I/O never runs on a timely worker thread.
 //!
@@ -28,15 +27,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 use timely::scheduling::SyncActivator;
 
-use differential_dataflow::VecCollection;
-
-use crate::dataflow::wide::WideRow;
+use crate::dataflow::wide::{RowUpdate, WideRow};
 use crate::db::DbSettings;
 
 /// Why a write failed.
@@ -266,37 +263,20 @@ pub struct SinkChannels {
     pub failure: FailureSlot,
 }
 
-/// Consolidates one time's row changes into upserts and deletes.
-pub fn consolidate(epoch: u64, mut changes: Vec<(WideRow, isize)>) -> SinkBatch {
-    changes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    let mut net: Vec<(WideRow, isize)> = Vec::with_capacity(changes.len());
-    for (row, diff) in changes {
-        match net.last_mut() {
-            Some((last, d)) if *last == row => *d += diff,
-            _ => net.push((row, diff)),
-        }
-    }
-    net.retain(|(_, d)| *d != 0);
+/// The batch of one time: each id's last update, as an upsert or a delete.
+pub fn batch_of(epoch: u64, mut updates: Vec<RowUpdate>) -> SinkBatch {
+    // Stable: for an id updated twice, the later update comes last and wins.
+    updates.sort_by_key(|(id, _)| *id);
     let mut batch = SinkBatch {
         epoch,
         ..SinkBatch::default()
     };
-    let mut i = 0;
-    while i < net.len() {
-        let id = net[i].0.id;
-        let mut upsert = None;
-        while i < net.len() && net[i].0.id == id {
-            let (row, diff) = &net[i];
-            debug_assert!(
-                *diff == 1 || *diff == -1,
-                "an id has at most one visible row: {diff}"
-            );
-            if *diff > 0 {
-                upsert = Some(row.clone());
-            }
-            i += 1;
+    let mut updates = updates.into_iter().peekable();
+    while let Some((id, mut row)) = updates.next() {
+        while let Some((_, later)) = updates.next_if(|(next, _)| *next == id) {
+            row = later;
         }
-        match upsert {
+        match row {
             Some(row) => batch.upserts.push(row),
             None => batch.deletes.push(id),
         }
@@ -304,71 +284,76 @@ pub fn consolidate(epoch: u64, mut changes: Vec<(WideRow, isize)>) -> SinkBatch 
     batch
 }
 
-/// Row changes waiting for their time to complete, with the capability that holds the time.
-type PendingTimes = BTreeMap<u64, (Capability<u64>, Vec<(WideRow, isize)>)>;
+/// Row updates waiting for their time to complete, with the capability that holds the time.
+type PendingTimes = BTreeMap<u64, (Capability<u64>, Vec<RowUpdate>)>;
 
-/// The sink operator: exchanges row changes to their owning worker, hands each completed
-/// time's batch to the sink thread and holds the time until it is acknowledged.
+/// The sink operator: takes each completed time's row updates (already on the worker that owns
+/// their ids), hands them to the sink thread as one batch, and holds the time until the batch
+/// is acknowledged.
 pub fn sink_operator<'scope>(
-    rows: VecCollection<'scope, u64, WideRow, isize>,
+    updates: Stream<'scope, u64, Vec<RowUpdate>>,
     channels: SinkChannels,
 ) -> Stream<'scope, u64, Vec<()>> {
-    let scope = rows.inner.scope();
-    let exchange = Exchange::new(|update: &(WideRow, u64, isize)| update.0.id);
-    rows.inner
-        .unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
-            exchange,
-            "WideTableSink",
-            move |_capability, info| {
-                *channels.activator.borrow_mut() =
-                    Some(scope.worker().sync_activator_for(info.address.to_vec()));
-                let mut pending: PendingTimes = BTreeMap::new();
-                let mut unsent: VecDeque<(Capability<u64>, SinkBatch)> = VecDeque::new();
-                let mut unacked: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
-                move |(input, frontier), output| {
-                    // The output carries no data: the held capabilities are the progress signal.
-                    let _ = output;
-                    input.for_each(|cap, data| {
-                        for (row, time, diff) in data.drain(..) {
-                            pending
-                                .entry(time)
-                                .or_insert_with(|| (cap.delayed(&time, 0), Vec::new()))
-                                .1
-                                .push((row, diff));
-                        }
-                    });
-                    while let Some(entry) = pending.first_entry() {
-                        if frontier.less_equal(entry.key()) {
-                            break;
-                        }
-                        let (time, (cap, changes)) = entry.remove_entry();
-                        let batch = consolidate(time, changes);
-                        if !batch.upserts.is_empty() || !batch.deletes.is_empty() {
-                            unsent.push_back((cap, batch));
-                        }
+    let scope = updates.scope();
+    updates.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+        Pipeline,
+        "WideTableSink",
+        move |_capability, info| {
+            *channels.activator.borrow_mut() =
+                Some(scope.worker().sync_activator_for(info.address.to_vec()));
+            let mut pending: PendingTimes = BTreeMap::new();
+            let mut unsent: VecDeque<(Capability<u64>, SinkBatch)> = VecDeque::new();
+            let mut unacked: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
+            move |(input, frontier), output| {
+                // The output carries no data: the held capabilities are the progress signal.
+                let _ = output;
+                input.for_each(|cap, data| {
+                    let Some(time) = cap.least().copied() else {
+                        return;
+                    };
+                    pending
+                        .entry(time)
+                        .or_insert_with(|| {
+                            let cap = cap
+                                .retain_least(0)
+                                .expect("a message with a time has a capability");
+                            (cap, Vec::new())
+                        })
+                        .1
+                        .append(data);
+                });
+                while let Some(entry) = pending.first_entry() {
+                    if frontier.less_equal(entry.key()) {
+                        break;
                     }
-                    while let Some((cap, batch)) = unsent.pop_front() {
-                        let epoch = batch.epoch;
-                        match channels.commands.try_send(SinkCommand::Write(batch)) {
-                            Ok(()) => {
-                                unacked.insert(epoch, cap);
-                            }
-                            Err(TrySendError::Full(SinkCommand::Write(batch))) => {
-                                // Re-activated by the sink thread's next acknowledgement.
-                                unsent.push_front((cap, batch));
-                                break;
-                            }
-                            Err(_) => {
-                                let mut failure = channels.failure.lock().expect("failure slot");
-                                failure.get_or_insert_with(|| "the sink thread stopped".into());
-                                break;
-                            }
-                        }
-                    }
-                    for epoch in channels.acks.try_iter() {
-                        unacked.remove(&epoch);
+                    let (time, (cap, updates)) = entry.remove_entry();
+                    let batch = batch_of(time, updates);
+                    if !batch.upserts.is_empty() || !batch.deletes.is_empty() {
+                        unsent.push_back((cap, batch));
                     }
                 }
-            },
-        )
+                while let Some((cap, batch)) = unsent.pop_front() {
+                    let epoch = batch.epoch;
+                    match channels.commands.try_send(SinkCommand::Write(batch)) {
+                        Ok(()) => {
+                            unacked.insert(epoch, cap);
+                        }
+                        Err(TrySendError::Full(SinkCommand::Write(batch))) => {
+                            // Re-activated by the sink thread's next acknowledgement.
+                            unsent.push_front((cap, batch));
+                            break;
+                        }
+                        Err(_) => {
+                            let mut failure = channels.failure.lock().expect("failure slot");
+                            failure.get_or_insert_with(|| "the sink thread stopped".into());
+                            break;
+                        }
+                    }
+                }
+                for epoch in channels.acks.try_iter() {
+                    unacked.remove(&epoch);
+                }
+            }
+        },
+    )
 }
