@@ -357,3 +357,116 @@ pub fn sink_operator<'scope>(
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: u64, user: &str) -> WideRow {
+        WideRow {
+            id,
+            wrong_id: id.to_string(),
+            user_id: user.into(),
+            subject: None,
+            subject_name: None,
+            question_id: "q".into(),
+            question: None,
+            pattern_id: None,
+            pattern_name: None,
+            teach_type_id: None,
+            teach_type_name: None,
+            collect_time: 1,
+            fix_id: None,
+            fix_time: None,
+            fix_result: None,
+            fix_result_desc: None,
+            event_id: "e".into(),
+            event_type: "t".into(),
+        }
+    }
+
+    #[test]
+    fn a_batch_holds_each_ids_last_update() {
+        let batch = batch_of(
+            3,
+            vec![
+                (2, Some(row(2, "first"))),
+                (1, None),
+                (2, Some(row(2, "second"))),
+                (3, Some(row(3, "x"))),
+                (3, None),
+            ],
+        );
+        assert_eq!(batch.epoch, 3);
+        assert_eq!(batch.upserts, vec![row(2, "second")]);
+        assert_eq!(batch.deletes, vec![1, 3]);
+    }
+
+    #[test]
+    fn a_failing_write_is_retried_until_it_passes_and_permanent_errors_stop() {
+        struct Flaky {
+            failures_left: usize,
+            permanent: bool,
+            written: Vec<u64>,
+        }
+        impl TableWriter for Flaky {
+            fn owned_ids(&mut self, _: usize, _: usize) -> Result<Vec<u64>, SinkError> {
+                Ok(vec![7, 8])
+            }
+            fn write(&mut self, batch: &SinkBatch, _: i64) -> Result<(), SinkError> {
+                if self.failures_left > 0 {
+                    self.failures_left -= 1;
+                    return Err(SinkError {
+                        transient: !self.permanent,
+                        message: "deadlock".into(),
+                    });
+                }
+                self.written.extend(batch.upserts.iter().map(|r| r.id));
+                self.written.extend(&batch.deletes);
+                Ok(())
+            }
+        }
+        let run = |permanent: bool| {
+            let (command_tx, command_rx) = crossbeam_channel::unbounded();
+            let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
+            let stats = Arc::new(SinkStats::default());
+            let worker = timely::execute_directly(|worker| worker.sync_activator_for(vec![0]));
+            let thread = SinkThread {
+                writer: Box::new(Flaky {
+                    failures_left: 2,
+                    permanent,
+                    written: Vec::new(),
+                }),
+                commands: command_rx,
+                acks: ack_tx,
+                activator: worker,
+                reconcile: true,
+                index: 0,
+                peers: 1,
+                stats: stats.clone(),
+            };
+            command_tx
+                .send(SinkCommand::Write(SinkBatch {
+                    epoch: 4,
+                    upserts: vec![row(7, "u")],
+                    deletes: vec![],
+                }))
+                .unwrap();
+            command_tx.send(SinkCommand::Finish).unwrap();
+            let result = thread.run();
+            (result, ack_rx.try_iter().collect::<Vec<_>>(), stats)
+        };
+        let (result, acks, stats) = run(false);
+        assert!(result.is_ok());
+        assert_eq!(acks, vec![4]);
+        assert_eq!(stats.retries.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            stats.rows_reconciled.load(Ordering::Relaxed),
+            1,
+            "id 8 was not written"
+        );
+        let (result, acks, _) = run(true);
+        assert!(result.unwrap_err().message.contains("deadlock"));
+        assert!(acks.is_empty());
+    }
+}

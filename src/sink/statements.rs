@@ -83,3 +83,20 @@ pub fn row_params(row: &WideRow, process_time: i64) -> [Param<'_>; 19] {
         time(Some(process_time)),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_have_one_placeholder_per_value() {
+        let sql = upsert_sql(Dialect::Mysql, "t", 3);
+        assert_eq!(sql.matches('?').count(), 3 * WIDE_COLUMNS.len());
+        assert!(sql.starts_with("INSERT INTO t (id,wrong_id,"));
+        assert!(sql.contains("ON DUPLICATE KEY UPDATE wrong_id=VALUES(wrong_id)"));
+        assert!(!sql.contains("id=VALUES(id)"));
+        let sql = upsert_sql(Dialect::Sqlite, "t", 1);
+        assert!(sql.contains("ON CONFLICT(id) DO UPDATE SET wrong_id=excluded.wrong_id"));
+        assert_eq!(delete_sql("t", 2), "DELETE FROM t WHERE id IN (?,?)");
+    }
+}

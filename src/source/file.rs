@@ -219,3 +219,59 @@ pub fn positions_for(input: &BoundedInput) -> Box<dyn Fn() -> Positions + Send> 
         BoundedInput::Messages(_) => Box::new(|| Positions::Indexed { first: 0 }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::SourcePosition;
+
+    #[test]
+    fn chunks_are_dealt_round_robin_with_shared_epochs() {
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..2).map(|_| crossbeam_channel::unbounded()).unzip();
+        let messages: Vec<Vec<u8>> = (0..10).map(|i| format!("m{i}").into_bytes()).collect();
+        let dealer = Dealer::new(
+            senders,
+            0,
+            2,
+            2,
+            4,
+            positions_for(&BoundedInput::Messages(Arc::new(Vec::new()))),
+            Arc::new(SourceProgress::default()),
+        );
+        read_bounded(&BoundedInput::Messages(Arc::new(messages)), dealer);
+        let mut seen = Vec::new();
+        for (worker, rx) in receivers.iter().enumerate() {
+            for event in rx.try_iter() {
+                match event {
+                    SourceEvent::Batch(batch) => {
+                        for (i, message) in batch.messages() {
+                            let SourcePosition::Index(index) = batch.position(i) else {
+                                panic!("in-memory messages have indexes");
+                            };
+                            assert_eq!(message, format!("m{index}").as_bytes());
+                            seen.push((worker, batch.epoch, index));
+                        }
+                    }
+                    SourceEvent::End { final_epoch } => assert_eq!(final_epoch, 2),
+                    SourceEvent::Failed(e) => panic!("{e}"),
+                }
+            }
+        }
+        seen.sort_by_key(|s| s.2);
+        // Chunks of 2, dealt 0,1,0,1,0; two chunks per worker per epoch.
+        let expected: Vec<(usize, u64, u64)> = vec![
+            (0, 0, 0),
+            (0, 0, 1),
+            (1, 0, 2),
+            (1, 0, 3),
+            (0, 0, 4),
+            (0, 0, 5),
+            (1, 0, 6),
+            (1, 0, 7),
+            (0, 1, 8),
+            (0, 1, 9),
+        ];
+        assert_eq!(seen, expected);
+    }
+}

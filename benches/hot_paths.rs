@@ -1,0 +1,232 @@
+//! Criterion benches of the hot paths, on generated data:
+//!
+//! - `ingest`: parse + validate + route + process one message;
+//! - `join/records`: record-state update and row assembly for a batch of operations;
+//! - `join/dim_change`: a pattern lookup change correcting the rows that use it;
+//! - `dims/initial_load` and `dims/incremental`: the differential dimension chain;
+//! - `sink/batch`: building a sink batch and its statement parameters.
+//!
+//! Run with `cargo bench --bench hot_paths`; figures and conditions are in BENCHMARKS.md.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use differential_dataflow::input::Input;
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
+use timely::dataflow::operators::Probe;
+
+use wrongbook::commands::gen::{generate, routing_rows, GenOptions};
+use wrongbook::dataflow::dims::{pattern_lookups, PatternLookup};
+use wrongbook::dataflow::ingest::{Ingestor, Outcome};
+use wrongbook::dataflow::join::JoinState;
+use wrongbook::dataflow::process::KeyedOp;
+use wrongbook::dataflow::route::RouteTable;
+use wrongbook::schema::Dialect;
+use wrongbook::sink::batch_of;
+use wrongbook::sink::statements::{row_params, upsert_sql};
+use wrongbook::spec::Spec;
+
+fn ingestor() -> Ingestor {
+    let spec = Spec::builtin();
+    let routes = RouteTable::build(routing_rows(), &spec);
+    Ingestor {
+        spec: Arc::new(spec),
+        routes: Arc::new(routes),
+        max_message_bytes: 1 << 20,
+    }
+}
+
+fn ops(messages: &[Vec<u8>]) -> Vec<KeyedOp> {
+    let ingestor = ingestor();
+    messages
+        .iter()
+        .filter_map(|m| match ingestor.ingest(m).1 {
+            Outcome::Accepted(op) => Some(op),
+            _ => None,
+        })
+        .collect()
+}
+
+fn bench_ingest(c: &mut Criterion) {
+    let generated = generate(&GenOptions {
+        events: 10_000,
+        ..GenOptions::default()
+    });
+    let ingestor = ingestor();
+    let mut group = c.benchmark_group("ingest");
+    group.throughput(Throughput::Elements(generated.messages.len() as u64));
+    group.bench_function("parse_validate_route_process", |b| {
+        b.iter(|| {
+            let mut accepted = 0;
+            for message in &generated.messages {
+                if matches!(ingestor.ingest(message).1, Outcome::Accepted(_)) {
+                    accepted += 1;
+                }
+            }
+            accepted
+        })
+    });
+    group.finish();
+}
+
+fn bench_join(c: &mut Criterion) {
+    let generated = generate(&GenOptions {
+        events: 20_000,
+        ..GenOptions::default()
+    });
+    let ops = ops(&generated.messages);
+    let desc: HashMap<i64, String> = Spec::builtin().fix_result_desc;
+    let mut group = c.benchmark_group("join");
+    group.throughput(Throughput::Elements(ops.len() as u64));
+    group.bench_function("records", |b| {
+        b.iter_batched(
+            || (JoinState::default(), ops.clone()),
+            |(mut state, ops)| state.advance(ops, Vec::new(), &desc).len(),
+            BatchSize::LargeInput,
+        )
+    });
+    // One pattern's lookup changes: every row using it is corrected.
+    let mut loaded = JoinState::default();
+    let lookup = |name: &str| PatternLookup {
+        name: Some(name.into()),
+        overall: Some((1, Some("tt".into()))),
+        by_chapter: Vec::new(),
+    };
+    loaded.advance(
+        ops.clone(),
+        vec![("pattern_0".into(), lookup("a"), 1)],
+        &desc,
+    );
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("dim_change", |b| {
+        let mut flip = false;
+        b.iter(|| {
+            let (old, new) = if flip { ("b", "a") } else { ("a", "b") };
+            flip = !flip;
+            loaded
+                .advance(
+                    Vec::new(),
+                    vec![
+                        ("pattern_0".into(), lookup(old), -1),
+                        ("pattern_0".into(), lookup(new), 1),
+                    ],
+                    &desc,
+                )
+                .len()
+        })
+    });
+    group.finish();
+}
+
+fn bench_dims(c: &mut Criterion) {
+    let generated = generate(&GenOptions {
+        events: 10,
+        patterns: 5_000,
+        teaching_types: 8_000,
+        ..GenOptions::default()
+    });
+    let mut group = c.benchmark_group("dims");
+    group.sample_size(10);
+    group.bench_function("initial_load", |b| {
+        b.iter(|| {
+            timely::execute_directly({
+                let dims = generated.dims.clone();
+                move |worker| {
+                    let probe = ProbeHandle::new();
+                    let (mut p, mut pt, mut tt) = worker.dataflow::<u64, _, _>(|scope| {
+                        let (p_in, p) = scope.new_collection();
+                        let (pt_in, pt) = scope.new_collection();
+                        let (tt_in, tt) = scope.new_collection();
+                        pattern_lookups(p, pt, tt).inner.probe_with(&probe);
+                        (p_in, pt_in, tt_in)
+                    });
+                    dims.patterns.iter().for_each(|r| p.insert(r.clone()));
+                    dims.teaching_type_pts
+                        .iter()
+                        .for_each(|r| pt.insert(r.clone()));
+                    dims.teaching_types
+                        .iter()
+                        .for_each(|r| tt.insert(r.clone()));
+                    p.advance_to(1);
+                    p.flush();
+                    pt.advance_to(1);
+                    pt.flush();
+                    tt.advance_to(1);
+                    tt.flush();
+                    worker.step_while(|| probe.less_than(&1));
+                }
+            })
+        })
+    });
+    group.bench_function("incremental", |b| {
+        b.iter(|| {
+            timely::execute_directly({
+                let dims = generated.dims.clone();
+                let changed = generated.dims_changed.clone();
+                move |worker| {
+                    let probe = ProbeHandle::new();
+                    let (mut p, mut pt, mut tt) = worker.dataflow::<u64, _, _>(|scope| {
+                        let (p_in, p) = scope.new_collection();
+                        let (pt_in, pt) = scope.new_collection();
+                        let (tt_in, tt) = scope.new_collection();
+                        pattern_lookups(p, pt, tt).inner.probe_with(&probe);
+                        (p_in, pt_in, tt_in)
+                    });
+                    let diff = wrongbook::source::dims::DimSnapshot::default().diff(&dims);
+                    let change = dims.diff(&changed);
+                    for (epoch, diff) in [(1, diff), (2, change)] {
+                        diff.patterns.into_iter().for_each(|(r, d)| p.update(r, d));
+                        diff.teaching_type_pts
+                            .into_iter()
+                            .for_each(|(r, d)| pt.update(r, d));
+                        diff.teaching_types
+                            .into_iter()
+                            .for_each(|(r, d)| tt.update(r, d));
+                        p.advance_to(epoch);
+                        pt.advance_to(epoch);
+                        tt.advance_to(epoch);
+                        p.flush();
+                        pt.flush();
+                        tt.flush();
+                        worker.step_while(|| probe.less_than(&epoch));
+                    }
+                }
+            })
+        })
+    });
+    group.finish();
+}
+
+fn bench_sink(c: &mut Criterion) {
+    let generated = generate(&GenOptions {
+        events: 20_000,
+        ..GenOptions::default()
+    });
+    let desc = Spec::builtin().fix_result_desc;
+    let updates = JoinState::default().advance(ops(&generated.messages), Vec::new(), &desc);
+    let mut group = c.benchmark_group("sink");
+    group.throughput(Throughput::Elements(updates.len() as u64));
+    group.bench_function("batch_and_params", |b| {
+        b.iter_batched(
+            || updates.clone(),
+            |updates| {
+                let batch = batch_of(1, updates);
+                let mut params = 0;
+                for rows in batch.upserts.chunks(1000) {
+                    let sql = upsert_sql(Dialect::Mysql, "dwd_wrong_record_wide_delta", rows.len());
+                    params += sql.len();
+                    for row in rows {
+                        params += row_params(row, 1_700_000_000).len();
+                    }
+                }
+                params
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_ingest, bench_join, bench_dims, bench_sink);
+criterion_main!(benches);
