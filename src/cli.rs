@@ -23,6 +23,13 @@ pub struct Cli {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BenchSinkArg {
+    Memory,
+    None,
+    Db,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
     Human,
     Json,
@@ -98,6 +105,54 @@ pub enum Command {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+    },
+    /// Measure join throughput on generated data, with no external services.
+    ///
+    /// Times each stage alone on one thread (parse, route + process, record state, dimension
+    /// join, wide rows, sink batches), then runs the engine end to end on N workers from a
+    /// generated file into an in-memory table (or none, or the database of --config), and
+    /// reports events/s, peak RSS and state bytes per live record. With --rename-share it
+    /// then renames that share of the patterns and times the corrections.
+    Bench {
+        /// Number of messages.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Worker threads.
+        #[arg(short = 'w', long, default_value_t = 1)]
+        workers: usize,
+        /// Patterns in the dimension tables.
+        #[arg(long, default_value_t = 2000)]
+        patterns: usize,
+        /// Teaching types in the dimension tables.
+        #[arg(long, default_value_t = 3000)]
+        teaching_types: usize,
+        /// Event mix: fixes per record are uniform in 0..=N.
+        #[arg(long, default_value_t = 3)]
+        max_fixes: usize,
+        /// Event mix: share of records deleted.
+        #[arg(long, default_value_t = 0.1)]
+        delete_share: f64,
+        /// Share of bad messages.
+        #[arg(long, default_value_t = 0.01)]
+        bad_share: f64,
+        /// Share of exact duplicates.
+        #[arg(long, default_value_t = 0.03)]
+        duplicate_share: f64,
+        /// Where rows go: memory, none, or db (the database of --config).
+        #[arg(long, value_enum, default_value_t = BenchSinkArg::Memory)]
+        sink: BenchSinkArg,
+        /// Configuration for --sink db.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// After the events, rename this share of patterns (most used first) and time the
+        /// corrections (0 = no change).
+        #[arg(long, default_value_t = 0.0)]
+        rename_share: f64,
+        /// Print the report as JSON (for comparing runs across commits).
+        #[arg(long)]
+        json: bool,
     },
     /// Generate synthetic events (JSONL) and, optionally, dimension and routing rows (SQL).
     ///

@@ -19,7 +19,7 @@ use crossbeam_channel::{bounded, unbounded, TryRecvError};
 
 use crate::config::EngineConfig;
 use crate::dataflow::ingest::{Ingestor, Outcome, OutcomeCounts};
-use crate::dataflow::{build, DataflowHandles};
+use crate::dataflow::{build, DataflowHandles, DataflowStats};
 use crate::sink::dead_letters::{DeadLetter, DeadLetterSink};
 use crate::sink::{SinkChannels, SinkCommand, SinkStats, SinkTarget, SinkThread};
 use crate::source::dims::DimSnapshot;
@@ -81,6 +81,7 @@ pub struct Pipeline {
     pub dead_letters: Arc<dyn DeadLetterSink>,
     pub source_progress: Arc<SourceProgress>,
     pub sink_stats: Arc<SinkStats>,
+    pub dataflow_stats: Arc<DataflowStats>,
 }
 
 /// What a bounded run did.
@@ -93,8 +94,12 @@ pub struct RunSummary {
     pub rows_reconciled: u64,
     pub transactions: u64,
     pub retries: u64,
+    /// Time the sink threads spent in transactions, µs (summed over workers).
+    pub write_micros: u64,
     /// Dimension rows changed by the later snapshot.
     pub dim_rows_changed: usize,
+    /// How the later snapshot's corrections went, when there was one.
+    pub dim_change: Option<DimChangeReport>,
     pub workers: usize,
     pub elapsed: Duration,
 }
@@ -105,10 +110,20 @@ impl RunSummary {
     }
 }
 
+/// How long the corrections of a dimension change took.
+#[derive(Debug, Clone, Copy)]
+pub struct DimChangeReport {
+    /// Wide rows written (upserted or deleted) after the change.
+    pub rows_written: u64,
+    /// From applying the change to every correction committed.
+    pub elapsed: Duration,
+}
+
 /// What one worker reports back.
 struct WorkerReport {
     outcomes: OutcomeCounts,
     dim_rows_changed: usize,
+    dim_change: Option<DimChangeReport>,
 }
 
 /// Runs the pipeline over its bounded input to the end.
@@ -154,6 +169,7 @@ pub fn run_bounded(pipeline: Pipeline) -> Result<RunSummary, EngineError> {
         reconcile: pipeline.reconcile,
         dead_letters: pipeline.dead_letters.clone(),
         sink_stats: pipeline.sink_stats.clone(),
+        dataflow_stats: pipeline.dataflow_stats.clone(),
         failure: failure.clone(),
     });
 
@@ -168,12 +184,14 @@ pub fn run_bounded(pipeline: Pipeline) -> Result<RunSummary, EngineError> {
 
     let mut outcomes = OutcomeCounts::default();
     let mut dim_rows_changed = 0;
+    let mut dim_change = None;
     let mut first_error = None;
     for result in guards.join() {
         match result {
             Ok(Ok(report)) => {
                 outcomes.merge(&report.outcomes);
                 dim_rows_changed += report.dim_rows_changed;
+                dim_change = dim_change.or(report.dim_change);
             }
             Ok(Err(message)) => {
                 first_error.get_or_insert(message);
@@ -202,7 +220,9 @@ pub fn run_bounded(pipeline: Pipeline) -> Result<RunSummary, EngineError> {
         rows_reconciled: stats.rows_reconciled.load(Ordering::Relaxed),
         transactions: stats.transactions.load(Ordering::Relaxed),
         retries: stats.retries.load(Ordering::Relaxed),
+        write_micros: stats.write_micros.load(Ordering::Relaxed),
         dim_rows_changed,
+        dim_change,
         workers,
         elapsed: started.elapsed(),
     })
@@ -220,6 +240,7 @@ struct WorkerShared {
     reconcile: bool,
     dead_letters: Arc<dyn DeadLetterSink>,
     sink_stats: Arc<SinkStats>,
+    dataflow_stats: Arc<DataflowStats>,
     failure: Arc<Failure>,
 }
 
@@ -242,6 +263,7 @@ fn run_worker(
     let DataflowHandles { ops, dims, probe } = build(
         worker,
         shared.fix_result_desc.clone(),
+        shared.dataflow_stats.clone(),
         SinkChannels {
             commands: command_tx.clone(),
             acks: ack_rx,
@@ -285,6 +307,7 @@ fn run_worker(
         dims: Some(dims),
         outcomes: OutcomeCounts::default(),
         dim_rows_changed: 0,
+        dim_change: None,
     };
     if index == 0 {
         state
@@ -307,6 +330,7 @@ fn run_worker(
     Ok(WorkerReport {
         outcomes: state.outcomes,
         dim_rows_changed: state.dim_rows_changed,
+        dim_change: state.dim_change,
     })
 }
 
@@ -323,6 +347,7 @@ struct WorkerLoop<'a> {
     dims: Option<crate::dataflow::DimInputs>,
     outcomes: OutcomeCounts,
     dim_rows_changed: usize,
+    dim_change: Option<DimChangeReport>,
 }
 
 impl WorkerLoop<'_> {
@@ -335,6 +360,8 @@ impl WorkerLoop<'_> {
     ) -> Result<(), String> {
         let max_ahead = self.shared.engine.max_inflight_epochs;
         let mut final_epoch: Option<u64> = None;
+        // When a later dimension snapshot was applied: the time, and the rows written before.
+        let mut change_started: Option<(Instant, u64)> = None;
         loop {
             if self.shared.failure.is_set() {
                 return Err(self.shared.failure.message().unwrap_or_default());
@@ -390,6 +417,7 @@ impl WorkerLoop<'_> {
                                 rows = diff.len(),
                                 "applying the later dimension snapshot"
                             );
+                            change_started = Some((Instant::now(), self.rows_written()));
                             let dims = self.dims.as_mut().expect("checked above");
                             dims.apply(&diff);
                             dims.advance_to(end + 1);
@@ -398,6 +426,12 @@ impl WorkerLoop<'_> {
                         idle = false;
                     }
                     if probe.done() {
+                        if let Some((started, rows_before)) = change_started {
+                            self.dim_change = Some(DimChangeReport {
+                                rows_written: self.rows_written() - rows_before,
+                                elapsed: started.elapsed(),
+                            });
+                        }
                         return Ok(());
                     }
                 }
@@ -423,7 +457,13 @@ impl WorkerLoop<'_> {
         }
     }
 
+    fn rows_written(&self) -> u64 {
+        let stats = &self.shared.sink_stats;
+        stats.rows_upserted.load(Ordering::Relaxed) + stats.rows_deleted.load(Ordering::Relaxed)
+    }
+
     fn ingest(&mut self, batch: &SourceBatch) -> Result<(), String> {
+        let started = Instant::now();
         let ops = self
             .ops
             .as_mut()
@@ -447,6 +487,10 @@ impl WorkerLoop<'_> {
             }
         }
         ops.flush();
+        self.shared
+            .dataflow_stats
+            .ingest_nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         Ok(())
     }
 }

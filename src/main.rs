@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use cli::{Cli, Command, LogFormat};
-use wrongbook::commands::{demo, gen, init_db, replay};
+use cli::{BenchSinkArg, Cli, Command, LogFormat};
+use wrongbook::commands::{bench, demo, gen, init_db, replay};
 use wrongbook::config::Config;
 
 fn main() -> ExitCode {
@@ -98,6 +98,67 @@ fn run(command: Command) -> anyhow::Result<()> {
                 },
             )?;
             print!("{}", replay::format_summary(&summary));
+        }
+        Command::Bench {
+            events,
+            seed,
+            workers,
+            patterns,
+            teaching_types,
+            max_fixes,
+            delete_share,
+            bad_share,
+            duplicate_share,
+            sink,
+            config,
+            rename_share,
+            json,
+        } => {
+            for (name, share) in [
+                ("--delete-share", delete_share),
+                ("--bad-share", bad_share),
+                ("--duplicate-share", duplicate_share),
+                ("--rename-share", rename_share),
+            ] {
+                anyhow::ensure!(
+                    (0.0..=1.0).contains(&share),
+                    "{name} is a share between 0 and 1"
+                );
+            }
+            anyhow::ensure!(workers > 0, "--workers must be at least 1");
+            let sink = match sink {
+                BenchSinkArg::Memory => bench::BenchSink::Memory,
+                BenchSinkArg::None => bench::BenchSink::None,
+                BenchSinkArg::Db => {
+                    let path = config
+                        .as_deref()
+                        .context("--sink db needs --config naming the database")?;
+                    bench::BenchSink::Database(Box::new(load_config(Some(path))?))
+                }
+            };
+            let report = bench::bench(&bench::BenchOptions {
+                gen: gen::GenOptions {
+                    events,
+                    seed,
+                    bad_share,
+                    duplicate_share,
+                    patterns: patterns.max(1),
+                    teaching_types: teaching_types.max(1),
+                    max_fixes,
+                    delete_share,
+                    ..gen::GenOptions::default()
+                },
+                workers,
+                sink,
+                rename_share,
+                engine: wrongbook::config::EngineConfig::default(),
+                progress: !json,
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", bench::format_report(&report));
+            }
         }
         Command::Gen {
             events,

@@ -211,3 +211,20 @@ fn gen_init_db_and_replay_from_the_command_line() {
     assert!(summary.contains("dead letters by reason"), "{summary}");
     assert!(std::path::Path::new(&path("a.dead-letters.jsonl")).exists());
 }
+
+#[test]
+fn bench_reports_every_figure_as_json() {
+    let out = wrongbook(&["--log", "warn", "bench", "--events", "20000", "-w", "2", "--rename-share", "0.5", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(report["events"], 20_000);
+    assert_eq!(report["workers"], 2);
+    assert_eq!(report["stages"].as_array().unwrap().len(), 7);
+    assert!(report["events_per_second"].as_f64().unwrap() > 0.0);
+    let live = report["live_records"].as_i64().unwrap();
+    assert!(live > 5_000, "{live}");
+    assert!(report["rows_upserted"].as_u64().unwrap() as i64 >= live);
+    assert!(report["state_bytes_per_live_record"].as_f64().unwrap() > 50.0);
+    let change = &report["dim_change"];
+    assert!(change["rows_corrected"].as_u64().unwrap() > 0, "{change}");
+}

@@ -27,6 +27,10 @@ pub struct GenOptions {
     pub patterns: usize,
     pub chapters: usize,
     pub teaching_types: usize,
+    /// Fixes per record: uniform in 0..=max_fixes.
+    pub max_fixes: usize,
+    /// Share of records that are deleted (0..1).
+    pub delete_share: f64,
     /// Event time of the first event, ms.
     pub start_ms: i64,
 }
@@ -41,6 +45,8 @@ impl Default for GenOptions {
             patterns: 200,
             chapters: 40,
             teaching_types: 300,
+            max_fixes: 3,
+            delete_share: 0.1,
             start_ms: 1_700_000_000_000,
         }
     }
@@ -212,13 +218,72 @@ fn chapter_id(c: usize) -> String {
     format!("chapter_{c:03}")
 }
 
-/// Generates everything for `opts`.
+/// Generates everything for `opts`, in memory.
 pub fn generate(opts: &GenOptions) -> Generated {
+    let mut messages = Vec::with_capacity(opts.events);
+    let (dims, dims_changed) = generate_into(opts, |m| messages.push(m));
+    Generated {
+        messages,
+        dims,
+        dims_changed,
+    }
+}
+
+/// Hands out messages in arrival order: keeps the last ones for duplicates, and lets each
+/// message move a few places (local disorder) through a small window.
+struct Arrivals<F: FnMut(Vec<u8>)> {
+    emit: F,
+    recent: std::collections::VecDeque<Vec<u8>>,
+    window: std::collections::VecDeque<Vec<u8>>,
+    shuffle: Rng,
+    produced: usize,
+}
+
+impl<F: FnMut(Vec<u8>)> Arrivals<F> {
+    const RECENT: usize = 50;
+    const WINDOW: usize = 8;
+
+    fn push(&mut self, message: Vec<u8>) {
+        self.produced += 1;
+        if self.recent.len() == Self::RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(message.clone());
+        self.window.push_back(message);
+        if self.window.len() == Self::WINDOW {
+            self.release();
+        }
+    }
+
+    fn release(&mut self) {
+        let j = self.shuffle.below(self.window.len());
+        self.window.swap(0, j);
+        if let Some(message) = self.window.pop_front() {
+            (self.emit)(message);
+        }
+    }
+
+    fn finish(mut self) {
+        while !self.window.is_empty() {
+            self.release();
+        }
+    }
+}
+
+/// Generates `opts.events` messages into `emit`, in arrival order, without holding them;
+/// returns the dimension tables and their later version.
+pub fn generate_into(opts: &GenOptions, emit: impl FnMut(Vec<u8>)) -> (DimSnapshot, DimSnapshot) {
     let dims = dims(opts);
     let dims_changed = later_dims(opts, &dims);
     let chapters_of = pattern_chapters(opts, &dims);
     let mut rng = Rng::new(opts.seed);
-    let mut messages: Vec<Vec<u8>> = Vec::with_capacity(opts.events);
+    let mut messages = Arrivals {
+        emit,
+        recent: Default::default(),
+        window: Default::default(),
+        shuffle: Rng::new(opts.seed.wrapping_add(13)),
+        produced: 0,
+    };
     let users = (opts.events / 40).max(5);
     let mut event_seq = 0u64;
     let mut record = 0usize;
@@ -226,13 +291,14 @@ pub fn generate(opts: &GenOptions) -> Generated {
         event_seq += 1;
         format!("evt-{:x}-{event_seq}", rng.next_u64() & 0xffff)
     };
-    while messages.len() < opts.events {
+    while messages.produced < opts.events {
         if rng.chance(opts.bad_share) {
             messages.push(bad_message(&mut rng, opts));
             continue;
         }
-        if !messages.is_empty() && rng.chance(opts.duplicate_share) {
-            let again = messages[messages.len() - 1 - rng.below(messages.len().min(50))].clone();
+        if !messages.recent.is_empty() && rng.chance(opts.duplicate_share) {
+            let recent = &messages.recent;
+            let again = recent[recent.len() - 1 - rng.below(recent.len())].clone();
             messages.push(again);
             continue;
         }
@@ -307,7 +373,7 @@ pub fn generate(opts: &GenOptions) -> Generated {
             let id = next_id(&mut rng);
             life.push(add(&mut rng, base + 500, id));
         }
-        for f in 0..rng.below(4) {
+        for f in 0..rng.below(opts.max_fixes + 1) {
             let fix_time = base + 10_000 + rng.below(100_000) as i64;
             let mut payload = json!({
                 "userId": user,
@@ -328,7 +394,7 @@ pub fn generate(opts: &GenOptions) -> Generated {
             };
             life.push(event("wrongbook_fix", ts, &next_id(&mut rng), payload));
         }
-        if rng.chance(0.1) {
+        if rng.chance(opts.delete_share) {
             let ts = base + 200_000;
             life.push(event(
                 "wrongbook_delete",
@@ -348,21 +414,13 @@ pub fn generate(opts: &GenOptions) -> Generated {
             life.swap(i, j);
         }
         for e in life {
-            if messages.len() < opts.events {
+            if messages.produced < opts.events {
                 messages.push(e.to_string().into_bytes());
             }
         }
     }
-    // Local disorder: each message may move a few places.
-    for i in 0..messages.len() {
-        let j = (i + rng.below(8)).min(messages.len() - 1);
-        messages.swap(i, j);
-    }
-    Generated {
-        messages,
-        dims,
-        dims_changed,
-    }
+    messages.finish();
+    (dims, dims_changed)
 }
 
 fn event(event_type: &str, ts: i64, event_id: &str, payload: Value) -> Value {

@@ -1,7 +1,9 @@
 //! One module per `wrongbook` subcommand; `main.rs` only parses the command line and calls
 //! these.
 
+pub mod bench;
 pub mod demo;
 pub mod gen;
 pub mod init_db;
+pub mod progress;
 pub mod replay;

@@ -5,10 +5,9 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
+use crate::commands::progress::ProgressDisplay;
 use crate::config::Config;
 use crate::dataflow::route::{Route, RouteTable};
 use crate::db::DbError;
@@ -147,6 +146,7 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<RunSummary, Repla
         dead_letters: Arc::new(dead_letters),
         source_progress: source_progress.clone(),
         sink_stats: sink_stats.clone(),
+        dataflow_stats: Default::default(),
     };
     let progress = opts
         .progress
@@ -183,50 +183,6 @@ fn log_routes(routes: &RouteTable) {
             ),
             None => {}
         }
-    }
-}
-
-/// A progress bar over the input's bytes, with events/s and rows written.
-pub struct ProgressDisplay {
-    bar: indicatif::ProgressBar,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl ProgressDisplay {
-    pub fn start(source: Arc<SourceProgress>, sink: Arc<SinkStats>) -> ProgressDisplay {
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({eta}) {msg}",
-            )
-            .expect("a valid progress template"),
-        );
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let thread = {
-            let (bar, stop) = (bar.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let started = std::time::Instant::now();
-                while !stop.load(Ordering::Relaxed) {
-                    bar.set_length(source.total_bytes.load(Ordering::Relaxed));
-                    bar.set_position(source.bytes.load(Ordering::Relaxed));
-                    let messages = source.messages.load(Ordering::Relaxed);
-                    let rate = messages as f64 / started.elapsed().as_secs_f64().max(1e-3);
-                    bar.set_message(format!(
-                        "{messages} events, {rate:.0}/s, {} rows written",
-                        sink.rows_upserted.load(Ordering::Relaxed)
-                    ));
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-            })
-        };
-        ProgressDisplay { bar, stop, thread }
-    }
-
-    pub fn finish(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.thread.join();
-        self.bar.finish_and_clear();
     }
 }
 

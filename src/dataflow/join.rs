@@ -15,7 +15,9 @@
 //! no retractions because the sink writes rows by id.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
@@ -29,6 +31,7 @@ use crate::dataflow::dims::{DimLookup, PatternLookup};
 use crate::dataflow::process::KeyedOp;
 use crate::dataflow::records::{Applied, Record, RecordStore};
 use crate::dataflow::wide::{RowUpdate, WideRow};
+use crate::dataflow::DataflowStats;
 
 /// One worker's side of the join.
 #[derive(Default)]
@@ -37,6 +40,8 @@ pub struct JoinState {
     lookups: HashMap<String, PatternLookup>,
     /// pattern → the ids of visible records with that pattern.
     ids_by_pattern: HashMap<String, HashSet<u64>>,
+    /// The number of visible records.
+    pub live: i64,
 }
 
 impl JoinState {
@@ -86,6 +91,7 @@ impl JoinState {
                 if before.is_some() || after.is_some() {
                     touched.push(id);
                 }
+                self.live += i64::from(after.is_some()) - i64::from(before.is_some());
                 if before != after {
                     self.index(before, id, false);
                     self.index(after, id, true);
@@ -163,6 +169,7 @@ pub fn join_records_with_dims<'scope>(
     ops: Stream<'scope, u64, Vec<KeyedOp>>,
     lookups: VecCollection<'scope, u64, (String, PatternLookup), isize>,
     fix_result_desc: Arc<HashMap<i64, String>>,
+    stats: Arc<DataflowStats>,
 ) -> Stream<'scope, u64, Vec<RowUpdate>> {
     let lookups = lookups.inner.broadcast();
     ops.binary_frontier(
@@ -173,6 +180,8 @@ pub fn join_records_with_dims<'scope>(
         move |_capability, _info| {
             let mut state = JoinState::default();
             let mut pending: PendingTimes = BTreeMap::new();
+            let mut reported_keys = 0u64;
+            let mut final_report = false;
             move |(ops, ops_frontier), (lookups, lookups_frontier), output| {
                 ops.for_each(|cap, data| {
                     let Some(time) = cap.least().copied() else {
@@ -201,10 +210,29 @@ pub fn join_records_with_dims<'scope>(
                         break;
                     }
                     let (cap, time_ops, time_lookups) = entry.remove();
+                    let started = Instant::now();
+                    let live_before = state.live;
                     let updates = state.advance(time_ops, time_lookups, &fix_result_desc);
+                    stats
+                        .join_nanos
+                        .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    stats
+                        .live_records
+                        .fetch_add(state.live - live_before, Ordering::Relaxed);
+                    let keys = state.records.len() as u64;
+                    stats
+                        .keys
+                        .fetch_add(keys.wrapping_sub(reported_keys), Ordering::Relaxed);
+                    reported_keys = keys;
                     if !updates.is_empty() {
                         output.session(&cap).give_iterator(updates.into_iter());
                     }
+                }
+                if !final_report && ops_frontier.is_empty() && lookups_frontier.is_empty() {
+                    final_report = true;
+                    stats
+                        .bytes
+                        .fetch_add(state.records.heap_bytes() as u64, Ordering::Relaxed);
                 }
             }
         },

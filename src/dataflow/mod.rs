@@ -31,6 +31,21 @@ use crate::sink::{sink_operator, SinkChannels};
 use crate::source::dims::{DimDiff, DimSnapshot, PatternRow, TeachingTypePtRow, TeachingTypeRow};
 use process::KeyedOp;
 
+/// What the workers did and what their state holds, summed over the workers of a process.
+#[derive(Debug, Default)]
+pub struct DataflowStats {
+    /// Time spent ingesting (parse, validate, route, process), ns.
+    pub ingest_nanos: std::sync::atomic::AtomicU64,
+    /// Ids with a visible record (rows of the wide table).
+    pub live_records: std::sync::atomic::AtomicI64,
+    /// Ids with any state: live, deleted (kept to order late events) or fix-only.
+    pub keys: std::sync::atomic::AtomicU64,
+    /// Estimated heap bytes of record state, as of the end of input.
+    pub bytes: std::sync::atomic::AtomicU64,
+    /// Time spent applying operations and lookup changes and building rows, ns.
+    pub join_nanos: std::sync::atomic::AtomicU64,
+}
+
 /// The inputs of one worker's dataflow and the probe that says what has been written.
 pub struct DataflowHandles {
     pub ops: InputHandle<u64, CapacityContainerBuilder<Vec<KeyedOp>>>,
@@ -87,6 +102,7 @@ impl DimInputs {
 pub fn build(
     worker: &mut Worker,
     fix_result_desc: Arc<HashMap<i64, String>>,
+    stats: Arc<DataflowStats>,
     sink: SinkChannels,
 ) -> DataflowHandles {
     worker.dataflow::<u64, _, _>(|scope| {
@@ -96,7 +112,7 @@ pub fn build(
         let (teaching_types, tt_rows) = scope.new_collection();
 
         let lookups = dims::pattern_lookups(pattern_rows, pt_rows, tt_rows);
-        let updates = join::join_records_with_dims(ops, lookups, fix_result_desc);
+        let updates = join::join_records_with_dims(ops, lookups, fix_result_desc, stats);
         let probe = ProbeHandle::new();
         sink_operator(updates, sink).probe_with(&probe);
 

@@ -132,6 +132,9 @@ impl RecordStore {
             let index = match records.iter().position(|r| r.wrong_id == op.wrong_id()) {
                 Some(index) => index,
                 None => {
+                    // Almost every id has one wrong record: no room for more until needed
+                    // (a default Vec would reserve four, ~1.7 KB).
+                    records.reserve_exact(1);
                     records.push(WrongRecord {
                         wrong_id: op.wrong_id().to_owned(),
                         lifecycle: None,
@@ -149,6 +152,58 @@ impl RecordStore {
             }
         }
         applied
+    }
+
+    /// Every visible record, by id, in no particular order.
+    pub fn visible_records(&self) -> impl Iterator<Item = (u64, Record<'_>)> {
+        self.by_id
+            .iter()
+            .filter_map(|(id, records)| Some((*id, Self::visible_of(records)?)))
+    }
+
+    /// An estimate of the heap the store holds, in bytes: table slots, records and strings.
+    pub fn heap_bytes(&self) -> usize {
+        let string = |s: &String| s.capacity();
+        let optional = |s: &Option<String>| s.as_ref().map_or(0, String::capacity);
+        let add_bytes = |a: &AddEvent| {
+            string(&a.stamp.event_id)
+                + string(&a.event_type)
+                + string(&a.wrong_id)
+                + string(&a.user_id)
+                + string(&a.question_id)
+                + optional(&a.subject)
+                + optional(&a.subject_name)
+                + optional(&a.pattern_id)
+                + optional(&a.chapter_id)
+                + optional(&a.question)
+        };
+        let fix_bytes = |f: &FixEvent| {
+            string(&f.stamp.event_id)
+                + string(&f.event_type)
+                + string(&f.wrong_id)
+                + string(&f.fix_id)
+        };
+        let slots = self.by_id.capacity() * (std::mem::size_of::<(u64, Vec<WrongRecord>)>() + 1);
+        let records: usize = self
+            .by_id
+            .values()
+            .map(|records| {
+                records.capacity() * std::mem::size_of::<WrongRecord>()
+                    + records
+                        .iter()
+                        .map(|r| {
+                            string(&r.wrong_id)
+                                + match &r.lifecycle {
+                                    Some(Lifecycle::Added(add)) => add_bytes(add),
+                                    Some(Lifecycle::Deleted(stamp)) => string(&stamp.event_id),
+                                    None => 0,
+                                }
+                                + r.fix.as_ref().map_or(0, fix_bytes)
+                        })
+                        .sum::<usize>()
+            })
+            .sum();
+        slots + records
     }
 
     /// The number of ids with state (live, deleted or fix-only).

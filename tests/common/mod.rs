@@ -94,6 +94,7 @@ impl MemoryRun {
             dead_letters: dead_letters.clone(),
             source_progress: Arc::new(SourceProgress::default()),
             sink_stats: Arc::new(SinkStats::default()),
+            dataflow_stats: Default::default(),
         };
         let summary = run_bounded(pipeline).expect("the engine runs");
         let table = self

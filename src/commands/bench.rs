@@ -1,0 +1,543 @@
+//! `wrongbook bench`: join throughput on generated data, with no external services.
+//!
+//! Two measurements on the same generated events:
+//!
+//! 1. **Stages**, one thread each, one after the other: parse + validate, route + process,
+//!    record state, dimension join, wide-row assembly, sink batch building. Each figure is
+//!    events (or rows) per second of that stage alone, so the slowest stage is visible.
+//! 2. **End to end**: the real engine on N workers reading the events from a file, through the
+//!    sink (in memory by default, none, or the database of a config), optionally followed by a
+//!    dimension change whose corrections are timed.
+//!
+//! Memory is reported as the process's peak RSS above what it held before the run, and as the
+//! record state's own estimate of its heap, each per live record.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::commands::gen::{generate_into, routing_rows, GenOptions};
+use crate::commands::progress::ProgressDisplay;
+use crate::config::{Config, EngineConfig};
+use crate::dataflow::dims::PatternLookup;
+use crate::dataflow::ingest::{Ingestor, Outcome};
+use crate::dataflow::process::{process, KeyedOp};
+use crate::dataflow::records::RecordStore;
+use crate::dataflow::route::{Route, RouteTable};
+use crate::dataflow::wide::WideRow;
+use crate::dataflow::DataflowStats;
+use crate::engine::{run_bounded, EngineError, Pipeline};
+use crate::event::{parse_envelope, validate_payload};
+use crate::sink::dead_letters::DeadLetterMemory;
+use crate::sink::memory::MemoryTable;
+use crate::sink::statements::{row_params, upsert_sql};
+use crate::sink::{batch_of, SinkStats, SinkTarget};
+use crate::source::dims::{DimSnapshot, PatternRow};
+use crate::source::file::{BoundedInput, SourceProgress};
+use crate::spec::Spec;
+
+/// Where the end-to-end run writes.
+#[derive(Debug, Clone)]
+pub enum BenchSink {
+    /// Nowhere: the dataflow alone.
+    None,
+    /// An in-memory table.
+    Memory,
+    /// The wide table of this configuration's database (reconciled, as a replay would).
+    Database(Box<Config>),
+}
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub gen: GenOptions,
+    pub workers: usize,
+    pub sink: BenchSink,
+    /// After the events, rename this share of the patterns (the most used first) and time the
+    /// corrections.
+    pub rename_share: f64,
+    pub engine: EngineConfig,
+    pub progress: bool,
+}
+
+/// One stage's throughput.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageFigure {
+    pub stage: &'static str,
+    /// Items per second of this stage alone, on one thread.
+    pub per_second: f64,
+    /// What is counted: events, operations or rows.
+    pub unit: &'static str,
+}
+
+/// Everything a bench run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub events: u64,
+    pub workers: usize,
+    pub sink: String,
+    pub cores: usize,
+    pub load_average_1m: Option<f64>,
+    pub elapsed_seconds: f64,
+    pub events_per_second: f64,
+    pub events_per_second_per_worker: f64,
+    pub live_records: i64,
+    pub keys_with_state: u64,
+    pub rows_upserted: u64,
+    pub rows_deleted: u64,
+    pub dead_letters: u64,
+    pub peak_rss_bytes: Option<u64>,
+    pub rss_bytes_per_live_record: Option<f64>,
+    pub state_bytes: u64,
+    pub state_bytes_per_live_record: f64,
+    pub worker_ingest_seconds: f64,
+    pub worker_join_seconds: f64,
+    pub sink_write_seconds: f64,
+    pub stages: Vec<StageFigure>,
+    pub dim_change: Option<DimChangeFigure>,
+}
+
+/// The corrections of the dimension change.
+#[derive(Debug, Clone, Serialize)]
+pub struct DimChangeFigure {
+    pub patterns_renamed: usize,
+    pub rows_corrected: u64,
+    pub seconds: f64,
+}
+
+/// Why a bench could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{0}")]
+    Io(String),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+}
+
+/// Memory figures from /proc (Linux): (current RSS, peak RSS), bytes.
+fn rss() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse::<u64>()
+            .ok()
+            .map(|kb| kb * 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The dims with the first `share` of patterns (the generator's most used) renamed.
+fn renamed(dims: &DimSnapshot, share: f64) -> (DimSnapshot, usize) {
+    let mut patterns: Vec<PatternRow> = dims.patterns.iter().cloned().collect();
+    patterns.sort_by_key(|p| {
+        p.id.strip_prefix("pattern_")
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(usize::MAX)
+    });
+    let count = ((patterns.len() as f64) * share).ceil() as usize;
+    for p in patterns.iter_mut().take(count) {
+        p.name = Some(format!("{}·renamed", p.name.as_deref().unwrap_or("")));
+    }
+    let mut next = dims.clone();
+    next.patterns = patterns.into_iter().collect();
+    (next, count)
+}
+
+/// Runs the bench.
+pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
+    let dir = tempfile_dir()?;
+    let input = dir.join("bench-events.jsonl");
+    eprintln!("generating {} events…", opts.gen.events);
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(&input)
+            .map_err(|e| BenchError::Io(format!("{}: {e}", input.display())))?,
+    );
+    let mut sample = Vec::new();
+    let mut write_error = None;
+    let (dims, _) = generate_into(&opts.gen, |message| {
+        if sample.len() < 200_000 {
+            sample.push(message.clone());
+        }
+        if write_error.is_none() {
+            if let Err(e) = out.write_all(&message).and_then(|_| out.write_all(b"\n")) {
+                write_error = Some(e);
+            }
+        }
+    });
+    if let Some(e) = write_error.or_else(|| out.flush().err()) {
+        return Err(BenchError::Io(format!("{}: {e}", input.display())));
+    }
+    drop(out);
+
+    eprintln!("measuring stages on {} events…", sample.len());
+    let stages = measure_stages(&sample, &dims);
+    drop(sample);
+
+    let spec = Spec::builtin();
+    let routes = RouteTable::build(routing_rows(), &spec);
+    let (sink, sink_name) = match &opts.sink {
+        BenchSink::None => (SinkTarget::Discard, "none".to_owned()),
+        BenchSink::Memory => (
+            SinkTarget::Memory(MemoryTable::default()),
+            "memory".to_owned(),
+        ),
+        BenchSink::Database(config) => {
+            let settings = config.database();
+            let target = settings.target();
+            (
+                SinkTarget::Database {
+                    settings,
+                    table: config.sink.table.clone(),
+                    batch_rows: config.sink.batch_rows,
+                },
+                target,
+            )
+        }
+    };
+    let (later, renamed_count) = if opts.rename_share > 0.0 {
+        let (later, count) = renamed(&dims, opts.rename_share);
+        (Some(later), count)
+    } else {
+        (None, 0)
+    };
+    let source_progress = Arc::new(SourceProgress::default());
+    let sink_stats = Arc::new(SinkStats::default());
+    let dataflow_stats = Arc::new(DataflowStats::default());
+    let baseline = rss();
+    let pipeline = Pipeline {
+        spec: Arc::new(spec),
+        routes: Arc::new(routes),
+        engine: opts.engine.clone(),
+        workers: opts.workers,
+        input: BoundedInput::File(input.clone()),
+        dims,
+        dims_after: later.map(|d| Box::new(move || Ok(d)) as crate::engine::LaterDims),
+        sink,
+        reconcile: matches!(opts.sink, BenchSink::Database(_)),
+        dead_letters: Arc::new(DeadLetterMemory::default()),
+        source_progress: source_progress.clone(),
+        sink_stats: sink_stats.clone(),
+        dataflow_stats: dataflow_stats.clone(),
+    };
+    eprintln!(
+        "running the engine on {} worker(s), sink: {sink_name}…",
+        opts.workers
+    );
+    let progress = opts
+        .progress
+        .then(|| ProgressDisplay::start(source_progress, sink_stats.clone()));
+    let result = run_bounded(pipeline);
+    if let Some(progress) = progress {
+        progress.finish();
+    }
+    let summary = result?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let after = rss();
+
+    use std::sync::atomic::Ordering::Relaxed;
+    let live = dataflow_stats.live_records.load(Relaxed);
+    let state_bytes = dataflow_stats.bytes.load(Relaxed);
+    let peak = match (baseline, after) {
+        (Some((before, _)), Some((_, peak))) => Some(peak.saturating_sub(before)),
+        _ => None,
+    };
+    let seconds = summary.elapsed.as_secs_f64();
+    Ok(BenchReport {
+        events: summary.messages,
+        workers: opts.workers,
+        sink: sink_name,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        load_average_1m: load_average(),
+        elapsed_seconds: seconds,
+        events_per_second: summary.events_per_second(),
+        events_per_second_per_worker: summary.events_per_second() / opts.workers as f64,
+        live_records: live,
+        keys_with_state: dataflow_stats.keys.load(Relaxed),
+        rows_upserted: summary.rows_upserted,
+        rows_deleted: summary.rows_deleted,
+        dead_letters: summary.outcomes.totals().dead_letter_total(),
+        peak_rss_bytes: peak,
+        rss_bytes_per_live_record: peak.map(|p| p as f64 / live.max(1) as f64),
+        state_bytes,
+        state_bytes_per_live_record: state_bytes as f64 / live.max(1) as f64,
+        worker_ingest_seconds: Duration::from_nanos(dataflow_stats.ingest_nanos.load(Relaxed))
+            .as_secs_f64(),
+        worker_join_seconds: Duration::from_nanos(dataflow_stats.join_nanos.load(Relaxed))
+            .as_secs_f64(),
+        sink_write_seconds: Duration::from_micros(summary.write_micros).as_secs_f64(),
+        stages,
+        dim_change: summary.dim_change.map(|c| DimChangeFigure {
+            patterns_renamed: renamed_count,
+            rows_corrected: c.rows_written,
+            seconds: c.elapsed.as_secs_f64(),
+        }),
+    })
+}
+
+fn tempfile_dir() -> Result<PathBuf, BenchError> {
+    let dir = std::env::temp_dir().join(format!("wrongbook-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| BenchError::Io(format!("{}: {e}", dir.display())))?;
+    Ok(dir)
+}
+
+fn rate(items: usize, elapsed: Duration) -> f64 {
+    items as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+/// Times each stage alone on `messages`.
+fn measure_stages(messages: &[Vec<u8>], dims: &DimSnapshot) -> Vec<StageFigure> {
+    let spec = Spec::builtin();
+    let routes = RouteTable::build(routing_rows(), &spec);
+    let max = EngineConfig::default().max_message_bytes;
+
+    // Parse + validate: the envelope, then the payload against its type's schema.
+    let started = Instant::now();
+    let mut parsed = Vec::with_capacity(messages.len());
+    for message in messages {
+        let Ok(envelope) = parse_envelope(message, max) else {
+            continue;
+        };
+        if let Some(Route::Process(route)) = routes.route(&envelope.event_type) {
+            if let Ok(fields) = validate_payload(&route.schema, envelope.payload) {
+                parsed.push((envelope, fields, route.clone()));
+            }
+        }
+    }
+    let parse = rate(messages.len(), started.elapsed());
+
+    // Route + process: routing lookup and the processor, on parsed events.
+    let started = Instant::now();
+    let mut ops: Vec<KeyedOp> = Vec::with_capacity(parsed.len());
+    for (envelope, fields, _) in &parsed {
+        if let Some(Route::Process(route)) = routes.route(&envelope.event_type) {
+            if let Ok(op) = process(route, envelope, fields, &spec) {
+                ops.push(op);
+            }
+        }
+    }
+    let route_process = rate(parsed.len(), started.elapsed());
+    drop(parsed);
+
+    // Record state: apply every operation.
+    let mut store = RecordStore::default();
+    let count = ops.len();
+    let started = Instant::now();
+    for op in ops {
+        store.apply(op.id, std::iter::once(op.op));
+    }
+    let state = rate(count, started.elapsed());
+
+    // The dimension join: resolve each live record's lookup.
+    let lookups = pattern_lookups_of(dims);
+    let records: Vec<_> = store.visible_records().collect();
+    let started = Instant::now();
+    let mut matched = 0usize;
+    for (_, record) in &records {
+        let lookup = record
+            .add
+            .pattern_id
+            .as_ref()
+            .and_then(|p| lookups.get(p))
+            .map(|l| l.resolve(record.add.chapter_id.as_deref()))
+            .unwrap_or_default();
+        matched += usize::from(lookup.teach_type.is_some());
+    }
+    let join = rate(records.len(), started.elapsed());
+    std::hint::black_box(matched);
+
+    // Wide rows: assemble each live record's row.
+    let desc = spec.fix_result_desc.clone();
+    let started = Instant::now();
+    let rows: Vec<_> = records
+        .iter()
+        .map(|(id, record)| {
+            let lookup = record
+                .add
+                .pattern_id
+                .as_ref()
+                .and_then(|p| lookups.get(p))
+                .map(|l| l.resolve(record.add.chapter_id.as_deref()))
+                .unwrap_or_default();
+            (*id, Some(WideRow::assemble(*id, *record, &lookup, &desc)))
+        })
+        .collect();
+    let wide = rate(rows.len(), started.elapsed());
+
+    // Sink: batch building and statement parameters (no database).
+    let row_count = rows.len();
+    let started = Instant::now();
+    let batch = batch_of(1, rows);
+    let mut params = 0usize;
+    for chunk in batch.upserts.chunks(1000) {
+        params += upsert_sql(crate::schema::Dialect::Mysql, "t", chunk.len()).len();
+        for row in chunk {
+            params += row_params(row, 0).len();
+        }
+    }
+    std::hint::black_box(params);
+    let sink = rate(row_count, started.elapsed());
+
+    let ingestor = Ingestor {
+        spec: Arc::new(spec),
+        routes: Arc::new(routes),
+        max_message_bytes: max,
+    };
+    let started = Instant::now();
+    let accepted = messages
+        .iter()
+        .filter(|m| matches!(ingestor.ingest(m).1, Outcome::Accepted(_)))
+        .count();
+    std::hint::black_box(accepted);
+    let ingest = rate(messages.len(), started.elapsed());
+
+    vec![
+        StageFigure {
+            stage: "parse + validate",
+            per_second: parse,
+            unit: "events",
+        },
+        StageFigure {
+            stage: "route + process",
+            per_second: route_process,
+            unit: "events",
+        },
+        StageFigure {
+            stage: "ingest (all of the above)",
+            per_second: ingest,
+            unit: "events",
+        },
+        StageFigure {
+            stage: "record state",
+            per_second: state,
+            unit: "operations",
+        },
+        StageFigure {
+            stage: "dimension join",
+            per_second: join,
+            unit: "rows",
+        },
+        StageFigure {
+            stage: "wide rows",
+            per_second: wide,
+            unit: "rows",
+        },
+        StageFigure {
+            stage: "sink batch + params",
+            per_second: sink,
+            unit: "rows",
+        },
+    ]
+}
+
+/// The pattern lookups of `dims`, computed by the dataflow's own dimension chain.
+pub fn pattern_lookups_of(dims: &DimSnapshot) -> HashMap<String, PatternLookup> {
+    use differential_dataflow::input::Input;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use timely::dataflow::operators::probe::Handle;
+    use timely::dataflow::operators::{Inspect, Probe};
+
+    let dims = dims.clone();
+    timely::execute_directly(move |worker| {
+        let found = Rc::new(RefCell::new(HashMap::new()));
+        let probe = Handle::new();
+        let sink = found.clone();
+        let (mut p, mut pt, mut tt) = worker.dataflow::<u64, _, _>(|scope| {
+            let (p_in, p) = scope.new_collection();
+            let (pt_in, pt) = scope.new_collection();
+            let (tt_in, tt) = scope.new_collection();
+            crate::dataflow::dims::pattern_lookups(p, pt, tt)
+                .inner
+                .inspect(
+                    move |((pattern, lookup), _, diff): &((String, PatternLookup), u64, isize)| {
+                        if *diff > 0 {
+                            sink.borrow_mut().insert(pattern.clone(), lookup.clone());
+                        }
+                    },
+                )
+                .probe_with(&probe);
+            (p_in, pt_in, tt_in)
+        });
+        dims.patterns.iter().for_each(|r| p.insert(r.clone()));
+        dims.teaching_type_pts
+            .iter()
+            .for_each(|r| pt.insert(r.clone()));
+        dims.teaching_types
+            .iter()
+            .for_each(|r| tt.insert(r.clone()));
+        drop((p, pt, tt));
+        worker.step_while(|| !probe.done());
+        found.take()
+    })
+}
+
+/// The report as a table.
+pub fn format_report(r: &BenchReport) -> String {
+    let mut out = String::new();
+    let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
+    out.push_str(&format!(
+        "wrongbook bench: {} events, {} worker(s), sink {}, {} cores, load {}\n\n",
+        r.events,
+        r.workers,
+        r.sink,
+        r.cores,
+        r.load_average_1m.map_or("?".into(), |l| format!("{l:.2}"))
+    ));
+    out.push_str("stage (one thread each)          throughput\n");
+    for s in &r.stages {
+        out.push_str(&format!(
+            "  {:<30} {:>12.0} {}/s\n",
+            s.stage, s.per_second, s.unit
+        ));
+    }
+    out.push_str(&format!(
+        "\nend to end                        {:>12.0} events/s ({:.0} per worker) in {:.2}s\n",
+        r.events_per_second, r.events_per_second_per_worker, r.elapsed_seconds
+    ));
+    out.push_str(&format!(
+        "  worker time: ingest {:.2}s, join {:.2}s; sink writes {:.2}s\n",
+        r.worker_ingest_seconds, r.worker_join_seconds, r.sink_write_seconds
+    ));
+    out.push_str(&format!(
+        "  live records {}, keys with state {}, rows upserted {}, deleted {}, dead letters {}\n",
+        r.live_records, r.keys_with_state, r.rows_upserted, r.rows_deleted, r.dead_letters
+    ));
+    if let Some(peak) = r.peak_rss_bytes {
+        out.push_str(&format!(
+            "  peak RSS above baseline {:.0} MiB = {:.0} bytes per live record\n",
+            mb(peak),
+            r.rss_bytes_per_live_record.unwrap_or(0.0)
+        ));
+    }
+    out.push_str(&format!(
+        "  record state (estimated heap) {:.0} MiB = {:.0} bytes per live record\n",
+        mb(r.state_bytes),
+        r.state_bytes_per_live_record
+    ));
+    if let Some(c) = &r.dim_change {
+        out.push_str(&format!(
+            "\ndimension change: {} patterns renamed, {} rows corrected in {:.3}s\n",
+            c.patterns_renamed, c.rows_corrected, c.seconds
+        ));
+    }
+    out
+}
