@@ -56,6 +56,10 @@ pub enum Command {
         /// Generator seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Partitions of the events topic (at least one per 12,000 events: the embedded
+        /// broker keeps 5 MiB per partition).
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
     },
     /// Create the seed's tables where missing: tower_pattern, tower_teaching_type_pt,
     /// tower_teaching_type, the routing table and the wide table. Idempotent.
@@ -186,5 +190,39 @@ pub enum Command {
         /// The routing table's name in the SQL.
         #[arg(long, default_value = "flink_routing_config")]
         routing_table: String,
+        /// Produce the events to the Kafka topic of --config (`kafka.topic`) instead of a file.
+        #[arg(long)]
+        to_kafka: bool,
+        /// Configuration naming the Kafka cluster and topic, for --to-kafka.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Partitions of the topic when --to-kafka creates it.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// Messages per second for --to-kafka (0: as fast as possible).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+    },
+    /// The long-running job: keep the wide table current from the Kafka events topic.
+    ///
+    /// Reads the topic's partitions on all workers, routes and joins as `replay` does, writes
+    /// the wide table, sends dead letters to the alerts topic, and commits the consumer group's
+    /// offsets only after the rows they cover are committed. At start it rebuilds its state
+    /// from the start of the topic and, once caught up, deletes rows of records that no longer
+    /// exist. Logs progress; on SIGINT or SIGTERM it stops reading, flushes the sink, commits
+    /// and exits 0.
+    Run {
+        /// Configuration file (TOML; every key can be overridden by WRONGBOOK_SECTION__KEY).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Worker threads (default: `workers` from the configuration).
+        #[arg(short = 'w', long)]
+        workers: Option<usize>,
+        /// Stop once everything the topic held at start is written (exit 0).
+        #[arg(long)]
+        until_caught_up: bool,
+        /// Seconds between progress lines in the log.
+        #[arg(long, default_value_t = 10)]
+        progress_seconds: u64,
     },
 }

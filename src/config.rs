@@ -173,6 +173,8 @@ pub struct EngineConfig {
     pub max_inflight_epochs: u64,
     /// Messages longer than this are dead letters (`message_too_large`).
     pub max_message_bytes: usize,
+    /// A streaming source closes an epoch this often (one transaction per epoch and worker).
+    pub epoch_interval: HumanDuration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -245,6 +247,7 @@ impl Default for EngineConfig {
             epoch_max_messages: 16_384,
             max_inflight_epochs: 4,
             max_message_bytes: 1 << 20,
+            epoch_interval: HumanDuration(Duration::from_millis(200)),
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The engine: runs the dataflow on N timely workers over a bounded input, with a source
-//! thread feeding the workers and one sink thread per worker writing the wide table.
+//! The engine: runs the dataflow on N timely workers, with source threads feeding the workers
+//! (a bounded file or memory input, or the Kafka topic) and one sink thread per worker
+//! writing the wide table.
 //!
 //! This is the plumbing layer (threads, channels, epochs, failure, the end of input); the
 //! dataflow itself is built by [`crate::dataflow::build`] and knows nothing of it.
@@ -7,24 +8,31 @@
 //! Each worker loop: pull the next batch from its source channel (unless it is more than
 //! `max_inflight_epochs` ahead of what the probe says is written: that is the back-pressure),
 //! advance its inputs to the batch's epoch, ingest each message (parse, route, process) and
-//! send the record operations into the dataflow; at the end of input advance to the final
-//! epoch, apply any later dimension snapshot once everything before it is written, close the
-//! inputs and run until the probe is done; then let the sink thread reconcile and finish.
+//! send the record operations into the dataflow. Bounded sources stamp batches with epochs;
+//! for Kafka the epoch is the wall clock divided by `engine.epoch_interval`, the same on every
+//! worker, and idle workers advance with it. Kafka offsets are committed once the probe says
+//! the epochs that read them are written. When the source has delivered everything it held at
+//! start (caught up) and that is written, the sink threads reconcile. At the end of input a
+//! worker advances to the final epoch, applies any later dimension snapshot once everything
+//! before it is written, closes its inputs and runs until the probe is done.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, unbounded, TryRecvError};
+use crossbeam_channel::{bounded, unbounded, Receiver, TryRecvError};
+use rdkafka::consumer::BaseConsumer;
 
-use crate::config::EngineConfig;
+use crate::config::{EngineConfig, KafkaConfig};
 use crate::dataflow::ingest::{Ingestor, Outcome, OutcomeCounts};
 use crate::dataflow::{build, DataflowHandles, DataflowStats};
 use crate::sink::dead_letters::{DeadLetter, DeadLetterSink};
 use crate::sink::{SinkChannels, SinkCommand, SinkStats, SinkTarget, SinkThread};
 use crate::source::dims::DimSnapshot;
 use crate::source::file::{positions_for, read_bounded, BoundedInput, Dealer, SourceProgress};
-use crate::source::{SourceBatch, SourceEvent};
+use crate::source::kafka::{self, KafkaSourceError, PartitionReader, StartAt};
+use crate::source::{Positions, SourceBatch, SourceEvent};
 use crate::spec::Spec;
 
 /// Why a run failed.
@@ -66,13 +74,36 @@ impl Failure {
 /// difference from the initial snapshot then flows through the maintained join.
 pub type LaterDims = Box<dyn FnOnce() -> Result<DimSnapshot, String> + Send>;
 
-/// Everything a bounded run needs.
+/// Where the events come from.
+#[derive(Clone)]
+pub enum Input {
+    /// A file or messages in memory, read to the end.
+    Bounded(BoundedInput),
+    /// The Kafka topic.
+    Kafka(Box<KafkaInput>),
+}
+
+/// How to read the Kafka topic.
+#[derive(Clone)]
+pub struct KafkaInput {
+    pub kafka: KafkaConfig,
+    pub group_id: String,
+    pub start: StartAt,
+    /// Stop once caught up with what the topic held at start.
+    pub bounded: bool,
+    /// Commit offsets to the group once the rows they cover are written.
+    pub commit: bool,
+    /// Set to stop reading; the job then drains and ends.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Everything a run needs.
 pub struct Pipeline {
     pub spec: Arc<Spec>,
     pub routes: Arc<crate::dataflow::route::RouteTable>,
     pub engine: EngineConfig,
     pub workers: usize,
-    pub input: BoundedInput,
+    pub input: Input,
     pub dims: DimSnapshot,
     pub dims_after: Option<LaterDims>,
     pub sink: SinkTarget,
@@ -82,9 +113,34 @@ pub struct Pipeline {
     pub source_progress: Arc<SourceProgress>,
     pub sink_stats: Arc<SinkStats>,
     pub dataflow_stats: Arc<DataflowStats>,
+    /// Counts workers whose share of what the source held at start is written.
+    pub caught_up_workers: Arc<AtomicUsize>,
 }
 
-/// What a bounded run did.
+/// How a worker numbers its epochs.
+#[derive(Clone, Copy)]
+enum EpochClock {
+    /// The source stamps each batch (bounded inputs).
+    Source,
+    /// Wall-clock time divided by the interval, the same on every worker and process.
+    Wall(Duration),
+}
+
+impl EpochClock {
+    fn now(self) -> u64 {
+        match self {
+            EpochClock::Source => 0,
+            EpochClock::Wall(interval) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                (now.as_millis() / interval.as_millis().max(1)) as u64
+            }
+        }
+    }
+}
+
+/// What a run did.
 #[derive(Debug, Clone)]
 pub struct RunSummary {
     pub outcomes: OutcomeCounts,
@@ -126,12 +182,17 @@ struct WorkerReport {
     dim_change: Option<DimChangeReport>,
 }
 
-/// Runs the pipeline over its bounded input to the end.
-pub fn run_bounded(pipeline: Pipeline) -> Result<RunSummary, EngineError> {
-    let started = Instant::now();
-    let workers = pipeline.workers;
-    let failure = Arc::new(Failure::default());
+/// The source side of a run: each worker's channel, the threads feeding them, and the Kafka
+/// consumers that commit each worker's offsets.
+struct Sources {
+    receivers: Vec<Mutex<Option<Receiver<SourceEvent>>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    committers: Vec<Option<Arc<BaseConsumer>>>,
+    topic: Arc<str>,
+}
 
+fn start_sources(pipeline: &Pipeline) -> Result<Sources, EngineError> {
+    let workers = pipeline.workers;
     let mut senders = Vec::with_capacity(workers);
     let mut receivers = Vec::with_capacity(workers);
     for _ in 0..workers {
@@ -139,20 +200,103 @@ pub fn run_bounded(pipeline: Pipeline) -> Result<RunSummary, EngineError> {
         senders.push(tx);
         receivers.push(Mutex::new(Some(rx)));
     }
-    let dealer = Dealer::new(
-        senders,
-        0,
-        workers,
-        pipeline.engine.chunk_messages,
-        pipeline.engine.epoch_max_messages,
-        positions_for(&pipeline.input),
-        pipeline.source_progress.clone(),
-    );
-    let input = pipeline.input.clone();
-    let reader = std::thread::Builder::new()
-        .name("wrongbook-source".into())
-        .spawn(move || read_bounded(&input, dealer))
-        .map_err(|e| EngineError::Start(e.to_string()))?;
+    let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(f)
+            .map_err(|e| EngineError::Start(e.to_string()))
+    };
+    match &pipeline.input {
+        Input::Bounded(input) => {
+            let dealer = Dealer::new(
+                senders,
+                0,
+                workers,
+                pipeline.engine.chunk_messages,
+                pipeline.engine.epoch_max_messages,
+                positions_for(input),
+                pipeline.source_progress.clone(),
+            );
+            let input = input.clone();
+            let reader = spawn(
+                "wrongbook-source".into(),
+                Box::new(move || read_bounded(&input, dealer)),
+            )?;
+            Ok(Sources {
+                receivers,
+                threads: vec![reader],
+                committers: vec![None; workers],
+                topic: Arc::from(""),
+            })
+        }
+        Input::Kafka(input) => {
+            let fail = |e: KafkaSourceError| EngineError::Start(e.to_string());
+            let topic = input.kafka.topic.clone();
+            let probe = kafka::consumer(&input.kafka, &input.group_id).map_err(fail)?;
+            let partitions = kafka::partitions(&probe, &input.kafka, &topic).map_err(fail)?;
+            tracing::info!(
+                topic = %topic,
+                partitions = partitions.len(),
+                messages = partitions.iter().map(|(_, low, high)| high - low).sum::<i64>(),
+                "reading Kafka"
+            );
+            let topic: Arc<str> = Arc::from(topic);
+            let mut threads = Vec::with_capacity(workers);
+            let mut committers = Vec::with_capacity(workers);
+            for (worker, sender) in senders.into_iter().enumerate() {
+                let consumer =
+                    Arc::new(kafka::consumer(&input.kafka, &input.group_id).map_err(fail)?);
+                let reader = PartitionReader {
+                    topic: topic.clone(),
+                    consumer: consumer.clone(),
+                    partitions: partitions
+                        .iter()
+                        .filter(|(p, _, _)| *p as usize % workers == worker)
+                        .map(|(p, _, high)| (*p, *high))
+                        .collect(),
+                    start: input.start.clone(),
+                    bounded: input.bounded,
+                    chunk_messages: pipeline.engine.chunk_messages,
+                    stop: input.stop.clone(),
+                    progress: pipeline.source_progress.clone(),
+                };
+                committers.push(input.commit.then_some(consumer));
+                threads.push(spawn(
+                    format!("wrongbook-kafka-{worker}"),
+                    Box::new(move || reader.run(sender)),
+                )?);
+            }
+            Ok(Sources {
+                receivers,
+                threads,
+                committers,
+                topic,
+            })
+        }
+    }
+}
+
+/// Runs the pipeline: a bounded input to its end, Kafka until stopped (or caught up, bounded).
+pub fn run_pipeline(pipeline: Pipeline) -> Result<RunSummary, EngineError> {
+    let started = Instant::now();
+    let workers = pipeline.workers;
+    let failure = Arc::new(Failure::default());
+    let Sources {
+        receivers,
+        threads,
+        committers,
+        topic,
+    } = start_sources(&pipeline)?;
+    let clock = match &pipeline.input {
+        Input::Bounded(_) => EpochClock::Source,
+        Input::Kafka(_) => EpochClock::Wall(
+            pipeline
+                .engine
+                .epoch_interval
+                .0
+                .max(Duration::from_millis(1)),
+        ),
+    };
 
     let shared = Arc::new(WorkerShared {
         ingestor: Ingestor {
@@ -163,6 +307,10 @@ pub fn run_bounded(pipeline: Pipeline) -> Result<RunSummary, EngineError> {
         fix_result_desc: Arc::new(pipeline.spec.fix_result_desc.clone()),
         engine: pipeline.engine.clone(),
         receivers,
+        committers: committers.into_iter().map(Mutex::new).collect(),
+        topic,
+        clock,
+        caught_up_workers: pipeline.caught_up_workers.clone(),
         dims: pipeline.dims,
         dims_after: Mutex::new(pipeline.dims_after),
         sink: pipeline.sink,
@@ -201,8 +349,10 @@ pub fn run_bounded(pipeline: Pipeline) -> Result<RunSummary, EngineError> {
             }
         }
     }
-    // The reader ends by itself once the workers are gone.
-    let _ = reader.join();
+    // Readers end by themselves once the workers are gone.
+    for thread in threads {
+        let _ = thread.join();
+    }
     pipeline
         .dead_letters
         .flush()
@@ -233,7 +383,11 @@ struct WorkerShared {
     ingestor: Ingestor,
     fix_result_desc: Arc<std::collections::HashMap<i64, String>>,
     engine: EngineConfig,
-    receivers: Vec<Mutex<Option<crossbeam_channel::Receiver<SourceEvent>>>>,
+    receivers: Vec<Mutex<Option<Receiver<SourceEvent>>>>,
+    committers: Vec<Mutex<Option<Arc<BaseConsumer>>>>,
+    topic: Arc<str>,
+    clock: EpochClock,
+    caught_up_workers: Arc<AtomicUsize>,
     dims: DimSnapshot,
     dims_after: Mutex<Option<LaterDims>>,
     sink: SinkTarget,
@@ -300,6 +454,10 @@ fn run_worker(
         })
         .map_err(|e| format!("worker {index}: cannot start the sink thread: {e}"))?;
 
+    let committer = shared.committers[index]
+        .lock()
+        .expect("committer lock")
+        .take();
     let mut state = WorkerLoop {
         index,
         shared,
@@ -308,6 +466,9 @@ fn run_worker(
         outcomes: OutcomeCounts::default(),
         dim_rows_changed: 0,
         dim_change: None,
+        commands: command_tx,
+        committer,
+        uncommitted: BTreeMap::new(),
     };
     if index == 0 {
         state
@@ -317,75 +478,121 @@ fn run_worker(
             .load(&shared.dims);
     }
     let result = state.drive(worker, &source, &probe, &sink_failure);
-    // Whatever happened, let the sink thread finish: reconcile only after a clean end.
-    if result.is_ok() {
-        let _ = command_tx.send(SinkCommand::Finish);
-    }
-    drop(command_tx);
+    // Whatever happened, let the sink thread finish.
+    let _ = state.commands.send(SinkCommand::Finish);
+    let WorkerLoop {
+        outcomes,
+        dim_rows_changed,
+        dim_change,
+        commands,
+        ..
+    } = state;
+    drop(commands);
     let sink_result = sink_handle
         .join()
         .map_err(|_| format!("worker {index}: the sink thread panicked"))?;
     result?;
     sink_result.map_err(|e| e.to_string())?;
     Ok(WorkerReport {
-        outcomes: state.outcomes,
-        dim_rows_changed: state.dim_rows_changed,
-        dim_change: state.dim_change,
+        outcomes,
+        dim_rows_changed,
+        dim_change,
     })
 }
+
+type OpsInput = timely::dataflow::InputHandle<
+    u64,
+    timely::container::CapacityContainerBuilder<Vec<crate::dataflow::process::KeyedOp>>,
+>;
 
 /// One worker's loop state.
 struct WorkerLoop<'a> {
     index: usize,
     shared: &'a WorkerShared,
-    ops: Option<
-        timely::dataflow::InputHandle<
-            u64,
-            timely::container::CapacityContainerBuilder<Vec<crate::dataflow::process::KeyedOp>>,
-        >,
-    >,
+    ops: Option<OpsInput>,
     dims: Option<crate::dataflow::DimInputs>,
     outcomes: OutcomeCounts,
     dim_rows_changed: usize,
     dim_change: Option<DimChangeReport>,
+    commands: crossbeam_channel::Sender<SinkCommand>,
+    /// The Kafka consumer that commits this worker's offsets.
+    committer: Option<Arc<BaseConsumer>>,
+    /// Per epoch, the next offset of each partition read in it: committed once written.
+    uncommitted: BTreeMap<u64, HashMap<i32, i64>>,
 }
 
 impl WorkerLoop<'_> {
+    fn check_failures(&self, sink_failure: &Arc<Mutex<Option<String>>>) -> Result<(), String> {
+        if self.shared.failure.is_set() {
+            return Err(self.shared.failure.message().unwrap_or_default());
+        }
+        if let Some(message) = sink_failure.lock().expect("sink failure lock").take() {
+            return Err(format!("worker {}: {message}", self.index));
+        }
+        Ok(())
+    }
+
+    fn epoch(&self) -> u64 {
+        self.ops.as_ref().map_or(0, |ops| *ops.time())
+    }
+
     fn drive(
         &mut self,
         worker: &mut timely::worker::Worker,
-        source: &crossbeam_channel::Receiver<SourceEvent>,
+        source: &Receiver<SourceEvent>,
         probe: &timely::dataflow::ProbeHandle<u64>,
         sink_failure: &Arc<Mutex<Option<String>>>,
     ) -> Result<(), String> {
         let max_ahead = self.shared.engine.max_inflight_epochs;
+        let clock = self.shared.clock;
         let mut final_epoch: Option<u64> = None;
+        // The epoch by which everything the source held at start is ingested.
+        let mut caught_up_at: Option<u64> = None;
+        let mut reconciled = false;
         // When a later dimension snapshot was applied: the time, and the rows written before.
         let mut change_started: Option<(Instant, u64)> = None;
         loop {
-            if self.shared.failure.is_set() {
-                return Err(self.shared.failure.message().unwrap_or_default());
-            }
-            if let Some(message) = sink_failure.lock().expect("sink failure lock").take() {
-                return Err(format!("worker {}: {message}", self.index));
+            self.check_failures(sink_failure)?;
+            self.commit_written(probe);
+            if let Some(epoch) = caught_up_at.filter(|_| !reconciled) {
+                if !probe.less_than(&(epoch + 1)) {
+                    reconciled = true;
+                    if self.shared.reconcile {
+                        let _ = self.commands.send(SinkCommand::Reconcile);
+                    }
+                    self.shared.caught_up_workers.fetch_add(1, Ordering::SeqCst);
+                    tracing::info!(worker = self.index, epoch, "caught up");
+                }
             }
             let mut idle = true;
             match final_epoch {
                 None => {
-                    let epoch = self.ops.as_ref().map_or(0, |ops| *ops.time());
+                    if let EpochClock::Wall(_) = clock {
+                        self.advance_to(clock.now());
+                    }
+                    let epoch = self.epoch();
                     let caught_up = !probe.less_than(&epoch.saturating_sub(max_ahead));
                     if caught_up {
                         match source.try_recv() {
-                            Ok(SourceEvent::Batch(batch)) => {
+                            Ok(SourceEvent::Batch(mut batch)) => {
                                 idle = false;
+                                if let EpochClock::Wall(_) = clock {
+                                    batch.epoch = self.epoch().max(clock.now());
+                                }
                                 self.advance_to(batch.epoch);
                                 self.ingest(&batch)?;
                             }
+                            Ok(SourceEvent::CaughtUp) => {
+                                caught_up_at = Some(self.epoch());
+                            }
                             Ok(SourceEvent::End { final_epoch: end }) => {
                                 idle = false;
+                                let end = end.max(self.epoch() + 1);
                                 self.advance_to(end);
                                 self.ops = None;
                                 final_epoch = Some(end);
+                                // A bounded input is caught up at its end.
+                                caught_up_at.get_or_insert(end);
                             }
                             Ok(SourceEvent::Failed(message)) => return Err(message),
                             Err(TryRecvError::Empty) => {}
@@ -405,10 +612,16 @@ impl WorkerLoop<'_> {
                         if let Some(later) = later {
                             // Correct rows that are already written: wait for them first.
                             while probe.less_than(&end) {
-                                if self.shared.failure.is_set() {
-                                    return Err(self.shared.failure.message().unwrap_or_default());
-                                }
+                                self.check_failures(sink_failure)?;
                                 worker.step_or_park(Some(Duration::from_millis(1)));
+                            }
+                            // Stale rows go before the corrections are timed.
+                            if !reconciled {
+                                reconciled = true;
+                                if self.shared.reconcile {
+                                    let _ = self.commands.send(SinkCommand::Reconcile);
+                                }
+                                self.shared.caught_up_workers.fetch_add(1, Ordering::SeqCst);
                             }
                             let next = later()?;
                             let diff = self.shared.dims.diff(&next);
@@ -426,6 +639,13 @@ impl WorkerLoop<'_> {
                         idle = false;
                     }
                     if probe.done() {
+                        if !reconciled && self.shared.reconcile {
+                            let _ = self.commands.send(SinkCommand::Reconcile);
+                        }
+                        if !reconciled {
+                            self.shared.caught_up_workers.fetch_add(1, Ordering::SeqCst);
+                        }
+                        self.commit_written(probe);
                         if let Some((started, rows_before)) = change_started {
                             self.dim_change = Some(DimChangeReport {
                                 rows_written: self.rows_written() - rows_before,
@@ -441,6 +661,26 @@ impl WorkerLoop<'_> {
             } else {
                 worker.step();
             }
+        }
+    }
+
+    /// Commits the Kafka offsets of every epoch the probe says is written.
+    fn commit_written(&mut self, probe: &timely::dataflow::ProbeHandle<u64>) {
+        let Some(consumer) = &self.committer else {
+            return;
+        };
+        let mut next_offsets: HashMap<i32, i64> = HashMap::new();
+        while let Some(entry) = self.uncommitted.first_entry() {
+            if probe.less_than(&(entry.key() + 1)) {
+                break;
+            }
+            for (partition, offset) in entry.remove() {
+                let next = next_offsets.entry(partition).or_insert(offset);
+                *next = (*next).max(offset);
+            }
+        }
+        if let Err(e) = kafka::commit(consumer, &self.shared.topic, &next_offsets) {
+            tracing::warn!(worker = self.index, error = %e, "committing Kafka offsets failed; the next commit covers them");
         }
     }
 
@@ -487,6 +727,18 @@ impl WorkerLoop<'_> {
             }
         }
         ops.flush();
+        if let Positions::Kafka {
+            partitions,
+            offsets,
+            ..
+        } = &batch.positions
+        {
+            let next = self.uncommitted.entry(batch.epoch).or_default();
+            for (partition, offset) in partitions.iter().zip(offsets) {
+                let slot = next.entry(*partition).or_insert(offset + 1);
+                *slot = (*slot).max(offset + 1);
+            }
+        }
         self.shared
             .dataflow_stats
             .ingest_nanos

@@ -5,12 +5,14 @@ mod cli;
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
 
 use cli::{BenchSinkArg, Cli, Command, LogFormat};
-use wrongbook::commands::{bench, demo, gen, init_db, replay};
+use wrongbook::commands::{bench, demo, gen, init_db, replay, run};
 use wrongbook::config::Config;
 
 fn main() -> ExitCode {
@@ -48,13 +50,14 @@ fn run(command: Command) -> anyhow::Result<()> {
             events,
             workers,
             seed,
+            partitions,
         } => {
             let text = demo::demo(&demo::DemoOptions {
                 dir,
                 events,
                 workers,
                 seed,
-                progress: true,
+                partitions,
             })?;
             print!("{text}");
         }
@@ -95,6 +98,29 @@ fn run(command: Command) -> anyhow::Result<()> {
                     table,
                     dry_run,
                     progress: !quiet,
+                },
+            )?;
+            print!("{}", replay::format_summary(&summary));
+        }
+        Command::Run {
+            config,
+            workers,
+            until_caught_up,
+            progress_seconds,
+        } => {
+            let config = load_config(config.as_deref())?;
+            let stop = Arc::new(AtomicBool::new(false));
+            for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(signal, stop.clone())
+                    .context("cannot install the signal handlers")?;
+            }
+            let summary = run::run(
+                &config,
+                &run::RunOptions {
+                    workers,
+                    until_caught_up,
+                    stop,
+                    progress_interval: std::time::Duration::from_secs(progress_seconds.max(1)),
                 },
             )?;
             print!("{}", replay::format_summary(&summary));
@@ -170,6 +196,10 @@ fn run(command: Command) -> anyhow::Result<()> {
             dims_out,
             dims_change_out,
             routing_table,
+            to_kafka,
+            config,
+            partitions,
+            rate,
         } => {
             anyhow::ensure!(
                 (0.0..=1.0).contains(&bad_share) && (0.0..=1.0).contains(&duplicate_share),
@@ -187,6 +217,23 @@ fn run(command: Command) -> anyhow::Result<()> {
                 patterns: patterns.max(1),
                 ..gen::GenOptions::default()
             };
+            if to_kafka {
+                let config = load_config(config.as_deref())?;
+                for topic in [&config.kafka.topic, &config.kafka.alerts_topic] {
+                    wrongbook::source::kafka::ensure_topic(
+                        &config.kafka,
+                        topic,
+                        partitions.max(1),
+                    )?;
+                }
+                let (sent, _, _) = gen::produce_to_kafka(&config.kafka, &opts, Some(rate))
+                    .map_err(anyhow::Error::msg)?;
+                eprintln!(
+                    "produced {sent} events to {} at {}",
+                    config.kafka.topic, config.kafka.bootstrap_servers
+                );
+                return Ok(());
+            }
             let generated = gen::generate(&opts);
             if out.as_os_str() == "-" {
                 let stdout = std::io::stdout();

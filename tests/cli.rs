@@ -214,7 +214,18 @@ fn gen_init_db_and_replay_from_the_command_line() {
 
 #[test]
 fn bench_reports_every_figure_as_json() {
-    let out = wrongbook(&["--log", "warn", "bench", "--events", "20000", "-w", "2", "--rename-share", "0.5", "--json"]);
+    let out = wrongbook(&[
+        "--log",
+        "warn",
+        "bench",
+        "--events",
+        "20000",
+        "-w",
+        "2",
+        "--rename-share",
+        "0.5",
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     assert_eq!(report["events"], 20_000);

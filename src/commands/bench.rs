@@ -30,7 +30,7 @@ use crate::dataflow::records::RecordStore;
 use crate::dataflow::route::{Route, RouteTable};
 use crate::dataflow::wide::WideRow;
 use crate::dataflow::DataflowStats;
-use crate::engine::{run_bounded, EngineError, Pipeline};
+use crate::engine::{run_pipeline, EngineError, Pipeline};
 use crate::event::{parse_envelope, validate_payload};
 use crate::sink::dead_letters::DeadLetterMemory;
 use crate::sink::memory::MemoryTable;
@@ -228,7 +228,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         routes: Arc::new(routes),
         engine: opts.engine.clone(),
         workers: opts.workers,
-        input: BoundedInput::File(input.clone()),
+        input: crate::engine::Input::Bounded(BoundedInput::File(input.clone())),
         dims,
         dims_after: later.map(|d| Box::new(move || Ok(d)) as crate::engine::LaterDims),
         sink,
@@ -237,6 +237,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         source_progress: source_progress.clone(),
         sink_stats: sink_stats.clone(),
         dataflow_stats: dataflow_stats.clone(),
+        caught_up_workers: Default::default(),
     };
     eprintln!(
         "running the engine on {} worker(s), sink: {sink_name}…",
@@ -245,7 +246,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let progress = opts
         .progress
         .then(|| ProgressDisplay::start(source_progress, sink_stats.clone()));
-    let result = run_bounded(pipeline);
+    let result = run_pipeline(pipeline);
     if let Some(progress) = progress {
         progress.finish();
     }

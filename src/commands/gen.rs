@@ -613,6 +613,61 @@ pub fn write_jsonl(out: &mut impl Write, messages: &[Vec<u8>]) -> std::io::Resul
     Ok(())
 }
 
+/// Generates `opts.events` messages straight into the existing Kafka topic `kafka.topic`, at
+/// `rate` messages per second or as fast as possible; returns the number delivered and the
+/// dimension tables.
+pub fn produce_to_kafka(
+    kafka: &crate::config::KafkaConfig,
+    opts: &GenOptions,
+    rate: Option<u64>,
+) -> Result<(u64, DimSnapshot, DimSnapshot), String> {
+    use crate::sink::alerts::{send_blocking, DeliveryCounter};
+    use rdkafka::producer::Producer;
+    use std::sync::atomic::Ordering;
+
+    let counter = DeliveryCounter::default();
+    // Keyless events spread evenly over the partitions instead of filling one at a time.
+    let producer: rdkafka::producer::ThreadedProducer<DeliveryCounter> =
+        crate::source::kafka::client_config(kafka)
+            .set("linger.ms", "20")
+            .set("sticky.partitioning.linger.ms", "0")
+            .set("message.send.max.retries", "1000000")
+            .create_with_context(counter.clone())
+            .map_err(|e| e.to_string())?;
+    let started = std::time::Instant::now();
+    let mut sent = 0u64;
+    let mut error = None;
+    let dims = generate_into(opts, |message| {
+        if error.is_some() {
+            return;
+        }
+        if let Some(rate) = rate.filter(|r| *r > 0) {
+            let due = std::time::Duration::from_secs_f64(sent as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        match send_blocking(&producer, &kafka.topic, &message) {
+            Ok(()) => sent += 1,
+            Err(e) => error = Some(e.to_string()),
+        }
+    });
+    if let Some(e) = error {
+        return Err(format!("producing to `{}`: {e}", kafka.topic));
+    }
+    producer
+        .flush(std::time::Duration::from_secs(120))
+        .map_err(|e| format!("flushing to `{}`: {e}", kafka.topic))?;
+    let failed = counter.failed.load(Ordering::Relaxed);
+    if failed > 0 {
+        return Err(format!(
+            "{failed} messages could not be delivered to `{}`",
+            kafka.topic
+        ));
+    }
+    Ok((counter.delivered.load(Ordering::Relaxed), dims.0, dims.1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

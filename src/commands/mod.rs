@@ -5,5 +5,7 @@ pub mod bench;
 pub mod demo;
 pub mod gen;
 pub mod init_db;
+pub mod job;
 pub mod progress;
 pub mod replay;
+pub mod run;

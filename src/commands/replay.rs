@@ -7,30 +7,14 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::commands::job::{prepare, JobError, Prepared};
 use crate::commands::progress::ProgressDisplay;
 use crate::config::Config;
-use crate::dataflow::route::{Route, RouteTable};
-use crate::db::DbError;
-use crate::engine::{run_bounded, EngineError, LaterDims, Pipeline, RunSummary};
+use crate::engine::{run_pipeline, LaterDims, Pipeline, RunSummary};
 use crate::sink::dead_letters::DeadLetterFile;
 use crate::sink::{SinkStats, SinkTarget};
 use crate::source::dims::DimSnapshot;
 use crate::source::file::{BoundedInput, SourceProgress};
-use crate::source::routing::read_routing_rows;
-use crate::spec::SpecError;
-
-/// Why a replay could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum ReplayError {
-    #[error(transparent)]
-    Spec(#[from] SpecError),
-    #[error(transparent)]
-    Db(#[from] DbError),
-    #[error("{0}")]
-    Input(String),
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-}
 
 /// What to replay and how.
 #[derive(Debug, Clone, Default)]
@@ -61,47 +45,26 @@ pub fn default_dead_letter_path(input: &Path) -> PathBuf {
 }
 
 /// Runs the replay and returns its summary.
-pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<RunSummary, ReplayError> {
-    let spec = Arc::new(config.load_spec()?);
-    let settings = config.database();
-    let table = opts
-        .table
-        .clone()
-        .unwrap_or_else(|| config.sink.table.clone());
-    if !crate::config::is_identifier(&table) {
-        return Err(ReplayError::Input(format!(
-            "--table `{table}` is not a plain SQL table name"
-        )));
-    }
+pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<RunSummary, JobError> {
     if !opts.input.is_file() {
-        return Err(ReplayError::Input(format!(
+        return Err(JobError::Input(format!(
             "input {} is not a readable file",
             opts.input.display()
         )));
     }
-    let mut db = settings.connect()?;
-    db.query(&format!("SELECT id FROM {table} LIMIT 0"))
-        .map_err(|e| {
-            ReplayError::Input(format!(
-                "{e}\n  hint: create the tables with `wrongbook init-db -c <config>`"
-            ))
-        })?;
-    let routes = RouteTable::build(read_routing_rows(&mut db, &config.routing.table)?, &spec);
-    log_routes(&routes);
-    let dims = DimSnapshot::read(&mut db, &spec.dimensions)?;
-    tracing::info!(
-        patterns = dims.patterns.len(),
-        teaching_type_pts = dims.teaching_type_pts.len(),
-        teaching_types = dims.teaching_types.len(),
-        "read dimension snapshots"
-    );
-    drop(db);
+    let Prepared {
+        spec,
+        settings,
+        table,
+        routes,
+        dims,
+    } = prepare(config, opts.table.as_deref())?;
 
     let dims_after: Option<LaterDims> = match &opts.dims_after {
         None => None,
         Some(path) => {
             let sql = std::fs::read_to_string(path).map_err(|e| {
-                ReplayError::Input(format!("cannot read --dims-after {}: {e}", path.display()))
+                JobError::Input(format!("cannot read --dims-after {}: {e}", path.display()))
             })?;
             let settings = settings.clone();
             let dims_spec = spec.dimensions.clone();
@@ -118,7 +81,7 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<RunSummary, Repla
         .clone()
         .unwrap_or_else(|| default_dead_letter_path(&opts.input));
     let dead_letters = DeadLetterFile::create(&dead_letter_path).map_err(|e| {
-        ReplayError::Input(format!(
+        JobError::Input(format!(
             "cannot create dead-letter file {}: {e}",
             dead_letter_path.display()
         ))
@@ -127,10 +90,10 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<RunSummary, Repla
     let sink_stats = Arc::new(SinkStats::default());
     let pipeline = Pipeline {
         spec,
-        routes: Arc::new(routes),
+        routes,
         engine: config.engine.clone(),
         workers: opts.workers.unwrap_or(config.workers),
-        input: BoundedInput::File(opts.input.clone()),
+        input: crate::engine::Input::Bounded(BoundedInput::File(opts.input.clone())),
         dims,
         dims_after,
         sink: if opts.dry_run {
@@ -147,43 +110,18 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<RunSummary, Repla
         source_progress: source_progress.clone(),
         sink_stats: sink_stats.clone(),
         dataflow_stats: Default::default(),
+        caught_up_workers: Default::default(),
     };
     let progress = opts
         .progress
         .then(|| ProgressDisplay::start(source_progress, sink_stats));
-    let result = run_bounded(pipeline);
+    let result = run_pipeline(pipeline);
     if let Some(progress) = progress {
         progress.finish();
     }
     let summary = result?;
     tracing::info!(file = %dead_letter_path.display(), "dead letters written");
     Ok(summary)
-}
-
-fn log_routes(routes: &RouteTable) {
-    let mut types: Vec<&str> = routes.rows.iter().map(|r| r.event_type.as_str()).collect();
-    types.sort_unstable();
-    types.dedup();
-    for event_type in types {
-        match routes.route(event_type) {
-            Some(Route::Process(r)) => {
-                tracing::info!(event_type, processor = %r.processor, "route")
-            }
-            Some(Route::Disabled) => {
-                tracing::info!(event_type, "route disabled: events are skipped")
-            }
-            Some(Route::UnknownProcessor(p)) => tracing::warn!(
-                event_type,
-                processor = %p,
-                "route names an unknown processor: its events become dead letters"
-            ),
-            Some(Route::NoSchema) => tracing::warn!(
-                event_type,
-                "routed type has no schema in the dataflow spec: its events become dead letters"
-            ),
-            None => {}
-        }
-    }
 }
 
 /// The summary a user reads after a replay.

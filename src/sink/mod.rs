@@ -12,6 +12,7 @@
 //! deleted. A replay therefore leaves the table exactly equal to the computed result,
 //! whatever it held before.
 
+pub mod alerts;
 pub mod dead_letters;
 pub mod memory;
 pub mod mysql;
@@ -144,7 +145,10 @@ pub struct SinkStats {
 /// A request to a sink thread.
 pub enum SinkCommand {
     Write(SinkBatch),
-    /// Input is exhausted: reconcile (when enabled) and stop.
+    /// Everything the input held is written: delete the rows of the share that were in the
+    /// table at start and have not been written since (when reconcile is enabled).
+    Reconcile,
+    /// Stop.
     Finish,
 }
 
@@ -152,6 +156,7 @@ pub enum SinkCommand {
 pub type FailureSlot = Arc<Mutex<Option<String>>>;
 
 /// Runs a worker's sink thread until [`SinkCommand::Finish`] or until the channel closes.
+/// With reconcile on, it first reads the ids its share of the table holds.
 pub struct SinkThread {
     pub writer: Box<dyn TableWriter>,
     pub commands: Receiver<SinkCommand>,
@@ -192,7 +197,7 @@ impl SinkThread {
                     let _ = self.acks.send(batch.epoch);
                     let _ = self.activator.activate();
                 }
-                SinkCommand::Finish => {
+                SinkCommand::Reconcile => {
                     if !leftover.is_empty() {
                         let mut ids: Vec<u64> = leftover.drain().collect();
                         ids.sort_unstable();
@@ -206,8 +211,10 @@ impl SinkThread {
                             .rows_reconciled
                             .fetch_add(batch.deletes.len() as u64, Ordering::Relaxed);
                     }
-                    break;
+                    // Reconcile once: rows written from now on are the dataflow's own.
+                    leftover = HashSet::new();
                 }
+                SinkCommand::Finish => break,
             }
         }
         Ok(())
@@ -452,6 +459,7 @@ mod tests {
                     deletes: vec![],
                 }))
                 .unwrap();
+            command_tx.send(SinkCommand::Reconcile).unwrap();
             command_tx.send(SinkCommand::Finish).unwrap();
             let result = thread.run();
             (result, ack_rx.try_iter().collect::<Vec<_>>(), stats)

@@ -254,7 +254,7 @@ mod tests {
                         }
                     }
                     SourceEvent::End { final_epoch } => assert_eq!(final_epoch, 2),
-                    SourceEvent::Failed(e) => panic!("{e}"),
+                    other => panic!("unexpected {other:?}"),
                 }
             }
         }

@@ -5,6 +5,7 @@
 
 pub mod dims;
 pub mod file;
+pub mod kafka;
 pub mod routing;
 
 use std::sync::Arc;
@@ -18,6 +19,12 @@ pub enum SourcePosition {
     Line { file: Arc<str>, line: u64 },
     /// An in-memory message, by index.
     Index(u64),
+    /// A Kafka message.
+    Kafka {
+        topic: Arc<str>,
+        partition: i32,
+        offset: i64,
+    },
 }
 
 impl SourcePosition {
@@ -25,6 +32,11 @@ impl SourcePosition {
         match self {
             SourcePosition::Line { file, line } => json!({ "file": file.as_ref(), "line": line }),
             SourcePosition::Index(index) => json!({ "index": index }),
+            SourcePosition::Kafka {
+                topic,
+                partition,
+                offset,
+            } => json!({ "topic": topic.as_ref(), "partition": partition, "offset": offset }),
         }
     }
 }
@@ -37,9 +49,16 @@ pub enum Positions {
     Lines { file: Arc<str>, lines: Vec<u64> },
     /// In-memory messages starting at `first`.
     Indexed { first: u64 },
+    /// Kafka messages: `partitions[i]` and `offsets[i]` locate message `i`.
+    Kafka {
+        topic: Arc<str>,
+        partitions: Vec<i32>,
+        offsets: Vec<i64>,
+    },
 }
 
-/// A batch of raw messages for one worker, all of one epoch.
+/// A batch of raw messages for one worker, all of one epoch (for sources that assign epochs;
+/// streaming sources leave it 0 and the worker stamps the batch with its clock).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceBatch {
     pub epoch: u64,
@@ -90,6 +109,15 @@ impl SourceBatch {
                 line: lines[i],
             },
             Positions::Indexed { first } => SourcePosition::Index(first + i as u64),
+            Positions::Kafka {
+                topic,
+                partitions,
+                offsets,
+            } => SourcePosition::Kafka {
+                topic: topic.clone(),
+                partition: partitions[i],
+                offset: offsets[i],
+            },
         }
     }
 }
@@ -98,6 +126,8 @@ impl SourceBatch {
 #[derive(Debug)]
 pub enum SourceEvent {
     Batch(SourceBatch),
+    /// Everything that was in the source when the job started has been sent.
+    CaughtUp,
     /// No more input; every worker advances to `final_epoch`.
     End {
         final_epoch: u64,

@@ -13,7 +13,7 @@ use wrongbook::config::{Config, EngineConfig};
 use wrongbook::dataflow::route::RouteTable;
 use wrongbook::dataflow::wide::WideRow;
 use wrongbook::db::{Db, SqlValue};
-use wrongbook::engine::{run_bounded, Pipeline, RunSummary};
+use wrongbook::engine::{run_pipeline, Pipeline, RunSummary};
 use wrongbook::sink::dead_letters::{DeadLetter, DeadLetterMemory};
 use wrongbook::sink::memory::MemoryTable;
 use wrongbook::sink::{SinkStats, SinkTarget};
@@ -86,7 +86,7 @@ impl MemoryRun {
                 ..EngineConfig::default()
             },
             workers: self.workers,
-            input: BoundedInput::Messages(Arc::new(messages)),
+            input: wrongbook::engine::Input::Bounded(BoundedInput::Messages(Arc::new(messages))),
             dims: self.dims,
             dims_after: later.map(|d| Box::new(move || Ok(d)) as wrongbook::engine::LaterDims),
             sink: SinkTarget::Memory(self.table.clone()),
@@ -95,8 +95,9 @@ impl MemoryRun {
             source_progress: Arc::new(SourceProgress::default()),
             sink_stats: Arc::new(SinkStats::default()),
             dataflow_stats: Default::default(),
+            caught_up_workers: Default::default(),
         };
-        let summary = run_bounded(pipeline).expect("the engine runs");
+        let summary = run_pipeline(pipeline).expect("the engine runs");
         let table = self
             .table
             .snapshot()
