@@ -207,7 +207,7 @@ fn gen_init_db_and_replay_from_the_command_line() {
     ]);
     assert!(out.status.success(), "{}", text(&out));
     let summary = String::from_utf8_lossy(&out.stdout);
-    assert!(summary.contains("replayed 3000 events"), "{summary}");
+    assert!(summary.contains("processed 3000 events"), "{summary}");
     assert!(summary.contains("dead letters by reason"), "{summary}");
     assert!(std::path::Path::new(&path("a.dead-letters.jsonl")).exists());
 }

@@ -10,39 +10,12 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{assert_tables_equal, reference, TestDatabase};
+use common::{assert_tables_equal, read_topic, reference, TestDatabase};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
-use rdkafka::Message;
 use wrongbook::commands::gen::{dims_sql, generate, produce_to_kafka, routing_sql, GenOptions};
 use wrongbook::commands::init_db::init_db;
 use wrongbook::commands::run::{run, RunOptions};
-
-fn read_topic(bootstrap: &str, topic: &str, expected: usize) -> Vec<serde_json::Value> {
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "test-reader")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let mut records = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while records.len() < expected && std::time::Instant::now() < deadline {
-        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
-            records.push(serde_json::from_slice(message.payload().unwrap()).unwrap());
-        }
-    }
-    // Anything beyond what was expected would show up now.
-    let extra_deadline = std::time::Instant::now() + Duration::from_millis(500);
-    while std::time::Instant::now() < extra_deadline {
-        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
-            records.push(serde_json::from_slice(message.payload().unwrap()).unwrap());
-        }
-    }
-    records
-}
 
 #[test]
 fn run_until_caught_up_matches_the_reference_and_alerts_hold_the_dead_letters() {

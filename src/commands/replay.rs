@@ -130,7 +130,7 @@ pub fn format_summary(summary: &RunSummary) -> String {
     let totals = summary.outcomes.totals();
     let _ = writeln!(
         out,
-        "replayed {} events in {:.2}s on {} worker(s): {:.0} events/s",
+        "processed {} events in {:.2}s on {} worker(s): {:.0} events/s",
         summary.messages,
         summary.elapsed.as_secs_f64(),
         summary.workers,

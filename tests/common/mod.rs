@@ -262,3 +262,81 @@ pub fn assert_tables_equal(actual: &BTreeMap<i64, Row>, expected: &BTreeMap<i64,
         shown.join("\n")
     );
 }
+
+/// A Tansu broker on a free 127.0.0.1 port with SQLite storage in a temporary directory,
+/// started with `scripts/kafka-broker` and killed on drop.
+pub struct KafkaBroker {
+    pub bootstrap: String,
+    pid: u32,
+    _dir: tempfile::TempDir,
+}
+
+impl KafkaBroker {
+    /// `None` (skip) when Tansu is not installed, except under CI, where that fails the test.
+    pub fn start() -> Option<KafkaBroker> {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka-broker");
+        let out = std::process::Command::new(script)
+            .args(["start", &port.to_string(), dir.path().to_str().unwrap()])
+            .output()
+            .expect("run scripts/kafka-broker");
+        if !out.status.success() {
+            let why = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(!services_required(), "Tansu is required under CI: {why}");
+            eprintln!("skipping: cannot start Tansu: {why}");
+            return None;
+        }
+        let pid = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("the broker's pid");
+        Some(KafkaBroker {
+            bootstrap: format!("127.0.0.1:{port}"),
+            pid,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for KafkaBroker {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &self.pid.to_string()])
+            .status();
+    }
+}
+
+/// Reads up to `expected` JSON records from `topic` (from the start), waiting at most 60 s,
+/// then half a second more for any record beyond them.
+pub fn read_topic(bootstrap: &str, topic: &str, expected: usize) -> Vec<serde_json::Value> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("test-reader-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut records = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut extra_until = None;
+    loop {
+        let now = std::time::Instant::now();
+        if records.len() >= expected && extra_until.is_none() {
+            extra_until = Some(now + std::time::Duration::from_millis(500));
+        }
+        if now > deadline || extra_until.is_some_and(|t| now > t) {
+            return records;
+        }
+        if let Some(Ok(message)) = consumer.poll(std::time::Duration::from_millis(100)) {
+            records.push(serde_json::from_slice(message.payload().unwrap_or(b"null")).unwrap());
+        }
+    }
+}

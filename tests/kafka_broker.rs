@@ -1,0 +1,199 @@
+//! `wrongbook run` against a real Kafka-protocol broker (Tansu) and MariaDB, as a child
+//! process the way an operator runs it: produce generated events (bad ones included) to a
+//! multi-partition topic, run until the table equals the reference model, stop with SIGTERM
+//! (exit 0); the alerts topic holds exactly the dead letters. And `kill -9` at random moments
+//! while events are being produced, restart, and the table still ends exact.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{read_topic, reference, KafkaBroker, TestDatabase};
+use wrongbook::commands::gen::{
+    dims_sql, generate, produce_to_kafka, routing_sql, GenOptions, Rng,
+};
+use wrongbook::commands::init_db::init_db;
+use wrongbook::config::Config;
+
+/// The services, or `None` to skip (never under CI).
+fn services() -> Option<(KafkaBroker, TestDatabase)> {
+    let broker = KafkaBroker::start()?;
+    let db = TestDatabase::mariadb()?;
+    Some((broker, db))
+}
+
+/// A config file for the job, and the config itself.
+fn job_config(
+    db: &TestDatabase,
+    broker: &KafkaBroker,
+    topic: &str,
+) -> (Config, std::path::PathBuf) {
+    let mut config = db.config.clone();
+    config.kafka.bootstrap_servers = broker.bootstrap.clone();
+    config.kafka.topic = topic.into();
+    config.kafka.alerts_topic = format!("{topic}-alerts");
+    config.kafka.group_id = format!("{topic}-group");
+    let path = db.dir().join("job.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "workers = 2\n[mysql]\nurl = \"{}\"\nusername = \"root\"\n[kafka]\nbootstrap_servers = \"{}\"\ntopic = \"{}\"\nalerts_topic = \"{}\"\ngroup_id = \"{}\"\n[engine]\nepoch_interval = \"100ms\"\n",
+            config.mysql.url, config.kafka.bootstrap_servers, config.kafka.topic, config.kafka.alerts_topic, config.kafka.group_id
+        ),
+    )
+    .unwrap();
+    for t in [&config.kafka.topic, &config.kafka.alerts_topic] {
+        wrongbook::source::kafka::ensure_topic(
+            &config.kafka,
+            t,
+            if *t == config.kafka.topic { 4 } else { 1 },
+        )
+        .unwrap();
+    }
+    (config, path)
+}
+
+fn start_job(config_path: &Path, log: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_wrongbook"))
+        .args([
+            "--log",
+            "info",
+            "run",
+            "-c",
+            config_path.to_str().unwrap(),
+            "--progress-seconds",
+            "1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("start wrongbook run")
+}
+
+/// Waits until the table equals `expected`, or fails after `limit`.
+fn wait_for_table(
+    db: &TestDatabase,
+    expected: &std::collections::BTreeMap<i64, common::Row>,
+    limit: Duration,
+    log: &Path,
+) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let table = db.read_table("dwd_wrong_record_wide_delta");
+        if &table == expected {
+            return;
+        }
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            common::assert_tables_equal(
+                &table,
+                expected,
+                &format!("job log (last lines, newest first):\n{}\n", tail.join("\n")),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn terminate(mut child: Child) -> std::process::ExitStatus {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the job did not stop within 30 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn run_keeps_the_table_exact_and_stops_cleanly_on_sigterm() {
+    let Some((broker, db)) = services() else {
+        return;
+    };
+    let (config, config_path) = job_config(&db, &broker, "events-run");
+    let opts = GenOptions {
+        events: 12_000,
+        seed: 31,
+        ..GenOptions::default()
+    };
+    let generated = generate(&opts);
+    let (sent, dims, _) = produce_to_kafka(&config.kafka, &opts, None).unwrap();
+    assert_eq!(sent, 12_000);
+    let mut conn = init_db(&config, None).unwrap();
+    conn.execute_script(&dims_sql(&dims)).unwrap();
+    conn.execute_script(&routing_sql("flink_routing_config"))
+        .unwrap();
+    let (model, expected) = reference(&generated.messages, &generated.dims);
+
+    let log = db.dir().join("run.log");
+    let job = start_job(&config_path, &log);
+    wait_for_table(&db, &expected, Duration::from_secs(120), &log);
+    let status = terminate(job);
+    assert!(
+        status.success(),
+        "exit status {status:?}: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+
+    let alerts = read_topic(
+        &config.kafka.bootstrap_servers,
+        &config.kafka.alerts_topic,
+        model.dead,
+    );
+    assert_eq!(
+        alerts.len(),
+        model.dead,
+        "the alerts topic holds exactly the dead letters"
+    );
+    assert!(alerts
+        .iter()
+        .all(|a| a["kind"] == "dead_letter" && a["source"]["topic"] == "events-run"));
+}
+
+#[test]
+fn kill_9_at_random_moments_and_restart_ends_exact() {
+    let Some((broker, db)) = services() else {
+        return;
+    };
+    let (config, config_path) = job_config(&db, &broker, "events-crash");
+    let opts = GenOptions {
+        events: 9_000,
+        seed: 41,
+        ..GenOptions::default()
+    };
+    let generated = generate(&opts);
+    let mut conn = init_db(&config, None).unwrap();
+    conn.execute_script(&dims_sql(&generated.dims)).unwrap();
+    conn.execute_script(&routing_sql("flink_routing_config"))
+        .unwrap();
+    let (_, expected) = reference(&generated.messages, &generated.dims);
+
+    // Events arrive while the job runs and is killed: a producer thread at a steady rate.
+    let producer = {
+        let kafka = config.kafka.clone();
+        std::thread::spawn(move || produce_to_kafka(&kafka, &opts, Some(3_000)).map(|r| r.0))
+    };
+    let log = db.dir().join("crash.log");
+    let mut rng = Rng::new(5);
+    for kill in 0..3 {
+        let mut job = start_job(&config_path, &log);
+        std::thread::sleep(Duration::from_millis(400 + rng.below(1_200) as u64));
+        job.kill().expect("kill -9");
+        job.wait().unwrap();
+        eprintln!("killed the job ({})", kill + 1);
+    }
+    assert_eq!(producer.join().unwrap().unwrap(), 9_000);
+    let job = start_job(&config_path, &log);
+    wait_for_table(&db, &expected, Duration::from_secs(120), &log);
+    assert!(terminate(job).success());
+}
