@@ -207,10 +207,11 @@ pub enum Command {
     ///
     /// Reads the topic's partitions on all workers, routes and joins as `replay` does, writes
     /// the wide table, sends dead letters to the alerts topic, and commits the consumer group's
-    /// offsets only after the rows they cover are committed. At start it rebuilds its state
-    /// from the start of the topic and, once caught up, deletes rows of records that no longer
-    /// exist. Logs progress; on SIGINT or SIGTERM it stops reading, flushes the sink, commits
-    /// and exits 0.
+    /// offsets only after the rows they cover are committed. Every `checkpoint.interval` it
+    /// checkpoints its state and offsets to `checkpoint.dir`; at start it resumes from the
+    /// newest checkpoint (any worker count), or without one rebuilds its state from the start
+    /// of the topic and, once caught up, deletes rows of records that no longer exist. Logs
+    /// progress; on SIGINT or SIGTERM it stops reading, flushes the sink, commits and exits 0.
     Run {
         /// Configuration file (TOML; every key can be overridden by WRONGBOOK_SECTION__KEY).
         #[arg(short, long)]
@@ -221,6 +222,10 @@ pub enum Command {
         /// Stop once everything the topic held at start is written (exit 0).
         #[arg(long)]
         until_caught_up: bool,
+        /// Ignore checkpoints: rebuild the state from the start of the topic, then delete the
+        /// rows of records that no longer exist.
+        #[arg(long)]
+        from_scratch: bool,
         /// Seconds between progress lines in the log.
         #[arg(long, default_value_t = 10)]
         progress_seconds: u64,

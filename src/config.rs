@@ -192,7 +192,10 @@ pub struct KafkaConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CheckpointConfig {
+    /// How often the running job checkpoints its state.
     pub interval: HumanDuration,
+    /// The directory checkpoints are written to (relative to the config file).
+    pub dir: String,
 }
 
 impl Default for Config {
@@ -270,6 +273,7 @@ impl Default for CheckpointConfig {
     fn default() -> Self {
         CheckpointConfig {
             interval: HumanDuration(Duration::from_secs(10)),
+            dir: "checkpoints".into(),
         }
     }
 }

@@ -24,8 +24,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, unbounded, Receiver, TryRecvError};
 use rdkafka::consumer::BaseConsumer;
 
+use crate::checkpoint::{self, CheckpointStats, Part, Restored};
 use crate::config::{EngineConfig, KafkaConfig};
 use crate::dataflow::ingest::{Ingestor, Outcome, OutcomeCounts};
+use crate::dataflow::join::{CheckpointHooks, JoinState};
 use crate::dataflow::{build, DataflowHandles, DataflowStats};
 use crate::sink::dead_letters::{DeadLetter, DeadLetterSink};
 use crate::sink::{SinkChannels, SinkCommand, SinkStats, SinkTarget, SinkThread};
@@ -95,6 +97,18 @@ pub struct KafkaInput {
     pub commit: bool,
     /// Set to stop reading; the job then drains and ends.
     pub stop: Arc<AtomicBool>,
+    /// Where and how often to checkpoint; `None` for no checkpoints.
+    pub checkpoint: Option<CheckpointPlan>,
+    /// The checkpoint to resume from (its offsets are in `start`).
+    pub restored: Option<Arc<Restored>>,
+}
+
+/// Checkpoints of a streaming run.
+#[derive(Clone)]
+pub struct CheckpointPlan {
+    pub dir: std::path::PathBuf,
+    pub interval: Duration,
+    pub stats: Arc<CheckpointStats>,
 }
 
 /// Everything a run needs.
@@ -287,15 +301,33 @@ pub fn run_pipeline(pipeline: Pipeline) -> Result<RunSummary, EngineError> {
         committers,
         topic,
     } = start_sources(&pipeline)?;
+    let epoch_interval = pipeline
+        .engine
+        .epoch_interval
+        .0
+        .max(Duration::from_millis(1));
     let clock = match &pipeline.input {
         Input::Bounded(_) => EpochClock::Source,
-        Input::Kafka(_) => EpochClock::Wall(
-            pipeline
-                .engine
-                .epoch_interval
-                .0
-                .max(Duration::from_millis(1)),
-        ),
+        Input::Kafka(_) => EpochClock::Wall(epoch_interval),
+    };
+    let (writer, checkpoints, restored) = match &pipeline.input {
+        Input::Kafka(input) => {
+            let writer = match &input.checkpoint {
+                Some(plan) => Some((
+                    checkpoint::Writer::start(
+                        plan.dir.clone(),
+                        topic.to_string(),
+                        plan.stats.clone(),
+                    )
+                    .map_err(|e| EngineError::Start(e.to_string()))?,
+                    (plan.interval.as_millis() / epoch_interval.as_millis()).max(1) as u64,
+                )),
+                None => None,
+            };
+            let checkpoints = writer.as_ref().map(|(w, every)| (w.parts.clone(), *every));
+            (writer.map(|(w, _)| w), checkpoints, input.restored.clone())
+        }
+        Input::Bounded(_) => (None, None, None),
     };
 
     let shared = Arc::new(WorkerShared {
@@ -311,6 +343,8 @@ pub fn run_pipeline(pipeline: Pipeline) -> Result<RunSummary, EngineError> {
         topic,
         clock,
         caught_up_workers: pipeline.caught_up_workers.clone(),
+        checkpoints,
+        restored,
         dims: pipeline.dims,
         dims_after: Mutex::new(pipeline.dims_after),
         sink: pipeline.sink,
@@ -353,6 +387,19 @@ pub fn run_pipeline(pipeline: Pipeline) -> Result<RunSummary, EngineError> {
     for thread in threads {
         let _ = thread.join();
     }
+    if let Some(checkpoint::Writer { parts, thread }) = writer {
+        // With the workers' senders gone, the writer ends once its queue is written.
+        drop(parts);
+        match thread.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e.to_string());
+            }
+            Err(_) => {
+                first_error.get_or_insert("the checkpoint writer panicked".into());
+            }
+        }
+    }
     pipeline
         .dead_letters
         .flush()
@@ -388,6 +435,9 @@ struct WorkerShared {
     topic: Arc<str>,
     clock: EpochClock,
     caught_up_workers: Arc<AtomicUsize>,
+    /// Where finished checkpoint parts go, and how many epochs apart checkpoints are.
+    checkpoints: Option<(crossbeam_channel::Sender<Part>, u64)>,
+    restored: Option<Arc<Restored>>,
     dims: DimSnapshot,
     dims_after: Mutex<Option<LaterDims>>,
     sink: SinkTarget,
@@ -414,10 +464,25 @@ fn run_worker(
     let (ack_tx, ack_rx) = unbounded();
     let activator = Default::default();
     let sink_failure = Arc::new(Mutex::new(None));
+    let restored = match &shared.restored {
+        Some(restored) => Some(JoinState::restore(restored.snapshots()?, index, peers)),
+        None => None,
+    };
+    let snapshots: std::rc::Rc<std::cell::RefCell<BTreeMap<u64, Arc<Vec<u8>>>>> =
+        Default::default();
+    let hooks = shared
+        .checkpoints
+        .as_ref()
+        .map(|(_, every)| CheckpointHooks {
+            every: *every,
+            snapshots: snapshots.clone(),
+        });
     let DataflowHandles { ops, dims, probe } = build(
         worker,
         shared.fix_result_desc.clone(),
         shared.dataflow_stats.clone(),
+        restored,
+        hooks,
         SinkChannels {
             commands: command_tx.clone(),
             acks: ack_rx,
@@ -469,6 +534,20 @@ fn run_worker(
         commands: command_tx,
         committer,
         uncommitted: BTreeMap::new(),
+        snapshots,
+        checkpoint_offsets: BTreeMap::new(),
+        checkpointed_offsets: shared
+            .restored
+            .as_ref()
+            .map(|r| {
+                r.offsets
+                    .iter()
+                    .filter(|(p, _)| **p as usize % peers == index)
+                    .map(|(p, o)| (*p, *o))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        peers,
     };
     if index == 0 {
         state
@@ -480,6 +559,9 @@ fn run_worker(
     let result = state.drive(worker, &source, &probe, &sink_failure);
     // Whatever happened, let the sink thread finish.
     let _ = state.commands.send(SinkCommand::Finish);
+    if result.is_ok() {
+        state.write_checkpoints(&probe);
+    }
     let WorkerLoop {
         outcomes,
         dim_rows_changed,
@@ -519,6 +601,13 @@ struct WorkerLoop<'a> {
     committer: Option<Arc<BaseConsumer>>,
     /// Per epoch, the next offset of each partition read in it: committed once written.
     uncommitted: BTreeMap<u64, HashMap<i32, i64>>,
+    /// Checkpoint snapshots the join took, by epoch, waiting for the epoch to be written.
+    snapshots: std::rc::Rc<std::cell::RefCell<BTreeMap<u64, Arc<Vec<u8>>>>>,
+    /// Per epoch, the next offsets read in it, until a checkpoint covers it.
+    checkpoint_offsets: BTreeMap<u64, HashMap<i32, i64>>,
+    /// The next offsets as of the last checkpoint written.
+    checkpointed_offsets: HashMap<i32, i64>,
+    peers: usize,
 }
 
 impl WorkerLoop<'_> {
@@ -554,6 +643,7 @@ impl WorkerLoop<'_> {
         loop {
             self.check_failures(sink_failure)?;
             self.commit_written(probe);
+            self.write_checkpoints(probe);
             if let Some(epoch) = caught_up_at.filter(|_| !reconciled) {
                 if !probe.less_than(&(epoch + 1)) {
                     reconciled = true;
@@ -664,6 +754,43 @@ impl WorkerLoop<'_> {
         }
     }
 
+    /// Hands the checkpoint parts of every written epoch to the checkpoint writer.
+    fn write_checkpoints(&mut self, probe: &timely::dataflow::ProbeHandle<u64>) {
+        let Some((parts, _)) = &self.shared.checkpoints else {
+            return;
+        };
+        loop {
+            let ready = {
+                let mut snapshots = self.snapshots.borrow_mut();
+                match snapshots.first_entry() {
+                    Some(entry) if !probe.less_than(&(entry.key() + 1)) => {
+                        Some(entry.remove_entry())
+                    }
+                    _ => None,
+                }
+            };
+            let Some((epoch, state)) = ready else {
+                return;
+            };
+            while let Some(entry) = self.checkpoint_offsets.first_entry() {
+                if *entry.key() > epoch {
+                    break;
+                }
+                for (partition, next) in entry.remove() {
+                    let slot = self.checkpointed_offsets.entry(partition).or_insert(next);
+                    *slot = (*slot).max(next);
+                }
+            }
+            let _ = parts.send(Part {
+                epoch,
+                worker: self.index,
+                peers: self.peers,
+                offsets: self.checkpointed_offsets.clone(),
+                state,
+            });
+        }
+    }
+
     /// Commits the Kafka offsets of every epoch the probe says is written.
     fn commit_written(&mut self, probe: &timely::dataflow::ProbeHandle<u64>) {
         let Some(consumer) = &self.committer else {
@@ -733,10 +860,22 @@ impl WorkerLoop<'_> {
             ..
         } = &batch.positions
         {
-            let next = self.uncommitted.entry(batch.epoch).or_default();
+            let mut next: HashMap<i32, i64> = HashMap::new();
             for (partition, offset) in partitions.iter().zip(offsets) {
                 let slot = next.entry(*partition).or_insert(offset + 1);
                 *slot = (*slot).max(offset + 1);
+            }
+            if self.shared.checkpoints.is_some() {
+                let epoch_offsets = self.checkpoint_offsets.entry(batch.epoch).or_default();
+                for (partition, offset) in &next {
+                    let slot = epoch_offsets.entry(*partition).or_insert(*offset);
+                    *slot = (*slot).max(*offset);
+                }
+            }
+            let epoch_offsets = self.uncommitted.entry(batch.epoch).or_default();
+            for (partition, offset) in next {
+                let slot = epoch_offsets.entry(partition).or_insert(offset);
+                *slot = (*slot).max(offset);
             }
         }
         self.shared

@@ -19,6 +19,7 @@
 //! - [`schema`], [`db`]: the seed's tables and database connections.
 //! - [`commands`]: one module per `wrongbook` subcommand.
 
+pub mod checkpoint;
 pub mod commands;
 pub mod config;
 pub mod dataflow;

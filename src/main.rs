@@ -106,6 +106,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             config,
             workers,
             until_caught_up,
+            from_scratch,
             progress_seconds,
         } => {
             let config = load_config(config.as_deref())?;
@@ -121,6 +122,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     until_caught_up,
                     stop,
                     progress_interval: std::time::Duration::from_secs(progress_seconds.max(1)),
+                    from_scratch,
                 },
             )?;
             print!("{}", replay::format_summary(&summary));

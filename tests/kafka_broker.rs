@@ -7,7 +7,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::{read_topic, reference, KafkaBroker, TestDatabase};
@@ -39,7 +39,7 @@ fn job_config(
     std::fs::write(
         &path,
         format!(
-            "workers = 2\n[mysql]\nurl = \"{}\"\nusername = \"root\"\n[kafka]\nbootstrap_servers = \"{}\"\ntopic = \"{}\"\nalerts_topic = \"{}\"\ngroup_id = \"{}\"\n[engine]\nepoch_interval = \"100ms\"\n",
+            "workers = 2\n[mysql]\nurl = \"{}\"\nusername = \"root\"\n[kafka]\nbootstrap_servers = \"{}\"\ntopic = \"{}\"\nalerts_topic = \"{}\"\ngroup_id = \"{}\"\n[engine]\nepoch_interval = \"100ms\"\n[checkpoint]\ninterval = \"1s\"\n",
             config.mysql.url, config.kafka.bootstrap_servers, config.kafka.topic, config.kafka.alerts_topic, config.kafka.group_id
         ),
     )
@@ -66,7 +66,7 @@ fn start_job(config_path: &Path, log: &Path) -> Child {
             "--progress-seconds",
             "1",
         ])
-        .stdout(Stdio::null())
+        .stdout(std::fs::File::create(log.with_extension("out")).unwrap())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .expect("start wrongbook run")
@@ -87,7 +87,11 @@ fn wait_for_table(
         }
         if Instant::now() > deadline {
             let log = std::fs::read_to_string(log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            let mut tail: Vec<&str> = log.lines().rev().take(12).collect();
+            tail.extend(
+                log.lines()
+                    .filter(|l| l.contains("checkpoint") || l.contains("caught up")),
+            );
             common::assert_tables_equal(
                 &table,
                 expected,
@@ -184,16 +188,66 @@ fn kill_9_at_random_moments_and_restart_ends_exact() {
         std::thread::spawn(move || produce_to_kafka(&kafka, &opts, Some(3_000)).map(|r| r.0))
     };
     let log = db.dir().join("crash.log");
+    // How far the newest complete checkpoint has read: the sum of its next offsets.
+    let checkpointed = || -> i64 {
+        let Ok(entries) = std::fs::read_dir(db.dir().join("checkpoints")) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter(|e| e.path().join("MANIFEST.json").is_file())
+            .map(|e| {
+                std::fs::read_dir(e.path())
+                    .unwrap()
+                    .flatten()
+                    .filter(|f| f.file_name().to_string_lossy().ends_with(".offsets.json"))
+                    .map(|f| {
+                        let part: serde_json::Value =
+                            serde_json::from_slice(&std::fs::read(f.path()).unwrap()).unwrap();
+                        part["offsets"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|o| o[1].as_i64().unwrap())
+                            .sum::<i64>()
+                    })
+                    .sum::<i64>()
+            })
+            .max()
+            .unwrap_or(0)
+    };
     let mut rng = Rng::new(5);
     for kill in 0..3 {
+        let before = checkpointed();
         let mut job = start_job(&config_path, &log);
-        std::thread::sleep(Duration::from_millis(400 + rng.below(1_200) as u64));
+        // Let it checkpoint progress at least once, then kill it at a random moment.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while checkpointed() <= before && before < 9_000 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(rng.below(1_000) as u64));
         job.kill().expect("kill -9");
         job.wait().unwrap();
-        eprintln!("killed the job ({})", kill + 1);
+        eprintln!(
+            "killed the job ({}) after a checkpoint at {} of 9000 events",
+            kill + 1,
+            checkpointed()
+        );
     }
+    assert!(
+        checkpointed() > 0,
+        "the job checkpointed its progress before it was killed"
+    );
     assert_eq!(producer.join().unwrap().unwrap(), 9_000);
     let job = start_job(&config_path, &log);
     wait_for_table(&db, &expected, Duration::from_secs(120), &log);
     assert!(terminate(job).success());
+    // The last restart resumed from a checkpoint: it did not re-read the whole topic.
+    let summary = std::fs::read_to_string(log.with_extension("out")).unwrap();
+    let processed: u64 = summary
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no summary: {summary}"));
+    assert!(processed < 9_000, "re-read {processed} of 9000 events");
 }

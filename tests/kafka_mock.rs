@@ -25,6 +25,9 @@ fn run_until_caught_up_matches_the_reference_and_alerts_hold_the_dead_letters() 
     config.kafka.bootstrap_servers = cluster.bootstrap_servers();
     config.kafka.topic = "events-test".into();
     config.kafka.alerts_topic = "alerts-test".into();
+    config.checkpoint.dir = db.dir().join("checkpoints").display().to_string();
+    config.checkpoint.interval = wrongbook::config::HumanDuration(Duration::from_millis(300));
+    config.engine.epoch_interval = wrongbook::config::HumanDuration(Duration::from_millis(50));
     cluster.create_topic("events-test", 4, 1).unwrap();
     cluster.create_topic("alerts-test", 1, 1).unwrap();
 
@@ -47,6 +50,7 @@ fn run_until_caught_up_matches_the_reference_and_alerts_hold_the_dead_letters() 
         until_caught_up: true,
         stop: Arc::new(AtomicBool::new(false)),
         progress_interval: Duration::from_secs(60),
+        from_scratch: false,
     };
     let summary = run(&config, &options).expect("run");
     assert_eq!(summary.messages, 8_000);
@@ -100,19 +104,37 @@ fn run_until_caught_up_matches_the_reference_and_alerts_hold_the_dead_letters() 
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    // A restart rebuilds and converges to the same table.
+    // A restart, on another worker count, resumes from the checkpoint taken at the end: it
+    // reads nothing again and the table stays exact.
     let again = run(
         &config,
         &RunOptions {
             workers: Some(2),
-            ..options
+            ..options.clone()
         },
     )
     .expect("second run");
-    assert_eq!(again.messages, 8_000);
+    assert_eq!(again.messages, 0, "resumed from the final checkpoint");
     assert_tables_equal(
         &db.read_table("dwd_wrong_record_wide_delta"),
         &expected,
         "after a restart",
+    );
+
+    // From scratch, the state is rebuilt from the whole topic, with the same result.
+    let rebuilt = run(
+        &config,
+        &RunOptions {
+            workers: Some(1),
+            from_scratch: true,
+            ..options
+        },
+    )
+    .expect("third run");
+    assert_eq!(rebuilt.messages, 8_000);
+    assert_tables_equal(
+        &db.read_table("dwd_wrong_record_wide_delta"),
+        &expected,
+        "after a rebuild",
     );
 }

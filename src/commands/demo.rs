@@ -47,6 +47,7 @@ pub fn demo(opts: &DemoOptions) -> Result<String, JobError> {
     config.mysql.url = format!("sqlite://{}", db_path.display());
     config.workers = opts.workers;
     config.kafka.bootstrap_servers = cluster.bootstrap_servers();
+    config.checkpoint.dir = opts.dir.join("checkpoints").display().to_string();
     // The mock broker keeps at most 5 MiB per partition and drops older messages: spread the
     // events so that none is lost before the job reads it.
     let partitions = opts
@@ -91,6 +92,7 @@ pub fn demo(opts: &DemoOptions) -> Result<String, JobError> {
             until_caught_up: true,
             stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             progress_interval: Duration::from_secs(2),
+            from_scratch: true,
         },
     )?;
     drop(cluster);

@@ -3,18 +3,20 @@
 //! rows they cover are written, logs progress, and on SIGINT/SIGTERM stops reading, flushes the
 //! sink, commits and exits 0.
 //!
-//! At start the job rebuilds its record state from the start of the topic, and once it has
-//! caught up with what the topic held at start, it reconciles the table (rows of records that
-//! no longer exist are deleted). State checkpoints, which will let a restart resume from the
-//! committed offsets instead, are not implemented yet.
+//! Every `checkpoint.interval` the job checkpoints its state and offsets (see
+//! [`crate::checkpoint`]); at start it resumes from the newest checkpoint, re-reading only the
+//! events after it. Without a checkpoint (or with `--from-scratch`) it rebuilds its state from
+//! the start of the topic and, once caught up with what the topic held at start, reconciles
+//! the table (rows of records that no longer exist are deleted).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::checkpoint::load_latest;
 use crate::commands::job::{prepare, JobError, Prepared};
 use crate::config::Config;
-use crate::engine::{run_pipeline, Input, KafkaInput, Pipeline, RunSummary};
+use crate::engine::{run_pipeline, CheckpointPlan, Input, KafkaInput, Pipeline, RunSummary};
 use crate::sink::alerts::KafkaAlerts;
 use crate::sink::{SinkStats, SinkTarget};
 use crate::source::file::SourceProgress;
@@ -31,6 +33,8 @@ pub struct RunOptions {
     pub stop: Arc<AtomicBool>,
     /// Log progress this often.
     pub progress_interval: Duration,
+    /// Ignore checkpoints: rebuild the state from the start of the topic and reconcile.
+    pub from_scratch: bool,
 }
 
 /// Runs the job until stopped (or caught up, with `until_caught_up`).
@@ -48,6 +52,30 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<RunSummary, JobError> {
             config.kafka.bootstrap_servers
         ))
     })?;
+    let checkpoint_dir = config.resolve(&config.checkpoint.dir);
+    let restored = if opts.from_scratch {
+        None
+    } else {
+        load_latest(&checkpoint_dir, &config.kafka.topic)
+            .map_err(|e| JobError::Input(e.to_string()))?
+            .map(Arc::new)
+    };
+    let start = match &restored {
+        Some(restored) => {
+            tracing::info!(
+                epoch = restored.epoch,
+                partitions = restored.offsets.len(),
+                written_by_workers = restored.peers,
+                dir = %checkpoint_dir.display(),
+                "resuming from a checkpoint"
+            );
+            StartAt::Offsets(restored.offsets.clone())
+        }
+        None => {
+            tracing::info!("no checkpoint: rebuilding the state from the start of the topic");
+            StartAt::Earliest
+        }
+    };
     let source_progress = Arc::new(SourceProgress::default());
     let sink_stats = Arc::new(SinkStats::default());
     let caught_up = Arc::new(AtomicUsize::new(0));
@@ -60,10 +88,16 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<RunSummary, JobError> {
         input: Input::Kafka(Box::new(KafkaInput {
             kafka: config.kafka.clone(),
             group_id: config.kafka.group_id.clone(),
-            start: StartAt::Earliest,
+            start,
             bounded: opts.until_caught_up,
             commit: true,
             stop: opts.stop.clone(),
+            checkpoint: Some(CheckpointPlan {
+                dir: checkpoint_dir,
+                interval: config.checkpoint.interval.0,
+                stats: Default::default(),
+            }),
+            restored: restored.clone(),
         })),
         dims,
         dims_after: None,
@@ -72,7 +106,8 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<RunSummary, JobError> {
             table,
             batch_rows: config.sink.batch_rows,
         },
-        reconcile: true,
+        // A restored state matches the table; a rebuilt one reconciles it once caught up.
+        reconcile: restored.is_none(),
         dead_letters: Arc::new(alerts),
         source_progress: source_progress.clone(),
         sink_stats: sink_stats.clone(),

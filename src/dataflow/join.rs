@@ -14,11 +14,14 @@
 //! copy of each record, no arrangement of records and no exchange of records; the output needs
 //! no retractions because the sink writes rows by id.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Broadcast;
@@ -33,6 +36,14 @@ use crate::dataflow::records::{Applied, Record, RecordStore};
 use crate::dataflow::wide::{RowUpdate, WideRow};
 use crate::dataflow::DataflowStats;
 
+/// What a checkpoint keeps of a worker's join state: its records and its replica of the
+/// lookups (so that a restart rewrites only rows whose dimensions changed meanwhile).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct JoinSnapshot {
+    pub records: RecordStore,
+    pub lookups: HashMap<String, PatternLookup>,
+}
+
 /// One worker's side of the join.
 #[derive(Default)]
 pub struct JoinState {
@@ -42,9 +53,52 @@ pub struct JoinState {
     ids_by_pattern: HashMap<String, HashSet<u64>>,
     /// The number of visible records.
     pub live: i64,
+    /// Restored from a checkpoint: the table may hold rows the killed run wrote after it.
+    restored: bool,
 }
 
 impl JoinState {
+    /// The state as a checkpoint part (postcard bytes).
+    pub fn snapshot(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Borrowed<'a> {
+            records: &'a RecordStore,
+            lookups: &'a HashMap<String, PatternLookup>,
+        }
+        postcard::to_stdvec(&Borrowed {
+            records: &self.records,
+            lookups: &self.lookups,
+        })
+        .expect("record state serializes")
+    }
+
+    /// Restores the ids of worker `index` of `peers` from the parts of a checkpoint, whatever
+    /// worker count wrote them.
+    pub fn restore(parts: Vec<JoinSnapshot>, index: usize, peers: usize) -> JoinState {
+        let mut state = JoinState {
+            restored: true,
+            ..JoinState::default()
+        };
+        for part in parts {
+            state
+                .records
+                .absorb(part.records, |id| (id % peers as u64) as usize == index);
+            if state.lookups.is_empty() {
+                state.lookups = part.lookups;
+            }
+        }
+        let visible: Vec<(u64, Option<String>)> = state
+            .records
+            .visible_records()
+            .map(|(id, record)| (id, record.add.pattern_id.clone()))
+            .collect();
+        state.live = visible.len() as i64;
+        for (id, pattern) in visible {
+            state.index(Some(pattern), id, true);
+        }
+        state
+    }
+
     fn lookup_of<'a>(&'a self, record: Record<'a>) -> DimLookup<'a> {
         record
             .add
@@ -88,7 +142,10 @@ impl JoinState {
             }));
             if let Applied::Changed { before } = self.records.apply(id, group) {
                 let after = self.records.visible(id).map(|r| r.add.pattern_id.clone());
-                if before.is_some() || after.is_some() {
+                // An id that was and stays invisible has no row, unless this state was restored:
+                // then the run that checkpointed it may have written one for events after the
+                // checkpoint (an add whose delete it never got to), which these events undo.
+                if before.is_some() || after.is_some() || self.restored {
                     touched.push(id);
                 }
                 self.live += i64::from(after.is_some()) - i64::from(before.is_some());
@@ -152,6 +209,18 @@ impl JoinState {
     }
 }
 
+/// The epoch a checkpoint taken at the end of input is labelled with: every worker's join
+/// takes it once its inputs are closed, so all parts agree on it.
+pub const FINAL_EPOCH: u64 = u64::MAX - 1;
+
+/// How the join takes checkpoint snapshots: at every epoch `≡ every - 1 (mod every)`, the
+/// state after all times up to it, and at the end of input ([`FINAL_EPOCH`]), handed to the
+/// worker loop to write once the epoch is written.
+pub struct CheckpointHooks {
+    pub every: u64,
+    pub snapshots: Rc<RefCell<BTreeMap<u64, Arc<Vec<u8>>>>>,
+}
+
 /// Ops and lookup changes waiting for their time to complete, with the time's capability.
 type PendingTimes = BTreeMap<
     u64,
@@ -170,6 +239,8 @@ pub fn join_records_with_dims<'scope>(
     lookups: VecCollection<'scope, u64, (String, PatternLookup), isize>,
     fix_result_desc: Arc<HashMap<i64, String>>,
     stats: Arc<DataflowStats>,
+    restored: Option<JoinState>,
+    checkpoints: Option<CheckpointHooks>,
 ) -> Stream<'scope, u64, Vec<RowUpdate>> {
     let lookups = lookups.inner.broadcast();
     ops.binary_frontier(
@@ -178,8 +249,40 @@ pub fn join_records_with_dims<'scope>(
         Pipeline,
         "RecordsJoinDims",
         move |_capability, _info| {
-            let mut state = JoinState::default();
+            let mut state = restored.unwrap_or_default();
             let mut pending: PendingTimes = BTreeMap::new();
+            let mut next_boundary: Option<u64> = None;
+            let mut last_snapshot: Option<Arc<Vec<u8>>> = None;
+            // Snapshots every checkpoint boundary below `limit`: all times up to each are
+            // processed and none after.
+            let mut take_snapshots =
+                move |state: &JoinState, dirty: &mut bool, next: &mut Option<u64>, limit: u64| {
+                    let Some(hooks) = &checkpoints else {
+                        return;
+                    };
+                    let every = hooks.every.max(1);
+                    let boundary = next.get_or_insert_with(|| {
+                        (limit / every)
+                            .saturating_mul(every)
+                            .saturating_add(every - 1)
+                    });
+                    // Boundaries crossed with nothing processed between them hold the same state:
+                    // only the last one below `limit` is taken (the clock may jump far ahead).
+                    if *boundary < limit && limit - *boundary > every {
+                        *boundary += (limit - 1 - *boundary) / every * every;
+                    }
+                    while *boundary < limit {
+                        let bytes = match &last_snapshot {
+                            Some(bytes) if !*dirty => bytes.clone(),
+                            _ => Arc::new(state.snapshot()),
+                        };
+                        *dirty = false;
+                        last_snapshot = Some(bytes.clone());
+                        hooks.snapshots.borrow_mut().insert(*boundary, bytes);
+                        *boundary = boundary.saturating_add(every);
+                    }
+                };
+            let mut dirty = true;
             let mut reported_keys = 0u64;
             let mut final_report = false;
             move |(ops, ops_frontier), (lookups, lookups_frontier), output| {
@@ -209,7 +312,9 @@ pub fn join_records_with_dims<'scope>(
                     if ops_frontier.less_equal(&time) || lookups_frontier.less_equal(&time) {
                         break;
                     }
+                    take_snapshots(&state, &mut dirty, &mut next_boundary, time);
                     let (cap, time_ops, time_lookups) = entry.remove();
+                    dirty = true;
                     let started = Instant::now();
                     let live_before = state.live;
                     let updates = state.advance(time_ops, time_lookups, &fix_result_desc);
@@ -228,6 +333,24 @@ pub fn join_records_with_dims<'scope>(
                         output.session(&cap).give_iterator(updates.into_iter());
                     }
                 }
+                let frontier = ops_frontier
+                    .frontier()
+                    .first()
+                    .into_iter()
+                    .chain(lookups_frontier.frontier().first())
+                    .min()
+                    .copied();
+                match frontier {
+                    Some(frontier) => {
+                        take_snapshots(&state, &mut dirty, &mut next_boundary, frontier)
+                    }
+                    None if !final_report => {
+                        // The end of input: one last snapshot, under a label all workers share.
+                        next_boundary = Some(FINAL_EPOCH);
+                        take_snapshots(&state, &mut dirty, &mut next_boundary, FINAL_EPOCH + 1);
+                    }
+                    None => {}
+                }
                 if !final_report && ops_frontier.is_empty() && lookups_frontier.is_empty() {
                     final_report = true;
                     stats
@@ -237,4 +360,79 @@ pub fn join_records_with_dims<'scope>(
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataflow::process::{AddEvent, DeleteEvent, EventStamp, RecordOp};
+
+    fn ops(id: u64) -> Vec<KeyedOp> {
+        let stamp = |ts: i64| EventStamp {
+            timestamp: ts,
+            event_id: format!("e{ts}"),
+        };
+        vec![
+            KeyedOp {
+                id,
+                op: RecordOp::Add(AddEvent {
+                    stamp: stamp(1),
+                    event_type: "wrongbook_add".into(),
+                    wrong_id: id.to_string(),
+                    user_id: "u".into(),
+                    question_id: "q".into(),
+                    subject: None,
+                    subject_name: None,
+                    pattern_id: Some("p".into()),
+                    chapter_id: None,
+                    question: None,
+                    collect_time: 1,
+                }),
+            },
+            KeyedOp {
+                id,
+                op: RecordOp::Delete(DeleteEvent {
+                    stamp: stamp(2),
+                    wrong_id: id.to_string(),
+                }),
+            },
+        ]
+    }
+
+    #[test]
+    fn a_restored_state_deletes_rows_a_killed_run_may_have_left() {
+        let desc = HashMap::new();
+        // Fresh: an add and its delete in one time leave no row and write nothing.
+        assert!(JoinState::default()
+            .advance(ops(7), Vec::new(), &desc)
+            .is_empty());
+        // Restored: the run that was killed may have written the add's row; delete it.
+        let snapshot: JoinSnapshot =
+            postcard::from_bytes(&JoinState::default().snapshot()).unwrap();
+        let mut restored = JoinState::restore(vec![snapshot], 0, 1);
+        assert_eq!(restored.advance(ops(7), Vec::new(), &desc), vec![(7, None)]);
+    }
+
+    #[test]
+    fn restore_keeps_each_workers_ids_and_the_lookups() {
+        let desc = HashMap::new();
+        let mut state = JoinState::default();
+        let mut all_ops = ops(1);
+        all_ops.truncate(1);
+        let mut more = ops(2);
+        more.truncate(1);
+        all_ops.extend(more);
+        let lookup = PatternLookup {
+            name: Some("n".into()),
+            ..PatternLookup::default()
+        };
+        state.advance(all_ops, vec![("p".into(), lookup.clone(), 1)], &desc);
+        let part = || postcard::from_bytes::<JoinSnapshot>(&state.snapshot()).unwrap();
+        let worker0 = JoinState::restore(vec![part()], 0, 2);
+        let worker1 = JoinState::restore(vec![part()], 1, 2);
+        assert!(worker0.records.visible(2).is_some() && worker0.records.visible(1).is_none());
+        assert!(worker1.records.visible(1).is_some() && worker1.records.visible(2).is_none());
+        assert_eq!(worker1.lookups.get("p"), Some(&lookup));
+        assert_eq!((worker0.live, worker1.live), (1, 1));
+    }
 }

@@ -103,6 +103,8 @@ pub fn build(
     worker: &mut Worker,
     fix_result_desc: Arc<HashMap<i64, String>>,
     stats: Arc<DataflowStats>,
+    restored: Option<join::JoinState>,
+    checkpoints: Option<join::CheckpointHooks>,
     sink: SinkChannels,
 ) -> DataflowHandles {
     worker.dataflow::<u64, _, _>(|scope| {
@@ -112,7 +114,14 @@ pub fn build(
         let (teaching_types, tt_rows) = scope.new_collection();
 
         let lookups = dims::pattern_lookups(pattern_rows, pt_rows, tt_rows);
-        let updates = join::join_records_with_dims(ops, lookups, fix_result_desc, stats);
+        let updates = join::join_records_with_dims(
+            ops,
+            lookups,
+            fix_result_desc,
+            stats,
+            restored,
+            checkpoints,
+        );
         let probe = ProbeHandle::new();
         sink_operator(updates, sink).probe_with(&probe);
 

@@ -154,6 +154,13 @@ impl RecordStore {
         applied
     }
 
+    /// Moves into this store the ids of `other` that `keep` accepts (restoring a checkpoint
+    /// taken with another worker count).
+    pub fn absorb(&mut self, other: RecordStore, keep: impl Fn(u64) -> bool) {
+        self.by_id
+            .extend(other.by_id.into_iter().filter(|(id, _)| keep(*id)));
+    }
+
     /// Every visible record, by id, in no particular order.
     pub fn visible_records(&self) -> impl Iterator<Item = (u64, Record<'_>)> {
         self.by_id
