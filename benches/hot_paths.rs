@@ -3,7 +3,7 @@
 //! - `ingest`: parse + validate + route + process one message;
 //! - `join/records`: record-state update and row assembly for a batch of operations;
 //! - `join/dim_change`: a pattern lookup change correcting the rows that use it;
-//! - `dims/initial_load` and `dims/incremental`: the differential dimension chain;
+//! - `dims/initial_load` and `dims/load_then_change`: the differential dimension chain;
 //! - `sink/batch`: building a sink batch and its statement parameters.
 //!
 //! Run with `cargo bench --bench hot_paths`; figures and conditions are in BENCHMARKS.md.
@@ -25,6 +25,7 @@ use wrongbook::dataflow::route::RouteTable;
 use wrongbook::schema::Dialect;
 use wrongbook::sink::batch_of;
 use wrongbook::sink::statements::{row_params, upsert_sql};
+use wrongbook::source::dims::{DimDiff, DimSnapshot};
 use wrongbook::spec::Spec;
 
 fn ingestor() -> Ingestor {
@@ -119,6 +120,36 @@ fn bench_join(c: &mut Criterion) {
     group.finish();
 }
 
+/// Runs the dimension chain over `diffs`, one epoch each, to completion.
+fn run_dims(diffs: Vec<DimDiff>) {
+    timely::execute_directly(move |worker| {
+        let probe = ProbeHandle::new();
+        let (mut p, mut pt, mut tt) = worker.dataflow::<u64, _, _>(|scope| {
+            let (p_in, p) = scope.new_collection();
+            let (pt_in, pt) = scope.new_collection();
+            let (tt_in, tt) = scope.new_collection();
+            pattern_lookups(p, pt, tt).inner.probe_with(&probe);
+            (p_in, pt_in, tt_in)
+        });
+        for (epoch, diff) in (1..).zip(diffs) {
+            diff.patterns.into_iter().for_each(|(r, d)| p.update(r, d));
+            diff.teaching_type_pts
+                .into_iter()
+                .for_each(|(r, d)| pt.update(r, d));
+            diff.teaching_types
+                .into_iter()
+                .for_each(|(r, d)| tt.update(r, d));
+            p.advance_to(epoch);
+            pt.advance_to(epoch);
+            tt.advance_to(epoch);
+            p.flush();
+            pt.flush();
+            tt.flush();
+            worker.step_while(|| probe.less_than(&epoch));
+        }
+    })
+}
+
 fn bench_dims(c: &mut Criterion) {
     let generated = generate(&GenOptions {
         events: 10,
@@ -126,74 +157,13 @@ fn bench_dims(c: &mut Criterion) {
         teaching_types: 8_000,
         ..GenOptions::default()
     });
+    let load = DimSnapshot::default().diff(&generated.dims);
+    let change = generated.dims.diff(&generated.dims_changed);
     let mut group = c.benchmark_group("dims");
     group.sample_size(10);
-    group.bench_function("initial_load", |b| {
-        b.iter(|| {
-            timely::execute_directly({
-                let dims = generated.dims.clone();
-                move |worker| {
-                    let probe = ProbeHandle::new();
-                    let (mut p, mut pt, mut tt) = worker.dataflow::<u64, _, _>(|scope| {
-                        let (p_in, p) = scope.new_collection();
-                        let (pt_in, pt) = scope.new_collection();
-                        let (tt_in, tt) = scope.new_collection();
-                        pattern_lookups(p, pt, tt).inner.probe_with(&probe);
-                        (p_in, pt_in, tt_in)
-                    });
-                    dims.patterns.iter().for_each(|r| p.insert(r.clone()));
-                    dims.teaching_type_pts
-                        .iter()
-                        .for_each(|r| pt.insert(r.clone()));
-                    dims.teaching_types
-                        .iter()
-                        .for_each(|r| tt.insert(r.clone()));
-                    p.advance_to(1);
-                    p.flush();
-                    pt.advance_to(1);
-                    pt.flush();
-                    tt.advance_to(1);
-                    tt.flush();
-                    worker.step_while(|| probe.less_than(&1));
-                }
-            })
-        })
-    });
-    group.bench_function("incremental", |b| {
-        b.iter(|| {
-            timely::execute_directly({
-                let dims = generated.dims.clone();
-                let changed = generated.dims_changed.clone();
-                move |worker| {
-                    let probe = ProbeHandle::new();
-                    let (mut p, mut pt, mut tt) = worker.dataflow::<u64, _, _>(|scope| {
-                        let (p_in, p) = scope.new_collection();
-                        let (pt_in, pt) = scope.new_collection();
-                        let (tt_in, tt) = scope.new_collection();
-                        pattern_lookups(p, pt, tt).inner.probe_with(&probe);
-                        (p_in, pt_in, tt_in)
-                    });
-                    let diff = wrongbook::source::dims::DimSnapshot::default().diff(&dims);
-                    let change = dims.diff(&changed);
-                    for (epoch, diff) in [(1, diff), (2, change)] {
-                        diff.patterns.into_iter().for_each(|(r, d)| p.update(r, d));
-                        diff.teaching_type_pts
-                            .into_iter()
-                            .for_each(|(r, d)| pt.update(r, d));
-                        diff.teaching_types
-                            .into_iter()
-                            .for_each(|(r, d)| tt.update(r, d));
-                        p.advance_to(epoch);
-                        pt.advance_to(epoch);
-                        tt.advance_to(epoch);
-                        p.flush();
-                        pt.flush();
-                        tt.flush();
-                        worker.step_while(|| probe.less_than(&epoch));
-                    }
-                }
-            })
-        })
+    group.bench_function("initial_load", |b| b.iter(|| run_dims(vec![load.clone()])));
+    group.bench_function("load_then_change", |b| {
+        b.iter(|| run_dims(vec![load.clone(), change.clone()]))
     });
     group.finish();
 }

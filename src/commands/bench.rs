@@ -25,6 +25,7 @@ use crate::commands::progress::ProgressDisplay;
 use crate::config::{Config, EngineConfig};
 use crate::dataflow::dims::PatternLookup;
 use crate::dataflow::ingest::{Ingestor, Outcome};
+use crate::dataflow::join::lookup_for;
 use crate::dataflow::process::{process, KeyedOp};
 use crate::dataflow::records::RecordStore;
 use crate::dataflow::route::{Route, RouteTable};
@@ -353,14 +354,7 @@ fn measure_stages(messages: &[Vec<u8>], dims: &DimSnapshot) -> Vec<StageFigure> 
     let started = Instant::now();
     let mut matched = 0usize;
     for (_, record) in &records {
-        let lookup = record
-            .add
-            .pattern_id
-            .as_ref()
-            .and_then(|p| lookups.get(p))
-            .map(|l| l.resolve(record.add.chapter_id.as_deref()))
-            .unwrap_or_default();
-        matched += usize::from(lookup.teach_type.is_some());
+        matched += usize::from(lookup_for(&lookups, *record).teach_type.is_some());
     }
     let join = rate(records.len(), started.elapsed());
     std::hint::black_box(matched);
@@ -371,13 +365,7 @@ fn measure_stages(messages: &[Vec<u8>], dims: &DimSnapshot) -> Vec<StageFigure> 
     let rows: Vec<_> = records
         .iter()
         .map(|(id, record)| {
-            let lookup = record
-                .add
-                .pattern_id
-                .as_ref()
-                .and_then(|p| lookups.get(p))
-                .map(|l| l.resolve(record.add.chapter_id.as_deref()))
-                .unwrap_or_default();
+            let lookup = lookup_for(&lookups, *record);
             (*id, Some(WideRow::assemble(*id, *record, &lookup, &desc)))
         })
         .collect();

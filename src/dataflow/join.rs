@@ -44,6 +44,21 @@ pub struct JoinSnapshot {
     pub lookups: HashMap<String, PatternLookup>,
 }
 
+/// What `record`'s pattern and chapter resolve to among `lookups` (nothing when its pattern
+/// is unknown: the left join keeps the row with empty dimension columns).
+pub fn lookup_for<'a>(
+    lookups: &'a HashMap<String, PatternLookup>,
+    record: Record<'a>,
+) -> DimLookup<'a> {
+    record
+        .add
+        .pattern_id
+        .as_ref()
+        .and_then(|p| lookups.get(p))
+        .map(|l| l.resolve(record.add.chapter_id.as_deref()))
+        .unwrap_or_default()
+}
+
 /// One worker's side of the join.
 #[derive(Default)]
 pub struct JoinState {
@@ -100,13 +115,7 @@ impl JoinState {
     }
 
     fn lookup_of<'a>(&'a self, record: Record<'a>) -> DimLookup<'a> {
-        record
-            .add
-            .pattern_id
-            .as_ref()
-            .and_then(|p| self.lookups.get(p))
-            .map(|l| l.resolve(record.add.chapter_id.as_deref()))
-            .unwrap_or_default()
+        lookup_for(&self.lookups, record)
     }
 
     fn index(&mut self, pattern: Option<Option<String>>, id: u64, add: bool) {
