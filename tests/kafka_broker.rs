@@ -55,21 +55,41 @@ fn job_config(
     (config, path)
 }
 
-fn start_job(config_path: &Path, log: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_wrongbook"))
-        .args([
-            "--log",
-            "info",
-            "run",
-            "-c",
-            config_path.to_str().unwrap(),
-            "--progress-seconds",
-            "1",
-        ])
-        .stdout(std::fs::File::create(log.with_extension("out")).unwrap())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .expect("start wrongbook run")
+/// A running job, killed if the test ends (or fails) without stopping it.
+struct Job(Option<Child>);
+
+impl Job {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("the job is running")
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn start_job(config_path: &Path, log: &Path) -> Job {
+    Job(Some(
+        Command::new(env!("CARGO_BIN_EXE_wrongbook"))
+            .args([
+                "--log",
+                "info",
+                "run",
+                "-c",
+                config_path.to_str().unwrap(),
+                "--progress-seconds",
+                "1",
+            ])
+            .stdout(std::fs::File::create(log.with_extension("out")).unwrap())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("start wrongbook run"),
+    ))
 }
 
 /// Waits until the table equals `expected`, or fails after `limit`.
@@ -102,17 +122,18 @@ fn wait_for_table(
     }
 }
 
-fn terminate(mut child: Child) -> std::process::ExitStatus {
+fn terminate(mut job: Job) -> std::process::ExitStatus {
+    let pid = job.child().id();
     let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &pid.to_string()])
         .status();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = job.child().try_wait().unwrap() {
+            job.0 = None;
             return status;
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
             panic!("the job did not stop within 30 s of SIGTERM");
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -226,8 +247,8 @@ fn kill_9_at_random_moments_and_restart_ends_exact() {
             std::thread::sleep(Duration::from_millis(50));
         }
         std::thread::sleep(Duration::from_millis(rng.below(1_000) as u64));
-        job.kill().expect("kill -9");
-        job.wait().unwrap();
+        job.child().kill().expect("kill -9");
+        job.child().wait().unwrap();
         eprintln!(
             "killed the job ({}) after a checkpoint at {} of 9000 events",
             kill + 1,

@@ -9,8 +9,9 @@
 //!    sink (in memory by default, none, or the database of a config), optionally followed by a
 //!    dimension change whose corrections are timed.
 //!
-//! Memory is reported as the process's peak RSS above what it held before the run, and as the
-//! record state's own estimate of its heap, each per live record.
+//! Memory is reported as the process's peak RSS above what it held before the run (the run
+//! comes before the stage measurements, so their data does not count), and as the record
+//! state's own estimate of its heap, each per live record.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -189,10 +190,6 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     }
     drop(out);
 
-    eprintln!("measuring stages on {} events…", sample.len());
-    let stages = measure_stages(&sample, &dims);
-    drop(sample);
-
     let spec = Spec::builtin();
     let routes = RouteTable::build(routing_rows(), &spec);
     let (sink, sink_name) = match &opts.sink {
@@ -223,6 +220,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let source_progress = Arc::new(SourceProgress::default());
     let sink_stats = Arc::new(SinkStats::default());
     let dataflow_stats = Arc::new(DataflowStats::default());
+    let dims_for_stages = dims.clone();
     let baseline = rss();
     let pipeline = Pipeline {
         spec: Arc::new(spec),
@@ -230,7 +228,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         engine: opts.engine.clone(),
         workers: opts.workers,
         input: crate::engine::Input::Bounded(BoundedInput::File(input.clone())),
-        dims,
+        dims: dims.clone(),
         dims_after: later.map(|d| Box::new(move || Ok(d)) as crate::engine::LaterDims),
         sink,
         reconcile: matches!(opts.sink, BenchSink::Database(_)),
@@ -253,7 +251,11 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     }
     let summary = result?;
     let _ = std::fs::remove_dir_all(&dir);
+    // Peak memory is read before the stage measurements, which hold data of their own.
     let after = rss();
+    eprintln!("measuring stages on {} events…", sample.len());
+    let stages = measure_stages(&sample, &dims_for_stages);
+    drop(sample);
 
     use std::sync::atomic::Ordering::Relaxed;
     let live = dataflow_stats.live_records.load(Relaxed);
