@@ -74,11 +74,15 @@ pub enum Command {
         #[arg(long, value_name = "FILE.sql")]
         load: Vec<PathBuf>,
     },
-    /// Re-process a JSONL dump (one message per line) into the wide table.
+    /// Re-process a JSONL dump (--input) or a range of the Kafka topic (--from/--to) into the
+    /// wide table.
     ///
-    /// Reads the routing table and the dimension snapshots from the database, runs the
-    /// dataflow on N workers, and leaves the wide table exactly equal to what the events
-    /// compute: rows of records that no longer exist are deleted, stale rows are overwritten.
+    /// Reads the routing table and the dimension snapshots from the database and runs the
+    /// dataflow on N workers. With --input, or --from earliest, the wide table ends exactly
+    /// equal to what the events compute: rows of records that no longer exist are deleted,
+    /// stale rows are overwritten. With --from TIME, events before it are read only to rebuild
+    /// state, and only the rows of records that events in [--from, --to) touch are written. A
+    /// topic replay uses a consumer group of its own and never moves the live job's offsets.
     /// Bad messages go to a dead-letter file with their reason and raw bytes. Prints outcomes
     /// by type and reason, rows written and events/s; exits 0 when the replay completed.
     Replay {
@@ -86,8 +90,15 @@ pub enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
         /// The JSONL dump to replay.
+        #[arg(long, required_unless_present = "from", conflicts_with = "from")]
+        input: Option<PathBuf>,
+        /// Replay the topic from here: `earliest`, ms since the epoch, or
+        /// YYYY-MM-DDTHH:MM:SSZ (message timestamps).
         #[arg(long)]
-        input: PathBuf,
+        from: Option<String>,
+        /// ... up to here (exclusive): `latest` (the end of each partition now), or a time.
+        #[arg(long, requires = "from", default_value = "latest")]
+        to: String,
         /// Worker threads (default: `workers` from the configuration).
         #[arg(short = 'w', long)]
         workers: Option<usize>,

@@ -101,6 +101,12 @@ pub struct KafkaInput {
     pub checkpoint: Option<CheckpointPlan>,
     /// The checkpoint to resume from (its offsets are in `start`).
     pub restored: Option<Arc<Restored>>,
+    /// Where a bounded read ends, per partition (exclusive); the high watermarks at start
+    /// when `None`.
+    pub end_offsets: Option<HashMap<i32, i64>>,
+    /// Events before these offsets only rebuild state: only the rows of records that later
+    /// events touch are written (a replay of a range).
+    pub write_from: Option<HashMap<i32, i64>>,
 }
 
 /// Checkpoints of a streaming run.
@@ -266,7 +272,10 @@ fn start_sources(pipeline: &Pipeline) -> Result<Sources, EngineError> {
                     partitions: partitions
                         .iter()
                         .filter(|(p, _, _)| *p as usize % workers == worker)
-                        .map(|(p, _, high)| (*p, *high))
+                        .map(|(p, _, high)| {
+                            let end = input.end_offsets.as_ref().and_then(|ends| ends.get(p));
+                            (*p, end.copied().unwrap_or(*high))
+                        })
                         .collect(),
                     start: input.start.clone(),
                     bounded: input.bounded,
@@ -345,6 +354,10 @@ pub fn run_pipeline(pipeline: Pipeline) -> Result<RunSummary, EngineError> {
         caught_up_workers: pipeline.caught_up_workers.clone(),
         checkpoints,
         restored,
+        write_from: match &pipeline.input {
+            Input::Kafka(input) => input.write_from.clone(),
+            Input::Bounded(_) => None,
+        },
         dims: pipeline.dims,
         dims_after: Mutex::new(pipeline.dims_after),
         sink: pipeline.sink,
@@ -435,6 +448,8 @@ struct WorkerShared {
     topic: Arc<str>,
     clock: EpochClock,
     caught_up_workers: Arc<AtomicUsize>,
+    /// Offsets before which events only rebuild state (a replay of a range).
+    write_from: Option<HashMap<i32, i64>>,
     /// Where finished checkpoint parts go, and how many epochs apart checkpoints are.
     checkpoints: Option<(crossbeam_channel::Sender<Part>, u64)>,
     restored: Option<Arc<Restored>>,
@@ -483,6 +498,7 @@ fn run_worker(
         shared.dataflow_stats.clone(),
         restored,
         hooks,
+        shared.write_from.is_some(),
         SinkChannels {
             commands: command_tx.clone(),
             acks: ack_rx,
@@ -836,11 +852,32 @@ impl WorkerLoop<'_> {
             .as_mut()
             .expect("ingest happens before the end of input");
         for (i, message) in batch.messages() {
+            // In a replay of a range, events before it only rebuild state: they are not
+            // counted, dead-lettered or written.
+            let in_range = match (&self.shared.write_from, &batch.positions) {
+                (
+                    Some(write_from),
+                    Positions::Kafka {
+                        partitions,
+                        offsets,
+                        ..
+                    },
+                ) => write_from
+                    .get(&partitions[i])
+                    .is_none_or(|from| offsets[i] >= *from),
+                _ => true,
+            };
             let (label, outcome) = self.shared.ingestor.ingest(message);
-            self.outcomes.record(&label, &outcome);
+            if in_range {
+                self.outcomes.record(&label, &outcome);
+            }
             match outcome {
-                Outcome::Accepted(op) => ops.send(op),
+                Outcome::Accepted(mut op) => {
+                    op.write = in_range;
+                    ops.send(op)
+                }
                 Outcome::Skipped(_) => {}
+                Outcome::DeadLetter(_) if !in_range => {}
                 Outcome::DeadLetter(rejection) => self
                     .shared
                     .dead_letters

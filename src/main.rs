@@ -80,6 +80,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Replay {
             config,
             input,
+            from,
+            to,
             workers,
             dead_letters,
             dims_after,
@@ -88,18 +90,39 @@ fn run(command: Command) -> anyhow::Result<()> {
             quiet,
         } => {
             let config = load_config(config.as_deref())?;
-            let summary = replay::replay(
-                &config,
-                &replay::ReplayOptions {
-                    input,
-                    workers,
-                    dead_letters,
-                    dims_after,
-                    table,
-                    dry_run,
-                    progress: !quiet,
-                },
-            )?;
+            let summary = match (input, from) {
+                (Some(input), _) => replay::replay(
+                    &config,
+                    &replay::ReplayOptions {
+                        input,
+                        workers,
+                        dead_letters,
+                        dims_after,
+                        table,
+                        dry_run,
+                        progress: !quiet,
+                    },
+                )?,
+                (None, Some(from)) => {
+                    anyhow::ensure!(
+                        dims_after.is_none() && !dry_run,
+                        "--dims-after and --dry-run go with --input"
+                    );
+                    replay::replay_topic(
+                        &config,
+                        &replay::TopicReplayOptions {
+                            from: replay::TimePoint::parse(&from).map_err(anyhow::Error::msg)?,
+                            to: replay::TimePoint::parse(&to).map_err(anyhow::Error::msg)?,
+                            workers,
+                            table,
+                            dead_letters: dead_letters
+                                .unwrap_or_else(|| "wrongbook-replay.dead-letters.jsonl".into()),
+                            progress: !quiet,
+                        },
+                    )?
+                }
+                (None, None) => anyhow::bail!("replay needs --input FILE or --from"),
+            };
             print!("{}", replay::format_summary(&summary));
         }
         Command::Run {

@@ -2,7 +2,8 @@
 //! process the way an operator runs it: produce generated events (bad ones included) to a
 //! multi-partition topic, run until the table equals the reference model, stop with SIGTERM
 //! (exit 0); the alerts topic holds exactly the dead letters. And `kill -9` at random moments
-//! while events are being produced, restart, and the table still ends exact.
+//! while events are being produced, restart, and the table still ends exact. And `replay
+//! --from/--to` of a time range writes exactly the rows its events touch.
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::{read_topic, reference, KafkaBroker, TestDatabase};
+use common::{assert_tables_equal, read_topic, reference, KafkaBroker, TestDatabase};
 use wrongbook::commands::gen::{
     dims_sql, generate, produce_to_kafka, routing_sql, GenOptions, Rng,
 };
@@ -271,4 +272,121 @@ fn kill_9_at_random_moments_and_restart_ends_exact() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no summary: {summary}"));
     assert!(processed < 9_000, "re-read {processed} of 9000 events");
+}
+
+fn produce(bootstrap: &str, topic: &str, messages: &[Vec<u8>]) {
+    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+    let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("linger.ms", "5")
+            .set("sticky.partitioning.linger.ms", "0")
+            .create()
+            .unwrap();
+    for message in messages {
+        producer
+            .send(BaseRecord::<(), [u8]>::to(topic).payload(message))
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[test]
+fn replay_of_a_range_writes_exactly_the_rows_its_events_touch() {
+    use wrongbook::commands::replay::{replay_topic, TimePoint, TopicReplayOptions};
+
+    let Some(broker) = KafkaBroker::start() else {
+        return;
+    };
+    let db = TestDatabase::sqlite();
+    let mut config = db.config.clone();
+    config.kafka.bootstrap_servers = broker.bootstrap.clone();
+    config.kafka.topic = "events-range".into();
+    wrongbook::source::kafka::ensure_topic(&config.kafka, "events-range", 3).unwrap();
+    let generated = generate(&GenOptions {
+        events: 6_000,
+        seed: 23,
+        ..GenOptions::default()
+    });
+    let (a, rest) = generated.messages.split_at(3_000);
+    let (b, c) = rest.split_at(2_000);
+    produce(&config.kafka.bootstrap_servers, "events-range", a);
+    std::thread::sleep(Duration::from_millis(100));
+    let from = now_ms();
+    std::thread::sleep(Duration::from_millis(100));
+    produce(&config.kafka.bootstrap_servers, "events-range", b);
+    std::thread::sleep(Duration::from_millis(100));
+    let to = now_ms();
+    std::thread::sleep(Duration::from_millis(100));
+    produce(&config.kafka.bootstrap_servers, "events-range", c);
+
+    let mut conn = init_db(&config, None).unwrap();
+    conn.execute_script(&dims_sql(&generated.dims)).unwrap();
+    conn.execute_script(&routing_sql("flink_routing_config"))
+        .unwrap();
+
+    // The rows of the records B touches, as A and B compute them.
+    let (_, upto_b) = reference(&[a, b].concat(), &generated.dims);
+    let mut model = common::reference::Model::default();
+    let touched: std::collections::BTreeSet<i64> = b
+        .iter()
+        .filter_map(|m| model.feed(m))
+        .map(|w| common::reference::reference_id(&w))
+        .collect();
+    let expected: std::collections::BTreeMap<i64, common::Row> = upto_b
+        .into_iter()
+        .filter(|(id, _)| touched.contains(id))
+        .collect();
+    assert!(
+        expected.len() > 500,
+        "the range touches many rows: {}",
+        expected.len()
+    );
+
+    let summary = replay_topic(
+        &config,
+        &TopicReplayOptions {
+            from: TimePoint::At(from),
+            to: TimePoint::At(to),
+            workers: Some(2),
+            table: None,
+            dead_letters: db.dir().join("range.dead-letters.jsonl"),
+            progress: false,
+        },
+    )
+    .expect("replay --from --to");
+    assert_tables_equal(
+        &db.read_table("dwd_wrong_record_wide_delta"),
+        &expected,
+        "after the range replay",
+    );
+    assert_eq!(
+        summary.outcomes.totals().total(),
+        2_000,
+        "outcomes count the range only"
+    );
+    assert_eq!(summary.messages, 5_000, "read from the start to --to");
+
+    // The live group's offsets did not move.
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer =
+        wrongbook::source::kafka::consumer(&config.kafka, &config.kafka.group_id).unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..3 {
+        tpl.add_partition("events-range", p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(5))
+        .unwrap();
+    assert!(committed
+        .elements()
+        .iter()
+        .all(|e| e.offset().to_raw().unwrap_or(-1) < 0));
 }

@@ -98,6 +98,8 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<RunSummary, JobError> {
                 stats: Default::default(),
             }),
             restored: restored.clone(),
+            end_offsets: None,
+            write_from: None,
         })),
         dims,
         dims_after: None,

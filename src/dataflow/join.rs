@@ -70,6 +70,9 @@ pub struct JoinState {
     pub live: i64,
     /// Restored from a checkpoint: the table may hold rows the killed run wrote after it.
     restored: bool,
+    /// When set, only rows of ids some writing operation touched are emitted (a replay of a
+    /// range), and these are the ids.
+    written: Option<HashSet<u64>>,
 }
 
 impl JoinState {
@@ -132,6 +135,11 @@ impl JoinState {
         }
     }
 
+    /// Emits only the rows of ids that operations with `write` touch (from now on).
+    pub fn write_only_touched(&mut self) {
+        self.written = Some(HashSet::new());
+    }
+
     /// Applies one time's record operations and lookup changes; returns the rows of the ids
     /// whose row may have changed, sorted by id.
     pub fn advance(
@@ -146,10 +154,18 @@ impl JoinState {
         let mut ops = ops.into_iter().peekable();
         while let Some(first) = ops.next() {
             let id = first.id;
+            let writes = std::cell::Cell::new(first.write);
             let group = std::iter::once(first.op).chain(std::iter::from_fn(|| {
-                ops.next_if(|op| op.id == id).map(|op| op.op)
+                ops.next_if(|op| op.id == id).map(|op| {
+                    writes.set(writes.get() | op.write);
+                    op.op
+                })
             }));
-            if let Applied::Changed { before } = self.records.apply(id, group) {
+            let applied = self.records.apply(id, group);
+            if let (true, Some(written)) = (writes.get(), self.written.as_mut()) {
+                written.insert(id);
+            }
+            if let Applied::Changed { before } = applied {
                 let after = self.records.visible(id).map(|r| r.add.pattern_id.clone());
                 // An id that was and stays invisible has no row, unless this state was restored:
                 // then the run that checkpointed it may have written one for events after the
@@ -206,6 +222,9 @@ impl JoinState {
 
         touched.sort_unstable();
         touched.dedup();
+        if let Some(written) = &self.written {
+            touched.retain(|id| written.contains(id));
+        }
         touched
             .into_iter()
             .map(|id| {
@@ -250,6 +269,7 @@ pub fn join_records_with_dims<'scope>(
     stats: Arc<DataflowStats>,
     restored: Option<JoinState>,
     checkpoints: Option<CheckpointHooks>,
+    write_only_touched: bool,
 ) -> Stream<'scope, u64, Vec<RowUpdate>> {
     let lookups = lookups.inner.broadcast();
     ops.binary_frontier(
@@ -259,6 +279,9 @@ pub fn join_records_with_dims<'scope>(
         "RecordsJoinDims",
         move |_capability, _info| {
             let mut state = restored.unwrap_or_default();
+            if write_only_touched {
+                state.write_only_touched();
+            }
             let mut pending: PendingTimes = BTreeMap::new();
             let mut next_boundary: Option<u64> = None;
             let mut last_snapshot: Option<Arc<Vec<u8>>> = None;
@@ -384,6 +407,7 @@ mod tests {
         vec![
             KeyedOp {
                 id,
+                write: true,
                 op: RecordOp::Add(AddEvent {
                     stamp: stamp(1),
                     event_type: "wrongbook_add".into(),
@@ -400,6 +424,7 @@ mod tests {
             },
             KeyedOp {
                 id,
+                write: true,
                 op: RecordOp::Delete(DeleteEvent {
                     stamp: stamp(2),
                     wrong_id: id.to_string(),

@@ -105,6 +105,7 @@ pub fn build(
     stats: Arc<DataflowStats>,
     restored: Option<join::JoinState>,
     checkpoints: Option<join::CheckpointHooks>,
+    write_only_touched: bool,
     sink: SinkChannels,
 ) -> DataflowHandles {
     worker.dataflow::<u64, _, _>(|scope| {
@@ -121,6 +122,7 @@ pub fn build(
             stats,
             restored,
             checkpoints,
+            write_only_touched,
         );
         let probe = ProbeHandle::new();
         sink_operator(updates, sink).probe_with(&probe);

@@ -88,6 +88,9 @@ impl RecordOp {
 pub struct KeyedOp {
     pub id: u64,
     pub op: RecordOp,
+    /// Whether the rows it touches are written. A replay of a range reads earlier events only
+    /// to rebuild state: their operations carry `false`.
+    pub write: bool,
 }
 
 /// The wide-table id of `wrong_id` (SPEC §6): the number itself when it is a decimal integer
@@ -189,6 +192,7 @@ pub fn process(
     Ok(KeyedOp {
         id: wide_id(op.wrong_id()),
         op,
+        write: true,
     })
 }
 

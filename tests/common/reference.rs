@@ -158,16 +158,26 @@ fn fix_result(text: &str) -> Option<i64> {
 impl Model {
     /// Feeds one message, with the generator's routing: add, fix and delete enabled;
     /// `wrongbook_review` disabled; `wrongbook_share` routed to a processor that does not exist.
-    pub fn feed(&mut self, raw: &[u8]) {
+    /// Returns the wrong id the message touches when it is accepted.
+    pub fn feed(&mut self, raw: &[u8]) -> Option<String> {
         match self.classify(raw) {
-            Ok(true) => self.accepted += 1,
-            Ok(false) => self.skipped += 1,
-            Err(()) => self.dead += 1,
+            Ok(Some(wrong_id)) => {
+                self.accepted += 1;
+                Some(wrong_id)
+            }
+            Ok(None) => {
+                self.skipped += 1;
+                None
+            }
+            Err(()) => {
+                self.dead += 1;
+                None
+            }
         }
     }
 
-    /// Ok(true) accepted, Ok(false) skipped, Err dead letter.
-    fn classify(&mut self, raw: &[u8]) -> Result<bool, ()> {
+    /// Ok(Some(wrong id)) accepted, Ok(None) skipped, Err dead letter.
+    fn classify(&mut self, raw: &[u8]) -> Result<Option<String>, ()> {
         let text = std::str::from_utf8(raw).map_err(|_| ())?;
         if text.contains("\\ud8") || text.contains("\\udc") {
             // The generator never writes surrogate escapes; anything else is not modelled.
@@ -182,10 +192,10 @@ impl Model {
             return Err(());
         }
         if domain != "wrongbook" {
-            return Ok(false);
+            return Ok(None);
         }
         match event_type.as_str() {
-            "wrongbook_review" => return Ok(false),
+            "wrongbook_review" => return Ok(None),
             "wrongbook_add" | "wrongbook_fix" | "wrongbook_delete" => {}
             _ => return Err(()),
         }
@@ -201,6 +211,7 @@ impl Model {
             return Err(());
         }
         let p = &payload;
+        let touched;
         match event_type.as_str() {
             "wrongbook_add" => {
                 let user_id = required(p, "userId", Ty::Str)?;
@@ -235,6 +246,7 @@ impl Model {
                     return Err(());
                 }
                 let collect = secs(collect_ms)?;
+                touched = wrong_id.clone();
                 self.lives.entry(wrong_id.clone()).or_default().insert(
                     (ts, event_id),
                     Life::Add {
@@ -266,6 +278,7 @@ impl Model {
                 }
                 secs(fix_time)?;
                 let fix_result = fix_result(&result).ok_or(())?;
+                touched = wrong_id.clone();
                 self.fixes.entry(wrong_id).or_default().insert(
                     (fix_time, event_id),
                     Fix {
@@ -281,13 +294,14 @@ impl Model {
                 required(p, "questionId", Ty::Str)?;
                 let wrong_id = required(p, "wrongRecordId", Ty::Str)?;
                 field(p, "deleteTime", Ty::Long)?;
+                touched = wrong_id.clone();
                 self.lives
                     .entry(wrong_id)
                     .or_default()
                     .insert((ts, event_id), Life::Delete);
             }
         }
-        Ok(true)
+        Ok(Some(touched))
     }
 
     /// The wide table the events and `dims` compute, by id.
