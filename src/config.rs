@@ -185,6 +185,8 @@ pub struct KafkaConfig {
     pub topic: String,
     pub alerts_topic: String,
     pub metrics_topic: String,
+    /// How often a JSON snapshot of the job's counters goes to the metrics topic.
+    pub metrics_interval: HumanDuration,
     pub username: String,
     pub password: Secret,
 }
@@ -263,6 +265,7 @@ impl Default for KafkaConfig {
             topic: "wrongbook-events".into(),
             alerts_topic: "wrongbook-alerts".into(),
             metrics_topic: "wrongbook-metrics".into(),
+            metrics_interval: HumanDuration(Duration::from_secs(10)),
             username: String::new(),
             password: Secret::default(),
         }

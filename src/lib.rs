@@ -8,14 +8,16 @@
 //!
 //! - [`config`], [`spec`]: the job's configuration (TOML + environment) and the dataflow spec
 //!   (payload schemas, processors, aliases, maps, dimension queries) — data, not code.
-//! - [`source`]: where input comes from (a JSONL file or memory now; Kafka later), the routing
+//! - [`source`]: where input comes from (Kafka partitions, a JSONL file or memory), the routing
 //!   table and dimension snapshots (read in full, diffed).
 //! - [`event`]: parsing and validation of a raw message into a typed `BusinessEvent`.
 //! - [`dataflow`]: ingest (route + process) and the differential graph: record state, the
 //!   dimension chain, wide rows.
 //! - [`sink`]: wide-row changes into the database (MySQL/MariaDB, SQLite, memory), and dead
 //!   letters.
-//! - [`engine`]: threads, channels, epochs and the end of input around the dataflow.
+//! - [`engine`]: threads, channels, epochs and the end of input around the dataflow;
+//!   [`checkpoint`]: durable checkpoints and restore.
+//! - [`ops`]: what the running job reports (progress log, metrics topic).
 //! - [`schema`], [`db`]: the seed's tables and database connections.
 //! - [`commands`]: one module per `wrongbook` subcommand.
 
@@ -26,6 +28,7 @@ pub mod dataflow;
 pub mod db;
 pub mod engine;
 pub mod event;
+pub mod ops;
 pub mod schema;
 pub mod sink;
 pub mod source;

@@ -30,6 +30,8 @@ fn run_until_caught_up_matches_the_reference_and_alerts_hold_the_dead_letters() 
     config.engine.epoch_interval = wrongbook::config::HumanDuration(Duration::from_millis(50));
     cluster.create_topic("events-test", 4, 1).unwrap();
     cluster.create_topic("alerts-test", 1, 1).unwrap();
+    cluster.create_topic("metrics-test", 1, 1).unwrap();
+    config.kafka.metrics_topic = "metrics-test".into();
 
     let opts = GenOptions {
         events: 8_000,
@@ -76,6 +78,17 @@ fn run_until_caught_up_matches_the_reference_and_alerts_hold_the_dead_letters() 
         );
         assert!(positions.insert(key, ()).is_none(), "one alert per message");
     }
+
+    // The metrics topic got a snapshot of the job's counters, the last one at the end.
+    let snapshots = read_topic(&config.kafka.bootstrap_servers, "metrics-test", 1);
+    let last = snapshots.last().expect("a metrics snapshot");
+    assert_eq!(last["kind"], "metrics");
+    assert_eq!(last["events"], 8_000);
+    assert_eq!(
+        last["live_records"].as_i64().unwrap() as usize,
+        expected.len()
+    );
+    assert_eq!(last["caught_up"], true);
 
     // The group's offsets are committed to the end of every partition.
     let consumer: BaseConsumer =

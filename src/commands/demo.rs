@@ -56,6 +56,7 @@ pub fn demo(opts: &DemoOptions) -> Result<String, JobError> {
     for (topic, partitions) in [
         (&config.kafka.topic, partitions),
         (&config.kafka.alerts_topic, 1),
+        (&config.kafka.metrics_topic, 1),
     ] {
         cluster
             .create_topic(topic, partitions, 1)

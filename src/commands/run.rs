@@ -9,18 +9,20 @@
 //! the start of the topic and, once caught up with what the topic held at start, reconciles
 //! the table (rows of records that no longer exist are deleted).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::checkpoint::load_latest;
+use crate::checkpoint::{load_latest, CheckpointStats};
 use crate::commands::job::{prepare, JobError, Prepared};
 use crate::config::Config;
+use crate::dataflow::DataflowStats;
 use crate::engine::{run_pipeline, CheckpointPlan, Input, KafkaInput, Pipeline, RunSummary};
+use crate::ops::report::{JobCounters, Reporter};
 use crate::sink::alerts::KafkaAlerts;
 use crate::sink::{SinkStats, SinkTarget};
 use crate::source::file::SourceProgress;
-use crate::source::kafka::StartAt;
+use crate::source::kafka::{ensure_topic, StartAt};
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -46,6 +48,12 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<RunSummary, JobError> {
         routes,
         dims,
     } = prepare(config, None)?;
+    // The job's own output topics are created when missing (one partition each).
+    for topic in [&config.kafka.alerts_topic, &config.kafka.metrics_topic] {
+        if let Err(e) = ensure_topic(&config.kafka, topic, 1) {
+            tracing::warn!(topic = %topic, error = %e, "cannot create the topic; it must exist");
+        }
+    }
     let alerts = KafkaAlerts::new(&config.kafka).map_err(|e| {
         JobError::Input(format!(
             "cannot create the alerts producer for {}: {e}",
@@ -77,6 +85,8 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<RunSummary, JobError> {
         }
     };
     let source_progress = Arc::new(SourceProgress::default());
+    let dataflow_stats = Arc::new(DataflowStats::default());
+    let checkpoint_stats = Arc::new(CheckpointStats::default());
     let sink_stats = Arc::new(SinkStats::default());
     let caught_up = Arc::new(AtomicUsize::new(0));
     let workers = opts.workers.unwrap_or(config.workers);
@@ -95,7 +105,7 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<RunSummary, JobError> {
             checkpoint: Some(CheckpointPlan {
                 dir: checkpoint_dir,
                 interval: config.checkpoint.interval.0,
-                stats: Default::default(),
+                stats: checkpoint_stats.clone(),
             }),
             restored: restored.clone(),
             end_offsets: None,
@@ -113,67 +123,26 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<RunSummary, JobError> {
         dead_letters: Arc::new(alerts),
         source_progress: source_progress.clone(),
         sink_stats: sink_stats.clone(),
-        dataflow_stats: Default::default(),
+        dataflow_stats: dataflow_stats.clone(),
         caught_up_workers: caught_up.clone(),
     };
-    let logger = ProgressLog::start(
-        source_progress,
-        sink_stats,
-        caught_up,
-        workers,
+    let reporter = Reporter::start(
+        JobCounters {
+            source: source_progress,
+            sink: sink_stats,
+            dataflow: dataflow_stats,
+            checkpoints: checkpoint_stats,
+            caught_up_workers: caught_up,
+            workers,
+        },
+        &config.kafka,
         opts.progress_interval,
-    );
+        config.kafka.metrics_interval.0,
+    )
+    .map_err(JobError::Input)?;
     let result = run_pipeline(pipeline);
-    logger.stop();
+    if let Err(e) = reporter.stop() {
+        tracing::warn!(error = %e, "metrics");
+    }
     Ok(result?)
-}
-
-/// Logs what the job has done every interval.
-struct ProgressLog {
-    done: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl ProgressLog {
-    fn start(
-        source: Arc<SourceProgress>,
-        sink: Arc<SinkStats>,
-        caught_up: Arc<AtomicUsize>,
-        workers: usize,
-        interval: Duration,
-    ) -> ProgressLog {
-        let done = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let done = done.clone();
-            std::thread::spawn(move || {
-                let mut last = std::time::Instant::now();
-                let mut last_events = 0;
-                while !done.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(100));
-                    if last.elapsed() < interval {
-                        continue;
-                    }
-                    let events = source.messages.load(Ordering::Relaxed);
-                    tracing::info!(
-                        events,
-                        events_per_second =
-                            (events - last_events) as f64 / last.elapsed().as_secs_f64(),
-                        rows_upserted = sink.rows_upserted.load(Ordering::Relaxed),
-                        rows_deleted = sink.rows_deleted.load(Ordering::Relaxed),
-                        sink_retries = sink.retries.load(Ordering::Relaxed),
-                        caught_up = caught_up.load(Ordering::Relaxed) >= workers,
-                        "progress"
-                    );
-                    last = std::time::Instant::now();
-                    last_events = events;
-                }
-            })
-        };
-        ProgressLog { done, thread }
-    }
-
-    fn stop(self) {
-        self.done.store(true, Ordering::Relaxed);
-        let _ = self.thread.join();
-    }
 }

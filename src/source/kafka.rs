@@ -317,6 +317,18 @@ pub fn ensure_topic(
         servers: kafka.bootstrap_servers.clone(),
         message,
     };
+    // Already there: nothing to do (and brokers without the admin API are fine).
+    if let Ok(probe) = consumer(kafka, "wrongbook-topic-check") {
+        if let Ok(metadata) = probe.fetch_metadata(Some(topic), Duration::from_secs(10)) {
+            let exists = metadata
+                .topics()
+                .iter()
+                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+            if exists {
+                return Ok(());
+            }
+        }
+    }
     let admin: AdminClient<DefaultClientContext> = client_config(kafka)
         .create()
         .map_err(|e| broker(format!("cannot create an admin client: {e}")))?;

@@ -318,7 +318,14 @@ pub fn read_topic(bootstrap: &str, topic: &str, expected: usize) -> Vec<serde_js
     use rdkafka::Message;
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("test-reader-{}", std::process::id()))
+        .set(
+            "group.id",
+            format!(
+                "test-reader-{}-{}",
+                std::process::id(),
+                NEXT_DB.fetch_add(1, Ordering::Relaxed)
+            ),
+        )
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .create()
