@@ -52,3 +52,21 @@ impl ProgressDisplay {
         self.bar.finish_and_clear();
     }
 }
+
+/// Runs `pipeline`, with a progress bar when `show` is set.
+pub fn run_with_progress(
+    pipeline: crate::engine::Pipeline,
+    show: bool,
+) -> Result<crate::engine::RunSummary, crate::engine::EngineError> {
+    let progress = show.then(|| {
+        ProgressDisplay::start(
+            pipeline.source_progress.clone(),
+            pipeline.sink_stats.clone(),
+        )
+    });
+    let result = crate::engine::run_pipeline(pipeline);
+    if let Some(progress) = progress {
+        progress.finish();
+    }
+    result
+}

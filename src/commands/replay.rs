@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::commands::job::{prepare, JobError, Prepared};
-use crate::commands::progress::ProgressDisplay;
+use crate::commands::progress::run_with_progress;
 use crate::config::Config;
-use crate::engine::{run_pipeline, LaterDims, Pipeline, RunSummary};
+use crate::engine::{LaterDims, Pipeline, RunSummary};
 use crate::sink::dead_letters::DeadLetterFile;
-use crate::sink::{SinkStats, SinkTarget};
+use crate::sink::SinkTarget;
 use crate::source::dims::DimSnapshot;
-use crate::source::file::{BoundedInput, SourceProgress};
+use crate::source::file::BoundedInput;
 
 /// What to replay and how.
 #[derive(Debug, Clone, Default)]
@@ -42,6 +42,15 @@ pub fn default_dead_letter_path(input: &Path) -> PathBuf {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "input".into());
     input.with_file_name(format!("{stem}.dead-letters.jsonl"))
+}
+
+fn dead_letter_file(path: &Path) -> Result<DeadLetterFile, JobError> {
+    DeadLetterFile::create(path).map_err(|e| {
+        JobError::Input(format!(
+            "cannot create dead-letter file {}: {e}",
+            path.display()
+        ))
+    })
 }
 
 /// Runs the replay and returns its summary.
@@ -80,14 +89,7 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<RunSummary, JobEr
         .dead_letters
         .clone()
         .unwrap_or_else(|| default_dead_letter_path(&opts.input));
-    let dead_letters = DeadLetterFile::create(&dead_letter_path).map_err(|e| {
-        JobError::Input(format!(
-            "cannot create dead-letter file {}: {e}",
-            dead_letter_path.display()
-        ))
-    })?;
-    let source_progress = Arc::new(SourceProgress::default());
-    let sink_stats = Arc::new(SinkStats::default());
+    let dead_letters = dead_letter_file(&dead_letter_path)?;
     let pipeline = Pipeline {
         spec,
         routes,
@@ -107,19 +109,12 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<RunSummary, JobEr
         },
         reconcile: !opts.dry_run,
         dead_letters: Arc::new(dead_letters),
-        source_progress: source_progress.clone(),
-        sink_stats: sink_stats.clone(),
+        source_progress: Default::default(),
+        sink_stats: Default::default(),
         dataflow_stats: Default::default(),
         caught_up_workers: Default::default(),
     };
-    let progress = opts
-        .progress
-        .then(|| ProgressDisplay::start(source_progress, sink_stats));
-    let result = run_pipeline(pipeline);
-    if let Some(progress) = progress {
-        progress.finish();
-    }
-    let summary = result?;
+    let summary = run_with_progress(pipeline, opts.progress)?;
     tracing::info!(file = %dead_letter_path.display(), "dead letters written");
     Ok(summary)
 }
@@ -316,15 +311,8 @@ pub fn replay_topic(config: &Config, opts: &TopicReplayOptions) -> Result<RunSum
     tracing::info!(topic = %kafka.topic, events_in_range = in_range, ?from, ?to, "replaying a range of the topic");
     drop(probe);
 
-    let dead_letters = DeadLetterFile::create(&opts.dead_letters).map_err(|e| {
-        JobError::Input(format!(
-            "cannot create dead-letter file {}: {e}",
-            opts.dead_letters.display()
-        ))
-    })?;
+    let dead_letters = dead_letter_file(&opts.dead_letters)?;
     let whole = opts.from == TimePoint::Earliest;
-    let source_progress = Arc::new(SourceProgress::default());
-    let sink_stats = Arc::new(SinkStats::default());
     let pipeline = Pipeline {
         spec,
         routes,
@@ -351,19 +339,12 @@ pub fn replay_topic(config: &Config, opts: &TopicReplayOptions) -> Result<RunSum
         },
         reconcile: whole,
         dead_letters: Arc::new(dead_letters),
-        source_progress: source_progress.clone(),
-        sink_stats: sink_stats.clone(),
+        source_progress: Default::default(),
+        sink_stats: Default::default(),
         dataflow_stats: Default::default(),
         caught_up_workers: Default::default(),
     };
-    let progress = opts
-        .progress
-        .then(|| ProgressDisplay::start(source_progress, sink_stats));
-    let result = run_pipeline(pipeline);
-    if let Some(progress) = progress {
-        progress.finish();
-    }
-    Ok(result?)
+    Ok(run_with_progress(pipeline, opts.progress)?)
 }
 
 #[cfg(test)]
