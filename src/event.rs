@@ -149,10 +149,12 @@ pub fn parse_envelope(raw: &[u8], max_bytes: usize) -> Result<Envelope<'_>, Reje
     let mut payload = None;
     for (key, value) in object {
         match key.as_ref() {
-            "domain" => domain = string_field(value, "domain")?,
-            "type" => event_type = string_field(value, "type")?,
-            "timestamp" => timestamp = long_field(value, "timestamp", FieldType::Long)?,
-            "eventId" => event_id = string_field(value, "eventId")?,
+            "domain" => domain = string_field(value, FieldPath::envelope("domain"))?,
+            "type" => event_type = string_field(value, FieldPath::envelope("type"))?,
+            "timestamp" => {
+                timestamp = long_field(value, FieldPath::envelope("timestamp"), FieldType::Long)?
+            }
+            "eventId" => event_id = string_field(value, FieldPath::envelope("eventId"))?,
             "payload" => payload = (value.get() != "null").then_some(value),
             _ => {}
         }
@@ -187,11 +189,11 @@ pub fn validate_payload<'a>(
             continue;
         };
         let spec = &schema.fields[index];
-        let path = format!("payload.{}", spec.name);
+        let path = FieldPath::payload(&spec.name);
         fields[index] = match spec.ty {
-            FieldType::String => string_field(value, &path)?.map(FieldValue::Text),
+            FieldType::String => string_field(value, path)?.map(FieldValue::Text),
             FieldType::Long | FieldType::Integer => {
-                long_field(value, &path, spec.ty)?.map(FieldValue::Int)
+                long_field(value, path, spec.ty)?.map(FieldValue::Int)
             }
         };
     }
@@ -314,7 +316,42 @@ fn parse_json_string(raw: &RawValue) -> Result<Cow<'_, str>, String> {
 }
 
 /// The String rule: a JSON string, or a number as its decimal text; null is absent.
-fn string_field<'a>(raw: &'a RawValue, path: &str) -> Result<Option<Cow<'a, str>>, Rejection> {
+/// Where a field is, for messages: formatted only when a message is needed.
+#[derive(Clone, Copy)]
+struct FieldPath<'s> {
+    payload: bool,
+    name: &'s str,
+}
+
+impl<'s> FieldPath<'s> {
+    fn envelope(name: &'s str) -> FieldPath<'s> {
+        FieldPath {
+            payload: false,
+            name,
+        }
+    }
+
+    fn payload(name: &'s str) -> FieldPath<'s> {
+        FieldPath {
+            payload: true,
+            name,
+        }
+    }
+}
+
+impl fmt::Display for FieldPath<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.payload {
+            f.write_str("payload.")?;
+        }
+        f.write_str(self.name)
+    }
+}
+
+fn string_field<'a>(
+    raw: &'a RawValue,
+    path: FieldPath<'_>,
+) -> Result<Option<Cow<'a, str>>, Rejection> {
     let text = raw.get();
     match text.as_bytes().first() {
         Some(b'n') => Ok(None),
@@ -338,7 +375,11 @@ fn string_field<'a>(raw: &'a RawValue, path: &str) -> Result<Option<Cow<'a, str>
 
 /// The Long and Integer rules: a JSON integer, or a string of decimal digits, within range;
 /// null is absent.
-fn long_field(raw: &RawValue, path: &str, ty: FieldType) -> Result<Option<i64>, Rejection> {
+fn long_field(
+    raw: &RawValue,
+    path: FieldPath<'_>,
+    ty: FieldType,
+) -> Result<Option<i64>, Rejection> {
     let text = raw.get();
     let (min, max, name) = match ty {
         FieldType::Integer => (i64::from(i32::MIN), i64::from(i32::MAX), "Integer"),

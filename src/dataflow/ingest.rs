@@ -4,6 +4,7 @@
 //! This runs on the worker thread that pulled the message, before the message enters the
 //! dataflow, because routing is as-of the moment an event is ingested (SPEC §3).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -48,10 +49,10 @@ pub struct Ingestor {
 
 impl Ingestor {
     /// Ingests `raw`: returns the label to count it under and its outcome.
-    pub fn ingest(&self, raw: &[u8]) -> (String, Outcome) {
+    pub fn ingest<'a>(&self, raw: &'a [u8]) -> (Cow<'a, str>, Outcome) {
         let envelope = match parse_envelope(raw, self.max_message_bytes) {
             Ok(envelope) => envelope,
-            Err(rejection) => return (UNPARSED.to_owned(), Outcome::DeadLetter(rejection)),
+            Err(rejection) => return (Cow::Borrowed(UNPARSED), Outcome::DeadLetter(rejection)),
         };
         let label = if self.routes.knows(&envelope.event_type)
             || self
@@ -59,9 +60,9 @@ impl Ingestor {
                 .event_types
                 .contains_key(envelope.event_type.as_ref())
         {
-            envelope.event_type.to_string()
+            envelope.event_type.clone()
         } else {
-            UNKNOWN_TYPE.to_owned()
+            Cow::Borrowed(UNKNOWN_TYPE)
         };
         if envelope.domain != self.spec.domain {
             return (label, Outcome::Skipped(SkipReason::Domain));
