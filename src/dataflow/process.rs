@@ -5,6 +5,7 @@
 //! truncated row.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -24,7 +25,8 @@ pub struct EventStamp {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct AddEvent {
     pub stamp: EventStamp,
-    pub event_type: String,
+    /// Shared by every event of the type (interned by the route).
+    pub event_type: Arc<str>,
     pub wrong_id: String,
     pub user_id: String,
     pub question_id: String,
@@ -44,7 +46,8 @@ pub struct FixEvent {
     /// `fix_time` (ms) first: the latest fix is the greatest by (`fixTime`, `eventId`).
     pub fix_time_ms: i64,
     pub stamp: EventStamp,
-    pub event_type: String,
+    /// Shared by every event of the type (interned by the route).
+    pub event_type: Arc<str>,
     pub wrong_id: String,
     /// `fixId`, else the event id.
     pub fix_id: String,
@@ -124,7 +127,9 @@ pub fn process(
         timestamp: envelope.timestamp,
         event_id: fitting("event_id", &envelope.event_id)?,
     };
-    let event_type = fitting("event_type", &envelope.event_type)?;
+    check_fits("event_type", &route.event_type)
+        .map_err(|e| Rejection::new(Reason::ValueTooLong, e))?;
+    let event_type = route.event_type.clone();
     let op = match route.kind {
         ProcessorKind::Add => {
             let wrong_id = match slots.text(Slot::WrongRecordId)? {

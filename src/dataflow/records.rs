@@ -174,7 +174,6 @@ impl RecordStore {
         let optional = |s: &Option<String>| s.as_ref().map_or(0, String::capacity);
         let add_bytes = |a: &AddEvent| {
             string(&a.stamp.event_id)
-                + string(&a.event_type)
                 + string(&a.wrong_id)
                 + string(&a.user_id)
                 + string(&a.question_id)
@@ -184,12 +183,8 @@ impl RecordStore {
                 + optional(&a.chapter_id)
                 + optional(&a.question)
         };
-        let fix_bytes = |f: &FixEvent| {
-            string(&f.stamp.event_id)
-                + string(&f.event_type)
-                + string(&f.wrong_id)
-                + string(&f.fix_id)
-        };
+        let fix_bytes =
+            |f: &FixEvent| string(&f.stamp.event_id) + string(&f.wrong_id) + string(&f.fix_id);
         let slots = self.by_id.capacity() * (std::mem::size_of::<(u64, Vec<WrongRecord>)>() + 1);
         let records: usize = self
             .by_id

@@ -14,7 +14,7 @@ use crate::spec::{EventSchema, ProcessorKind, Slot, Spec};
 /// A type's processor, compiled against the type's payload schema.
 #[derive(Debug, Clone)]
 pub struct CompiledRoute {
-    pub event_type: String,
+    pub event_type: Arc<str>,
     pub processor: String,
     pub kind: ProcessorKind,
     pub schema: EventSchema,
@@ -73,7 +73,7 @@ impl RouteTable {
                         slots[*slot as usize] = schema.field_index(field);
                     }
                     Route::Process(Arc::new(CompiledRoute {
-                        event_type: event_type.to_owned(),
+                        event_type: Arc::from(event_type),
                         processor: processor.name.clone(),
                         kind: processor.kind,
                         schema: schema.clone(),

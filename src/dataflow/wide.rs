@@ -70,7 +70,7 @@ impl WideRow {
             fix_result: fix.map(|f| f.fix_result),
             fix_result_desc: fix.and_then(|f| fix_result_desc.get(&f.fix_result).cloned()),
             event_id: event_id.clone(),
-            event_type: event_type.clone(),
+            event_type: event_type.to_string(),
         }
     }
 }
