@@ -28,21 +28,21 @@ use wrongbook::sink::statements::{row_params, upsert_sql};
 use wrongbook::source::dims::{DimDiff, DimSnapshot};
 use wrongbook::spec::Spec;
 
-fn ingestor() -> Ingestor {
+fn ingestor() -> (Ingestor, RouteTable) {
     let spec = Spec::builtin();
     let routes = RouteTable::build(routing_rows(), &spec);
-    Ingestor {
+    let ingestor = Ingestor {
         spec: Arc::new(spec),
-        routes: Arc::new(routes),
         max_message_bytes: 1 << 20,
-    }
+    };
+    (ingestor, routes)
 }
 
 fn ops(messages: &[Vec<u8>]) -> Vec<KeyedOp> {
-    let ingestor = ingestor();
+    let (ingestor, routes) = ingestor();
     messages
         .iter()
-        .filter_map(|m| match ingestor.ingest(m).1 {
+        .filter_map(|m| match ingestor.ingest(m, &routes).1 {
             Outcome::Accepted(op) => Some(op),
             _ => None,
         })
@@ -54,14 +54,14 @@ fn bench_ingest(c: &mut Criterion) {
         events: 10_000,
         ..GenOptions::default()
     });
-    let ingestor = ingestor();
+    let (ingestor, routes) = ingestor();
     let mut group = c.benchmark_group("ingest");
     group.throughput(Throughput::Elements(generated.messages.len() as u64));
     group.bench_function("parse_validate_route_process", |b| {
         b.iter(|| {
             let mut accepted = 0;
             for message in &generated.messages {
-                if matches!(ingestor.ingest(message).1, Outcome::Accepted(_)) {
+                if matches!(ingestor.ingest(message, &routes).1, Outcome::Accepted(_)) {
                     accepted += 1;
                 }
             }

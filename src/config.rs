@@ -128,6 +128,7 @@ pub struct Config {
     pub engine: EngineConfig,
     pub kafka: KafkaConfig,
     pub checkpoint: CheckpointConfig,
+    pub metrics: MetricsConfig,
     /// The directory of the file this was loaded from; relative paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -200,6 +201,32 @@ pub struct CheckpointConfig {
     pub dir: String,
 }
 
+/// The operations endpoint and the threshold alerts (SPEC §8).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where `/metrics` is served (`host:port`); empty to serve nothing.
+    pub listen: String,
+    /// End-to-end latency above this raises a critical alert.
+    pub latency_critical: HumanDuration,
+    /// A share of dead letters among the events of a metrics interval above this raises a
+    /// warning (0.01 = 1 %).
+    pub error_rate_warning: f64,
+    /// Record and dimension state above this many bytes raises a warning.
+    pub state_bytes_warning: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "127.0.0.1:9249".into(),
+            latency_critical: HumanDuration(Duration::from_secs(30)),
+            error_rate_warning: 0.01,
+            state_bytes_warning: 1 << 30,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -211,6 +238,7 @@ impl Default for Config {
             engine: EngineConfig::default(),
             kafka: KafkaConfig::default(),
             checkpoint: CheckpointConfig::default(),
+            metrics: MetricsConfig::default(),
             base_dir: PathBuf::from("."),
         }
     }
@@ -354,6 +382,26 @@ impl Config {
                     format!("`{name}` is not a plain SQL table name ([A-Za-z_][A-Za-z0-9_]*)"),
                 ));
             }
+        }
+        if !self.metrics.listen.is_empty()
+            && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(invalid(
+                "metrics.listen",
+                format!(
+                    "`{}` is not an address like 127.0.0.1:9249 (empty serves no endpoint)",
+                    self.metrics.listen
+                ),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.metrics.error_rate_warning) {
+            return Err(invalid(
+                "metrics.error_rate_warning",
+                "must be a share between 0 and 1 (0.01 = 1 %)".into(),
+            ));
+        }
+        if self.routing.poll_interval.0.is_zero() {
+            return Err(invalid("routing.poll_interval", "must be positive".into()));
         }
         if self.sink.batch_rows == 0 || self.sink.batch_rows > 3000 {
             return Err(invalid(

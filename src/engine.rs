@@ -28,10 +28,11 @@ use crate::checkpoint::{self, CheckpointStats, Part, Restored};
 use crate::config::{EngineConfig, KafkaConfig};
 use crate::dataflow::ingest::{Ingestor, Outcome, OutcomeCounts};
 use crate::dataflow::join::{CheckpointHooks, JoinState};
+use crate::dataflow::route::{Routing, RoutingHistory};
 use crate::dataflow::{build, DataflowHandles, DataflowStats};
 use crate::sink::dead_letters::{DeadLetter, DeadLetterSink};
 use crate::sink::{SinkChannels, SinkCommand, SinkStats, SinkTarget, SinkThread};
-use crate::source::dims::DimSnapshot;
+use crate::source::dims::{DimCorrection, DimDiff, DimSnapshot, DimStats};
 use crate::source::file::{positions_for, read_bounded, BoundedInput, Dealer, SourceProgress};
 use crate::source::kafka::{self, KafkaSourceError, PartitionReader, StartAt};
 use crate::source::{Positions, SourceBatch, SourceEvent};
@@ -120,12 +121,16 @@ pub struct CheckpointPlan {
 /// Everything a run needs.
 pub struct Pipeline {
     pub spec: Arc<Spec>,
-    pub routes: Arc<crate::dataflow::route::RouteTable>,
+    /// The routing in force, which the routing watcher may change while the job runs.
+    pub routing: Arc<Routing>,
     pub engine: EngineConfig,
     pub workers: usize,
     pub input: Input,
     pub dims: DimSnapshot,
     pub dims_after: Option<LaterDims>,
+    /// Dimension changes found by periodic refreshes while the job runs.
+    pub dim_updates: Option<Receiver<DimDiff>>,
+    pub dim_stats: Arc<DimStats>,
     pub sink: SinkTarget,
     /// Delete rows of the table that the run does not produce.
     pub reconcile: bool,
@@ -342,9 +347,9 @@ pub fn run_pipeline(pipeline: Pipeline) -> Result<RunSummary, EngineError> {
     let shared = Arc::new(WorkerShared {
         ingestor: Ingestor {
             spec: pipeline.spec.clone(),
-            routes: pipeline.routes.clone(),
             max_message_bytes: pipeline.engine.max_message_bytes,
         },
+        routing: pipeline.routing.clone(),
         fix_result_desc: Arc::new(pipeline.spec.fix_result_desc.clone()),
         engine: pipeline.engine.clone(),
         receivers,
@@ -360,6 +365,8 @@ pub fn run_pipeline(pipeline: Pipeline) -> Result<RunSummary, EngineError> {
         },
         dims: pipeline.dims,
         dims_after: Mutex::new(pipeline.dims_after),
+        dim_updates: Mutex::new(pipeline.dim_updates),
+        dim_stats: pipeline.dim_stats.clone(),
         sink: pipeline.sink,
         reconcile: pipeline.reconcile,
         dead_letters: pipeline.dead_letters.clone(),
@@ -441,6 +448,7 @@ pub fn run_pipeline(pipeline: Pipeline) -> Result<RunSummary, EngineError> {
 /// What every worker of the process shares.
 struct WorkerShared {
     ingestor: Ingestor,
+    routing: Arc<Routing>,
     fix_result_desc: Arc<std::collections::HashMap<i64, String>>,
     engine: EngineConfig,
     receivers: Vec<Mutex<Option<Receiver<SourceEvent>>>>,
@@ -455,6 +463,9 @@ struct WorkerShared {
     restored: Option<Arc<Restored>>,
     dims: DimSnapshot,
     dims_after: Mutex<Option<LaterDims>>,
+    /// Taken by worker 0, which feeds the dimension inputs.
+    dim_updates: Mutex<Option<Receiver<DimDiff>>>,
+    dim_stats: Arc<DimStats>,
     sink: SinkTarget,
     reconcile: bool,
     dead_letters: Arc<dyn DeadLetterSink>,
@@ -539,9 +550,19 @@ fn run_worker(
         .lock()
         .expect("committer lock")
         .take();
+    let dim_updates = if index == 0 {
+        shared.dim_updates.lock().expect("dim updates lock").take()
+    } else {
+        None
+    };
     let mut state = WorkerLoop {
         index,
         shared,
+        routes: shared.routing.current(),
+        dim_updates,
+        corrections: Vec::new(),
+        ingested_at: BTreeMap::new(),
+        outcomes_published: Instant::now(),
         ops: Some(ops),
         dims: Some(dims),
         outcomes: OutcomeCounts::default(),
@@ -578,6 +599,8 @@ fn run_worker(
     if result.is_ok() {
         state.write_checkpoints(&probe);
     }
+    state.publish_outcomes();
+    state.set_pending(None);
     let WorkerLoop {
         outcomes,
         dim_rows_changed,
@@ -607,6 +630,16 @@ type OpsInput = timely::dataflow::InputHandle<
 struct WorkerLoop<'a> {
     index: usize,
     shared: &'a WorkerShared,
+    /// The routing history this worker ingests with; replaced when a new version is published.
+    routes: Arc<RoutingHistory>,
+    /// Dimension changes from the periodic refresh (worker 0 only).
+    dim_updates: Option<Receiver<DimDiff>>,
+    /// Applied dimension changes whose corrections are not committed yet: (epoch applied at,
+    /// when, wide rows written before, dimension rows changed).
+    corrections: Vec<(u64, Instant, u64, usize)>,
+    /// When each epoch not yet written was first ingested into (for end-to-end latency).
+    ingested_at: BTreeMap<u64, (Instant, i64)>,
+    outcomes_published: Instant,
     ops: Option<OpsInput>,
     dims: Option<crate::dataflow::DimInputs>,
     outcomes: OutcomeCounts,
@@ -660,6 +693,10 @@ impl WorkerLoop<'_> {
             self.check_failures(sink_failure)?;
             self.commit_written(probe);
             self.write_checkpoints(probe);
+            self.observe_written(probe);
+            if final_epoch.is_none() {
+                self.apply_dim_updates();
+            }
             if let Some(epoch) = caught_up_at.filter(|_| !reconciled) {
                 if !probe.less_than(&(epoch + 1)) {
                     reconciled = true;
@@ -847,6 +884,16 @@ impl WorkerLoop<'_> {
 
     fn ingest(&mut self, batch: &SourceBatch) -> Result<(), String> {
         let started = Instant::now();
+        if self.routes.latest().version != self.shared.routing.version() {
+            self.routes = self.shared.routing.current();
+        }
+        if !self.ingested_at.contains_key(&batch.epoch) {
+            let now = crate::source::routing::now_ms();
+            if self.ingested_at.is_empty() {
+                self.set_pending(Some(now));
+            }
+            self.ingested_at.insert(batch.epoch, (started, now));
+        }
         let ops = self
             .ops
             .as_mut()
@@ -867,7 +914,8 @@ impl WorkerLoop<'_> {
                     .is_none_or(|from| offsets[i] >= *from),
                 _ => true,
             };
-            let (label, outcome) = self.shared.ingestor.ingest(message);
+            let routes = self.routes.at(batch.timestamp(i));
+            let (label, outcome) = self.shared.ingestor.ingest(message, routes);
             if in_range {
                 self.outcomes.record(&label, &outcome);
             }
@@ -919,6 +967,94 @@ impl WorkerLoop<'_> {
             .dataflow_stats
             .ingest_nanos
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        if self.outcomes_published.elapsed() >= Duration::from_millis(250) {
+            self.publish_outcomes();
+        }
         Ok(())
+    }
+
+    /// Shares this worker's outcome tally with metrics and reports.
+    fn publish_outcomes(&mut self) {
+        self.outcomes_published = Instant::now();
+        self.shared
+            .dataflow_stats
+            .outcomes
+            .lock()
+            .expect("outcomes lock")
+            .insert(self.index, self.outcomes.clone());
+    }
+
+    /// Records when this worker's oldest uncommitted batch was ingested (`None`: none is).
+    fn set_pending(&self, since_ms: Option<i64>) {
+        let mut pending = self
+            .shared
+            .dataflow_stats
+            .pending_since_ms
+            .lock()
+            .expect("pending lock");
+        match since_ms {
+            Some(ms) => pending.insert(self.index, ms),
+            None => pending.remove(&self.index),
+        };
+    }
+
+    /// Observes the end-to-end latency of every epoch now written, and the corrections of
+    /// dimension changes now committed.
+    fn observe_written(&mut self, probe: &timely::dataflow::ProbeHandle<u64>) {
+        let mut changed = false;
+        while let Some(entry) = self.ingested_at.first_entry() {
+            if probe.less_than(&(entry.key() + 1)) {
+                break;
+            }
+            let (at, _) = entry.remove();
+            self.shared.dataflow_stats.end_to_end.observe(at.elapsed());
+            changed = true;
+        }
+        if changed {
+            self.set_pending(self.ingested_at.values().next().map(|(_, ms)| *ms));
+        }
+        while let Some(&(epoch, at, rows_before, dim_rows)) = self.corrections.first() {
+            if probe.less_than(&(epoch + 1)) {
+                break;
+            }
+            self.corrections.remove(0);
+            let correction = DimCorrection {
+                dim_rows,
+                wide_rows: self.rows_written() - rows_before,
+                seconds: at.elapsed().as_secs_f64(),
+                at_ms: crate::source::routing::now_ms(),
+            };
+            tracing::info!(
+                dim_rows,
+                wide_rows = correction.wide_rows,
+                seconds = correction.seconds,
+                "dimension change corrected: every affected wide row is committed"
+            );
+            *self
+                .shared
+                .dim_stats
+                .last_correction
+                .lock()
+                .expect("dim stats lock") = Some(correction);
+        }
+    }
+
+    /// Feeds dimension changes from the periodic refresh into the dataflow (worker 0).
+    fn apply_dim_updates(&mut self) {
+        let (Some(updates), Some(dims)) = (&self.dim_updates, self.dims.as_mut()) else {
+            return;
+        };
+        while let Ok(diff) = updates.try_recv() {
+            let epoch = dims.epoch();
+            dims.apply(&diff);
+            dims.flush();
+            let rows_before = {
+                let stats = &self.shared.sink_stats;
+                stats.rows_upserted.load(Ordering::Relaxed)
+                    + stats.rows_deleted.load(Ordering::Relaxed)
+            };
+            self.corrections
+                .push((epoch, Instant::now(), rows_before, diff.len()));
+        }
     }
 }

@@ -146,6 +146,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     stop,
                     progress_interval: std::time::Duration::from_secs(progress_seconds.max(1)),
                     from_scratch,
+                    on_serving: None,
                 },
             )?;
             print!("{}", replay::format_summary(&summary));

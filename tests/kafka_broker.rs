@@ -40,7 +40,7 @@ fn job_config(
     std::fs::write(
         &path,
         format!(
-            "workers = 2\n[mysql]\nurl = \"{}\"\nusername = \"root\"\n[kafka]\nbootstrap_servers = \"{}\"\ntopic = \"{}\"\nalerts_topic = \"{}\"\ngroup_id = \"{}\"\n[engine]\nepoch_interval = \"100ms\"\n[checkpoint]\ninterval = \"1s\"\n",
+            "workers = 2\n[mysql]\nurl = \"{}\"\nusername = \"root\"\n[kafka]\nbootstrap_servers = \"{}\"\ntopic = \"{}\"\nalerts_topic = \"{}\"\ngroup_id = \"{}\"\n[engine]\nepoch_interval = \"100ms\"\n[checkpoint]\ninterval = \"1s\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
             config.mysql.url, config.kafka.bootstrap_servers, config.kafka.topic, config.kafka.alerts_topic, config.kafka.group_id
         ),
     )

@@ -26,6 +26,7 @@ fn run_until_caught_up_matches_the_reference_and_alerts_hold_the_dead_letters() 
     config.kafka.topic = "events-test".into();
     config.kafka.alerts_topic = "alerts-test".into();
     config.checkpoint.dir = db.dir().join("checkpoints").display().to_string();
+    config.metrics.listen = "127.0.0.1:0".into();
     config.checkpoint.interval = wrongbook::config::HumanDuration(Duration::from_millis(300));
     config.engine.epoch_interval = wrongbook::config::HumanDuration(Duration::from_millis(50));
     cluster.create_topic("events-test", 4, 1).unwrap();
@@ -53,6 +54,7 @@ fn run_until_caught_up_matches_the_reference_and_alerts_hold_the_dead_letters() 
         stop: Arc::new(AtomicBool::new(false)),
         progress_interval: Duration::from_secs(60),
         from_scratch: false,
+        on_serving: None,
     };
     let summary = run(&config, &options).expect("run");
     assert_eq!(summary.messages, 8_000);

@@ -26,6 +26,7 @@ use crate::commands::progress::ProgressDisplay;
 use crate::config::{Config, EngineConfig};
 use crate::dataflow::dims::PatternLookup;
 use crate::dataflow::ingest::{Ingestor, Outcome};
+use crate::dataflow::route::Routing;
 use crate::dataflow::join::lookup_for;
 use crate::dataflow::process::{process, KeyedOp};
 use crate::dataflow::records::RecordStore;
@@ -224,12 +225,14 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let baseline = rss();
     let pipeline = Pipeline {
         spec: Arc::new(spec),
-        routes: Arc::new(routes),
+        routing: Routing::fixed(routes),
         engine: opts.engine.clone(),
         workers: opts.workers,
         input: crate::engine::Input::Bounded(BoundedInput::File(input.clone())),
         dims: dims.clone(),
         dims_after: later.map(|d| Box::new(move || Ok(d)) as crate::engine::LaterDims),
+        dim_updates: None,
+        dim_stats: Default::default(),
         sink,
         reconcile: matches!(opts.sink, BenchSink::Database(_)),
         dead_letters: Arc::new(DeadLetterMemory::default()),
@@ -389,13 +392,12 @@ fn measure_stages(messages: &[Vec<u8>], dims: &DimSnapshot) -> Vec<StageFigure> 
 
     let ingestor = Ingestor {
         spec: Arc::new(spec),
-        routes: Arc::new(routes),
         max_message_bytes: max,
     };
     let started = Instant::now();
     let accepted = messages
         .iter()
-        .filter(|m| matches!(ingestor.ingest(m).1, Outcome::Accepted(_)))
+        .filter(|m| matches!(ingestor.ingest(m, &routes).1, Outcome::Accepted(_)))
         .count();
     std::hint::black_box(accepted);
     let ingest = rate(messages.len(), started.elapsed());

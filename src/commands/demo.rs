@@ -47,6 +47,8 @@ pub fn demo(opts: &DemoOptions) -> Result<String, JobError> {
     config.mysql.url = format!("sqlite://{}", db_path.display());
     config.workers = opts.workers;
     config.kafka.bootstrap_servers = cluster.bootstrap_servers();
+    // Any free port: a demo must not collide with a job serving the default one.
+    config.metrics.listen = "127.0.0.1:0".into();
     config.checkpoint.dir = opts.dir.join("checkpoints").display().to_string();
     // The mock broker keeps at most 5 MiB per partition and drops older messages: spread the
     // events so that none is lost before the job reads it.
@@ -94,6 +96,7 @@ pub fn demo(opts: &DemoOptions) -> Result<String, JobError> {
             stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             progress_interval: Duration::from_secs(2),
             from_scratch: true,
+            on_serving: Some(|addr| println!("    metrics: http://{addr}/metrics")),
         },
     )?;
     drop(cluster);

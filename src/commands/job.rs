@@ -8,7 +8,7 @@ use crate::dataflow::route::{Route, RouteTable};
 use crate::db::{DbError, DbSettings};
 use crate::engine::EngineError;
 use crate::source::dims::DimSnapshot;
-use crate::source::routing::read_routing_rows;
+use crate::source::routing::{read_routing_rows, RoutingRow};
 use crate::spec::{Spec, SpecError};
 
 /// Why a job could not run.
@@ -30,7 +30,8 @@ pub struct Prepared {
     pub settings: DbSettings,
     /// The wide table to write.
     pub table: String,
-    pub routes: Arc<RouteTable>,
+    /// The routing table as read now.
+    pub routing_rows: Vec<RoutingRow>,
     pub dims: DimSnapshot,
 }
 
@@ -51,8 +52,8 @@ pub fn prepare(config: &Config, table: Option<&str>) -> Result<Prepared, JobErro
                 "{e}\n  hint: create the tables with `wrongbook init-db -c <config>`"
             ))
         })?;
-    let routes = RouteTable::build(read_routing_rows(&mut db, &config.routing.table)?, &spec);
-    log_routes(&routes);
+    let routing_rows = read_routing_rows(&mut db, &config.routing.table)?;
+    log_routes(&RouteTable::build(routing_rows.clone(), &spec));
     let dims = DimSnapshot::read(&mut db, &spec.dimensions)?;
     tracing::info!(
         patterns = dims.patterns.len(),
@@ -64,7 +65,7 @@ pub fn prepare(config: &Config, table: Option<&str>) -> Result<Prepared, JobErro
         spec,
         settings,
         table,
-        routes: Arc::new(routes),
+        routing_rows,
         dims,
     })
 }

@@ -11,10 +11,12 @@ use crate::commands::job::{prepare, JobError, Prepared};
 use crate::commands::progress::run_with_progress;
 use crate::config::Config;
 use crate::engine::{LaterDims, Pipeline, RunSummary};
+use crate::dataflow::route::{RouteTable, Routing};
 use crate::sink::dead_letters::DeadLetterFile;
 use crate::sink::SinkTarget;
 use crate::source::dims::DimSnapshot;
 use crate::source::file::BoundedInput;
+use crate::source::routing::replay_history;
 
 /// What to replay and how.
 #[derive(Debug, Clone, Default)]
@@ -65,9 +67,10 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<RunSummary, JobEr
         spec,
         settings,
         table,
-        routes,
+        routing_rows,
         dims,
     } = prepare(config, opts.table.as_deref())?;
+    let routing = Routing::fixed(RouteTable::build(routing_rows, &spec));
 
     let dims_after: Option<LaterDims> = match &opts.dims_after {
         None => None,
@@ -92,12 +95,14 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<RunSummary, JobEr
     let dead_letters = dead_letter_file(&dead_letter_path)?;
     let pipeline = Pipeline {
         spec,
-        routes,
+        routing,
         engine: config.engine.clone(),
         workers: opts.workers.unwrap_or(config.workers),
         input: crate::engine::Input::Bounded(BoundedInput::File(opts.input.clone())),
         dims,
         dims_after,
+        dim_updates: None,
+        dim_stats: Default::default(),
         sink: if opts.dry_run {
             SinkTarget::Discard
         } else {
@@ -261,9 +266,13 @@ pub fn replay_topic(config: &Config, opts: &TopicReplayOptions) -> Result<RunSum
         spec,
         settings,
         table,
-        routes,
+        routing_rows,
         dims,
     } = prepare(config, opts.table.as_deref())?;
+    let routing = Routing::new(
+        replay_history(&config.resolve(&config.checkpoint.dir), routing_rows, &spec)
+            .map_err(JobError::Input)?,
+    );
     let kafka = &config.kafka;
     let group_id = format!("{}-replay-{}", kafka.group_id, std::process::id());
     let fail = |e: String| JobError::Input(e);
@@ -315,7 +324,7 @@ pub fn replay_topic(config: &Config, opts: &TopicReplayOptions) -> Result<RunSum
     let whole = opts.from == TimePoint::Earliest;
     let pipeline = Pipeline {
         spec,
-        routes,
+        routing,
         engine: config.engine.clone(),
         workers: opts.workers.unwrap_or(config.workers),
         input: crate::engine::Input::Kafka(Box::new(crate::engine::KafkaInput {
@@ -332,6 +341,8 @@ pub fn replay_topic(config: &Config, opts: &TopicReplayOptions) -> Result<RunSum
         })),
         dims,
         dims_after: None,
+        dim_updates: None,
+        dim_stats: Default::default(),
         sink: SinkTarget::Database {
             settings,
             table,

@@ -3,6 +3,11 @@
 //! rows they cover are written, logs progress, and on SIGINT/SIGTERM stops reading, flushes the
 //! sink, commits and exits 0.
 //!
+//! While it runs it polls the routing table (changes apply to events from then on, see
+//! [`crate::source::routing`]), re-reads each dimension table on its interval (only the
+//! difference enters the dataflow, and the affected rows are corrected), serves `/metrics` and
+//! evaluates the threshold alerts.
+//!
 //! Every `checkpoint.interval` the job checkpoints its state and offsets (see
 //! [`crate::checkpoint`]); at start it resumes from the newest checkpoint, re-reading only the
 //! events after it. Without a checkpoint (or with `--from-scratch`) it rebuilds its state from
@@ -16,13 +21,19 @@ use std::time::Duration;
 use crate::checkpoint::{load_latest, CheckpointStats};
 use crate::commands::job::{prepare, JobError, Prepared};
 use crate::config::Config;
+use crate::dataflow::route::Routing;
 use crate::dataflow::DataflowStats;
 use crate::engine::{run_pipeline, CheckpointPlan, Input, KafkaInput, Pipeline, RunSummary};
+use crate::ops::http::OpsServer;
 use crate::ops::report::{JobCounters, Reporter};
+use crate::ops::thresholds::ThresholdWatch;
 use crate::sink::alerts::KafkaAlerts;
+use crate::sink::dead_letters::DeadLetterSink;
 use crate::sink::{SinkStats, SinkTarget};
+use crate::source::dims::{DimRefresher, DimStats};
 use crate::source::file::SourceProgress;
 use crate::source::kafka::{ensure_topic, StartAt};
+use crate::source::routing::{start_history, RoutingWatcher};
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -37,6 +48,8 @@ pub struct RunOptions {
     pub progress_interval: Duration,
     /// Ignore checkpoints: rebuild the state from the start of the topic and reconcile.
     pub from_scratch: bool,
+    /// Called with the address `/metrics` is served on, once it is (for tests and launchers).
+    pub on_serving: Option<fn(std::net::SocketAddr)>,
 }
 
 /// Runs the job until stopped (or caught up, with `until_caught_up`).
@@ -45,7 +58,7 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<RunSummary, JobError> {
         spec,
         settings,
         table,
-        routes,
+        routing_rows,
         dims,
     } = prepare(config, None)?;
     // The job's own output topics are created when missing (one partition each).
@@ -54,13 +67,16 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<RunSummary, JobError> {
             tracing::warn!(topic = %topic, error = %e, "cannot create the topic; it must exist");
         }
     }
-    let alerts = KafkaAlerts::new(&config.kafka).map_err(|e| {
+    let alerts: Arc<dyn DeadLetterSink> = Arc::new(KafkaAlerts::new(&config.kafka).map_err(|e| {
         JobError::Input(format!(
             "cannot create the alerts producer for {}: {e}",
             config.kafka.bootstrap_servers
         ))
-    })?;
+    })?);
     let checkpoint_dir = config.resolve(&config.checkpoint.dir);
+    let routing = Routing::new(
+        start_history(&checkpoint_dir, routing_rows, &spec).map_err(JobError::Input)?,
+    );
     let restored = if opts.from_scratch {
         None
     } else {
@@ -89,10 +105,62 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<RunSummary, JobError> {
     let checkpoint_stats = Arc::new(CheckpointStats::default());
     let sink_stats = Arc::new(SinkStats::default());
     let caught_up = Arc::new(AtomicUsize::new(0));
+    let dim_stats = Arc::new(DimStats::default());
+    dim_stats.loaded(&dims, &spec.dimensions);
     let workers = opts.workers.unwrap_or(config.workers);
+    let counters = JobCounters {
+        source: source_progress.clone(),
+        sink: sink_stats.clone(),
+        dataflow: dataflow_stats.clone(),
+        checkpoints: checkpoint_stats.clone(),
+        caught_up_workers: caught_up.clone(),
+        workers,
+        routing: routing.clone(),
+        dims: dim_stats.clone(),
+        alerts: Arc::default(),
+    };
+    let _server = if config.metrics.listen.is_empty() {
+        None
+    } else {
+        let server = OpsServer::start(
+            &config.metrics.listen,
+            crate::ops::metrics::registry(counters.clone()),
+        )
+        .map_err(|e| JobError::Input(e.to_string()))?;
+        if let Some(on_serving) = opts.on_serving {
+            on_serving(server.addr());
+        }
+        Some(server)
+    };
+    // The watchers stop with the job: on the stop flag, or when the job ends by itself.
+    let watchers_stop = Arc::new(AtomicBool::new(false));
+    let routing_watcher = RoutingWatcher {
+        settings: settings.clone(),
+        table: config.routing.table.clone(),
+        interval: config.routing.poll_interval.0,
+        spec: spec.clone(),
+        routing: routing.clone(),
+        history_dir: Some(checkpoint_dir.clone()),
+        notices: alerts.clone(),
+        stop: watchers_stop.clone(),
+    }
+    .spawn()
+    .map_err(|e| JobError::Input(format!("cannot start the routing watcher: {e}")))?;
+    let (dim_updates_tx, dim_updates) = crossbeam_channel::unbounded();
+    let dim_refresher = DimRefresher {
+        settings: settings.clone(),
+        dims: spec.dimensions.clone(),
+        snapshot: dims.clone(),
+        updates: dim_updates_tx,
+        notices: alerts.clone(),
+        stop: watchers_stop.clone(),
+        stats: dim_stats.clone(),
+    }
+    .spawn()
+    .map_err(|e| JobError::Input(format!("cannot start the dimension refresher: {e}")))?;
     let pipeline = Pipeline {
         spec,
-        routes,
+        routing,
         engine: config.engine.clone(),
         workers,
         input: Input::Kafka(Box::new(KafkaInput {
@@ -113,6 +181,8 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<RunSummary, JobError> {
         })),
         dims,
         dims_after: None,
+        dim_updates: Some(dim_updates),
+        dim_stats,
         sink: SinkTarget::Database {
             settings,
             table,
@@ -120,27 +190,29 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<RunSummary, JobError> {
         },
         // A restored state matches the table; a rebuilt one reconciles it once caught up.
         reconcile: restored.is_none(),
-        dead_letters: Arc::new(alerts),
+        dead_letters: alerts.clone(),
         source_progress: source_progress.clone(),
         sink_stats: sink_stats.clone(),
         dataflow_stats: dataflow_stats.clone(),
         caught_up_workers: caught_up.clone(),
     };
+    let watch = ThresholdWatch {
+        config: config.metrics.clone(),
+        state: counters.alerts.clone(),
+        notices: alerts.clone(),
+    };
     let reporter = Reporter::start(
-        JobCounters {
-            source: source_progress,
-            sink: sink_stats,
-            dataflow: dataflow_stats,
-            checkpoints: checkpoint_stats,
-            caught_up_workers: caught_up,
-            workers,
-        },
+        counters,
         &config.kafka,
         opts.progress_interval,
         config.kafka.metrics_interval.0,
+        watch,
     )
     .map_err(JobError::Input)?;
     let result = run_pipeline(pipeline);
+    watchers_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = routing_watcher.join();
+    let _ = dim_refresher.join();
     if let Err(e) = reporter.stop() {
         tracing::warn!(error = %e, "metrics");
     }

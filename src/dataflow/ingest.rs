@@ -39,22 +39,22 @@ pub enum Outcome {
 pub const UNPARSED: &str = "<unparsed>";
 pub const UNKNOWN_TYPE: &str = "<unknown>";
 
-/// Everything needed to ingest a message.
+/// Everything needed to ingest a message, but the routing table, which changes over time.
 #[derive(Clone)]
 pub struct Ingestor {
     pub spec: Arc<Spec>,
-    pub routes: Arc<RouteTable>,
     pub max_message_bytes: usize,
 }
 
 impl Ingestor {
-    /// Ingests `raw`: returns the label to count it under and its outcome.
-    pub fn ingest<'a>(&self, raw: &'a [u8]) -> (Cow<'a, str>, Outcome) {
+    /// Ingests `raw` with the routing table `routes`: returns the label to count it under and
+    /// its outcome.
+    pub fn ingest<'a>(&self, raw: &'a [u8], routes: &RouteTable) -> (Cow<'a, str>, Outcome) {
         let envelope = match parse_envelope(raw, self.max_message_bytes) {
             Ok(envelope) => envelope,
             Err(rejection) => return (Cow::Borrowed(UNPARSED), Outcome::DeadLetter(rejection)),
         };
-        let label = if self.routes.knows(&envelope.event_type)
+        let label = if routes.knows(&envelope.event_type)
             || self
                 .spec
                 .event_types
@@ -67,7 +67,7 @@ impl Ingestor {
         if envelope.domain != self.spec.domain {
             return (label, Outcome::Skipped(SkipReason::Domain));
         }
-        let outcome = match self.routes.route(&envelope.event_type) {
+        let outcome = match routes.route(&envelope.event_type) {
             None => Outcome::DeadLetter(Rejection::new(
                 Reason::UnknownType,
                 format!(

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
@@ -35,6 +35,10 @@ use crate::dataflow::process::KeyedOp;
 use crate::dataflow::records::{Applied, Record, RecordStore};
 use crate::dataflow::wide::{RowUpdate, WideRow};
 use crate::dataflow::DataflowStats;
+
+
+/// How often a worker measures its record state (bytes, fixes) for the metrics: a pass over it.
+const CENSUS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// What a checkpoint keeps of a worker's join state: its records and its replica of the
 /// lookups (so that a restart rewrites only rows whose dimensions changed meanwhile).
@@ -316,6 +320,8 @@ pub fn join_records_with_dims<'scope>(
                 };
             let mut dirty = true;
             let mut reported_keys = 0u64;
+            let (mut reported_bytes, mut reported_fixes) = (0u64, 0u64);
+            let mut last_census = Instant::now();
             let mut final_report = false;
             move |(ops, ops_frontier), (lookups, lookups_frontier), output| {
                 ops.for_each(|cap, data| {
@@ -383,11 +389,21 @@ pub fn join_records_with_dims<'scope>(
                     }
                     None => {}
                 }
-                if !final_report && ops_frontier.is_empty() && lookups_frontier.is_empty() {
-                    final_report = true;
+                let ended = ops_frontier.is_empty() && lookups_frontier.is_empty();
+                if (ended && !final_report) || last_census.elapsed() >= CENSUS_INTERVAL {
+                    final_report |= ended;
+                    last_census = Instant::now();
+                    let (bytes, fixes) = (
+                        state.records.heap_bytes() as u64,
+                        state.records.fixes() as u64,
+                    );
                     stats
                         .bytes
-                        .fetch_add(state.records.heap_bytes() as u64, Ordering::Relaxed);
+                        .fetch_add(bytes.wrapping_sub(reported_bytes), Ordering::Relaxed);
+                    stats
+                        .fixes
+                        .fetch_add(fixes.wrapping_sub(reported_fixes), Ordering::Relaxed);
+                    (reported_bytes, reported_fixes) = (bytes, fixes);
                 }
             }
         },

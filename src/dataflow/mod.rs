@@ -40,10 +40,40 @@ pub struct DataflowStats {
     pub live_records: std::sync::atomic::AtomicI64,
     /// Ids with any state: live, deleted (kept to order late events) or fix-only.
     pub keys: std::sync::atomic::AtomicU64,
-    /// Estimated heap bytes of record state, as of the end of input.
+    /// Estimated heap bytes of record state (measured every few seconds and at the end).
     pub bytes: std::sync::atomic::AtomicU64,
+    /// Ids whose state holds a fix (measured with `bytes`).
+    pub fixes: std::sync::atomic::AtomicU64,
     /// Time spent applying operations and lookup changes and building rows, ns.
     pub join_nanos: std::sync::atomic::AtomicU64,
+    /// Ingest → committed, per epoch.
+    pub end_to_end: crate::ops::metrics::LatencyHistogram,
+    /// Per worker, when the oldest batch ingested but not yet committed was ingested (ms since
+    /// the epoch); absent when everything ingested is committed.
+    pub pending_since_ms: std::sync::Mutex<std::collections::BTreeMap<usize, i64>>,
+    /// Per worker, its outcome tally, published every few hundred ms and at the end.
+    pub outcomes: std::sync::Mutex<std::collections::BTreeMap<usize, ingest::OutcomeCounts>>,
+}
+
+impl DataflowStats {
+    /// The outcome tally of all workers.
+    pub fn outcomes(&self) -> ingest::OutcomeCounts {
+        let mut all = ingest::OutcomeCounts::default();
+        for counts in self.outcomes.lock().expect("outcomes lock").values() {
+            all.merge(counts);
+        }
+        all
+    }
+
+    /// How long the oldest uncommitted batch has waited, in seconds (0 when none waits).
+    pub fn pending_age_seconds(&self, now_ms: i64) -> f64 {
+        self.pending_since_ms
+            .lock()
+            .expect("pending lock")
+            .values()
+            .min()
+            .map_or(0.0, |since| (now_ms - since).max(0) as f64 / 1000.0)
+    }
 }
 
 /// The inputs of one worker's dataflow and the probe that says what has been written.

@@ -169,6 +169,14 @@ impl RecordStore {
     }
 
     /// An estimate of the heap the store holds, in bytes: table slots, records and strings.
+    pub fn fixes(&self) -> usize {
+        self.by_id
+            .values()
+            .flat_map(|records| records.iter())
+            .filter(|r| r.fix.is_some())
+            .count()
+    }
+
     pub fn heap_bytes(&self) -> usize {
         let string = |s: &String| s.capacity();
         let optional = |s: &Option<String>| s.as_ref().map_or(0, String::capacity);

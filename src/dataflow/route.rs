@@ -4,9 +4,15 @@
 //!
 //! Routing is decided when an event is ingested (as-of semantics): a later routing change never
 //! re-routes past events, so the table is consulted per event, not joined as a collection.
+//! The tables in force over time are a [`RoutingHistory`]: each version applies to the events
+//! that entered the topic (by their Kafka timestamp) from the moment the version was seen, so
+//! re-reading the same events after a restart routes them exactly as the first time.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
 
 use crate::source::routing::RoutingRow;
 use crate::spec::{EventSchema, ProcessorKind, Slot, Spec};
@@ -97,6 +103,145 @@ impl RouteTable {
     }
 }
 
+/// One routing table in force from a moment on.
+#[derive(Debug, Clone)]
+pub struct RoutingVersion {
+    /// 1 for the first table a job applied, then one more per applied change.
+    pub version: u64,
+    /// Events whose Kafka timestamp (ms) is at or after this use this table.
+    pub from_ms: i64,
+    pub table: Arc<RouteTable>,
+}
+
+/// The routing tables in force over time, oldest first; never empty.
+#[derive(Debug, Clone)]
+pub struct RoutingHistory {
+    versions: Vec<RoutingVersion>,
+}
+
+/// A routing history as stored: each version's rows, not its compiled table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredHistory {
+    pub versions: Vec<StoredVersion>,
+}
+
+/// One stored version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredVersion {
+    pub version: u64,
+    pub from_ms: i64,
+    pub rows: Vec<RoutingRow>,
+}
+
+impl RoutingHistory {
+    /// One table for all events.
+    pub fn single(table: RouteTable) -> RoutingHistory {
+        RoutingHistory {
+            versions: vec![RoutingVersion {
+                version: 1,
+                from_ms: i64::MIN,
+                table: Arc::new(table),
+            }],
+        }
+    }
+
+    /// Compiles a stored history against `spec`; `None` when it holds no version.
+    pub fn from_stored(stored: &StoredHistory, spec: &Spec) -> Option<RoutingHistory> {
+        let mut versions: Vec<RoutingVersion> = stored
+            .versions
+            .iter()
+            .map(|v| RoutingVersion {
+                version: v.version,
+                from_ms: v.from_ms,
+                table: Arc::new(RouteTable::build(v.rows.clone(), spec)),
+            })
+            .collect();
+        versions.sort_by_key(|v| (v.from_ms, v.version));
+        (!versions.is_empty()).then_some(RoutingHistory { versions })
+    }
+
+    /// The history as stored.
+    pub fn to_stored(&self) -> StoredHistory {
+        StoredHistory {
+            versions: self
+                .versions
+                .iter()
+                .map(|v| StoredVersion {
+                    version: v.version,
+                    from_ms: v.from_ms,
+                    rows: v.table.rows.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The history with `table` in force from `from_ms` on.
+    pub fn with(&self, table: RouteTable, from_ms: i64) -> RoutingHistory {
+        let mut versions = self.versions.clone();
+        let from_ms = from_ms.max(self.latest().from_ms);
+        versions.push(RoutingVersion {
+            version: self.latest().version + 1,
+            from_ms,
+            table: Arc::new(table),
+        });
+        RoutingHistory { versions }
+    }
+
+    /// The newest version.
+    pub fn latest(&self) -> &RoutingVersion {
+        self.versions.last().expect("a routing history is never empty")
+    }
+
+    /// The table for an event with Kafka timestamp `timestamp_ms`; the newest for events
+    /// without one (files and memory are read with the routing of their run).
+    pub fn at(&self, timestamp_ms: Option<i64>) -> &RouteTable {
+        let Some(ts) = timestamp_ms.filter(|_| self.versions.len() > 1) else {
+            return &self.latest().table;
+        };
+        let after = self.versions.partition_point(|v| v.from_ms <= ts);
+        &self.versions[after.saturating_sub(1)].table
+    }
+}
+
+/// The routing history a running job uses: the routing watcher publishes new versions, the
+/// workers pick them up between batches.
+#[derive(Debug)]
+pub struct Routing {
+    history: RwLock<Arc<RoutingHistory>>,
+    version: AtomicU64,
+}
+
+impl Routing {
+    pub fn new(history: RoutingHistory) -> Arc<Routing> {
+        Arc::new(Routing {
+            version: AtomicU64::new(history.latest().version),
+            history: RwLock::new(Arc::new(history)),
+        })
+    }
+
+    /// A routing that never changes.
+    pub fn fixed(table: RouteTable) -> Arc<Routing> {
+        Routing::new(RoutingHistory::single(table))
+    }
+
+    /// The current history.
+    pub fn current(&self) -> Arc<RoutingHistory> {
+        self.history.read().expect("routing lock").clone()
+    }
+
+    /// The newest version number: cheap to poll.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// Makes `history` current.
+    pub fn publish(&self, history: RoutingHistory) {
+        let version = history.latest().version;
+        *self.history.write().expect("routing lock") = Arc::new(history);
+        self.version.store(version, Ordering::Release);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,5 +302,34 @@ mod tests {
             Some(Route::NoSchema)
         ));
         assert!(table.route("nope").is_none());
+    }
+
+    #[test]
+    fn a_history_routes_each_event_by_the_version_in_force_at_its_timestamp() {
+        let spec = Spec::builtin();
+        let disabled = RouteTable::build(
+            vec![row(1, "wrongbook_delete", "wrongbook_delete", false, 1)],
+            &spec,
+        );
+        let enabled = RouteTable::build(
+            vec![row(1, "wrongbook_delete", "wrongbook_delete", true, 1)],
+            &spec,
+        );
+        let history = RoutingHistory::single(disabled).with(enabled, 1_000);
+        let is_enabled = |ts| {
+            matches!(
+                history.at(ts).route("wrongbook_delete"),
+                Some(Route::Process(_))
+            )
+        };
+        assert!(!is_enabled(Some(999)));
+        assert!(is_enabled(Some(1_000)));
+        assert!(is_enabled(Some(5_000)));
+        assert!(is_enabled(None), "events without a timestamp use the newest");
+        assert_eq!(history.latest().version, 2);
+
+        let stored = history.to_stored();
+        let back = RoutingHistory::from_stored(&stored, &spec).expect("two versions");
+        assert_eq!(back.to_stored(), stored);
     }
 }

@@ -1,3 +1,7 @@
-//! Operating the job: what it reports about itself while it runs.
+//! Operating the job: what it reports about itself while it runs (progress log, metrics topic,
+//! Prometheus endpoint, threshold alerts).
 
+pub mod http;
+pub mod metrics;
 pub mod report;
+pub mod thresholds;

@@ -1,6 +1,6 @@
 //! The running job's periodic report: a progress line in the log every progress interval, and
-//! a JSON snapshot of the job's counters to the metrics topic every metrics interval (SPEC §7),
-//! plus a last snapshot when the job stops.
+//! every metrics interval a JSON snapshot of the job's counters to the metrics topic (SPEC §7)
+//! and an evaluation of the threshold alerts (SPEC §8); a last snapshot when the job stops.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -11,13 +11,16 @@ use serde::Serialize;
 
 use crate::checkpoint::CheckpointStats;
 use crate::config::KafkaConfig;
+use crate::dataflow::route::Routing;
 use crate::dataflow::DataflowStats;
+use crate::ops::thresholds::{AlertState, Observation, ThresholdWatch};
+use crate::source::dims::DimStats;
 use crate::sink::alerts::{producer, send_blocking, DeliveryCounter};
 use crate::sink::SinkStats;
 use crate::source::file::SourceProgress;
 
-/// The counters a report reads.
-#[derive(Clone)]
+/// Everything the job publishes about itself, for reports, metrics and the status page.
+#[derive(Clone, Debug)]
 pub struct JobCounters {
     pub source: Arc<SourceProgress>,
     pub sink: Arc<SinkStats>,
@@ -25,6 +28,9 @@ pub struct JobCounters {
     pub checkpoints: Arc<CheckpointStats>,
     pub caught_up_workers: Arc<AtomicUsize>,
     pub workers: usize,
+    pub routing: Arc<Routing>,
+    pub dims: Arc<DimStats>,
+    pub alerts: Arc<AlertState>,
 }
 
 /// One snapshot, as produced to the metrics topic.
@@ -44,6 +50,8 @@ pub struct MetricsSnapshot {
     pub caught_up: bool,
     pub last_checkpoint_epoch: u64,
     pub checkpoint_age_seconds: Option<f64>,
+    pub routing_version: u64,
+    pub active_alerts: Vec<&'static str>,
 }
 
 impl JobCounters {
@@ -69,6 +77,8 @@ impl JobCounters {
             last_checkpoint_epoch: self.checkpoints.last_epoch.load(Ordering::Relaxed),
             checkpoint_age_seconds: (written > 0)
                 .then(|| (now.saturating_sub(u128::from(written))) as f64 / 1000.0),
+            routing_version: self.routing.version(),
+            active_alerts: self.alerts.active().iter().map(|a| a.rule).collect(),
         }
     }
 }
@@ -80,12 +90,13 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    /// Starts reporting; snapshots go to `kafka.metrics_topic`.
+    /// Starts reporting; snapshots go to `kafka.metrics_topic`, alerts through `watch`.
     pub fn start(
         counters: JobCounters,
         kafka: &KafkaConfig,
         progress_interval: Duration,
         metrics_interval: Duration,
+        watch: ThresholdWatch,
     ) -> Result<Reporter, String> {
         let delivery = DeliveryCounter::default();
         let metrics: ThreadedProducer<DeliveryCounter> = producer(kafka, delivery.clone())
@@ -98,6 +109,7 @@ impl Reporter {
                 let started = Instant::now();
                 let (mut last_log, mut last_metrics) = (started, started);
                 let mut last_events = 0;
+                let mut last_totals = counters.dataflow.outcomes().totals();
                 let rate = |since: Instant, last: u64| {
                     let events = counters.source.messages.load(Ordering::Relaxed);
                     (events - last) as f64 / since.elapsed().as_secs_f64().max(1e-3)
@@ -129,6 +141,23 @@ impl Reporter {
                     if last_metrics.elapsed() >= metrics_interval {
                         send(&counters.snapshot(rate(started, 0)));
                         last_metrics = Instant::now();
+                        let totals = counters.dataflow.outcomes().totals();
+                        let pending = counters
+                            .dataflow
+                            .pending_age_seconds(crate::source::routing::now_ms());
+                        watch.evaluate(&Observation {
+                            latency: counters
+                                .dataflow
+                                .end_to_end
+                                .take_max()
+                                .max(Duration::from_secs_f64(pending)),
+                            events: totals.total().saturating_sub(last_totals.total()),
+                            dead_letters: totals
+                                .dead_letter_total()
+                                .saturating_sub(last_totals.dead_letter_total()),
+                            state_bytes: counters.dataflow.bytes.load(Ordering::Relaxed),
+                        });
+                        last_totals = totals;
                     }
                 }
                 send(&counters.snapshot(rate(started, 0)));

@@ -1,4 +1,4 @@
-//! The alerts topic (SPEC §7): dead letters (and, later, info and threshold alerts) as JSON
+//! The alerts topic (SPEC §7): dead letters, info records and threshold alerts as JSON
 //! records produced to Kafka. Delivery is retried by the producer; a record that still cannot
 //! be delivered is counted and logged, and flushing reports it: nothing is dropped silently.
 
@@ -10,7 +10,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
-use super::dead_letters::{DeadLetter, DeadLetterSink};
+use super::dead_letters::{DeadLetter, DeadLetterSink, Notice};
 use crate::config::KafkaConfig;
 use crate::source::kafka::client_config;
 
@@ -99,6 +99,11 @@ fn now_seconds() -> i64 {
 impl DeadLetterSink for KafkaAlerts {
     fn send(&self, letter: DeadLetter) -> std::io::Result<()> {
         let record = letter.to_json(now_seconds()).to_string();
+        send_blocking(&self.producer, &self.topic, record.as_bytes()).map_err(std::io::Error::other)
+    }
+
+    fn notice(&self, notice: &Notice) -> std::io::Result<()> {
+        let record = notice.to_json(now_seconds()).to_string();
         send_blocking(&self.producer, &self.topic, record.as_bytes()).map_err(std::io::Error::other)
     }
 

@@ -1,6 +1,7 @@
 //! Dead letters (SPEC §2, §7): every message that cannot be processed, with its reason, where
-//! it came from and its raw bytes, so that nothing bad is silently lost. This output
-//! is a JSONL file in the alerts-topic record format; tests keep them in memory.
+//! it came from and its raw bytes, so that nothing bad is silently lost; and notices, the
+//! alerts topic's other records (routing and dimension changes, threshold alerts). They go to
+//! the alerts topic ([`super::alerts`]), a JSONL file in the same record format, or memory.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -45,9 +46,62 @@ impl DeadLetter {
     }
 }
 
-/// Where dead letters go.
+/// The kind of a notice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoticeKind {
+    /// A routing or dimension change (severity `info`).
+    Info,
+    /// A threshold alert or a failing dependency.
+    Alert,
+}
+
+/// An alerts-topic record that is not a dead letter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notice {
+    pub kind: NoticeKind,
+    /// `info`, `warning` or `critical`.
+    pub severity: &'static str,
+    /// A stable machine-readable name: `routing_changed`, `latency`, ...
+    pub reason: &'static str,
+    /// What happened, for people.
+    pub detail: String,
+    /// Figures behind it, for machines.
+    pub data: serde_json::Value,
+}
+
+impl Notice {
+    /// An info record.
+    pub fn info(reason: &'static str, detail: String, data: serde_json::Value) -> Notice {
+        Notice {
+            kind: NoticeKind::Info,
+            severity: "info",
+            reason,
+            detail,
+            data,
+        }
+    }
+
+    /// The alert record (SPEC §7).
+    pub fn to_json(&self, at_seconds: i64) -> serde_json::Value {
+        json!({
+            "kind": match self.kind {
+                NoticeKind::Info => "info",
+                NoticeKind::Alert => "alert",
+            },
+            "severity": self.severity,
+            "reason": self.reason,
+            "detail": self.detail,
+            "at": format!("{}Z", format_timestamp(at_seconds).replace(' ', "T")),
+            "source": null,
+            "data": self.data,
+        })
+    }
+}
+
+/// Where dead letters and notices go.
 pub trait DeadLetterSink: Send + Sync {
     fn send(&self, letter: DeadLetter) -> std::io::Result<()>;
+    fn notice(&self, notice: &Notice) -> std::io::Result<()>;
     fn flush(&self) -> std::io::Result<()>;
 }
 
@@ -79,12 +133,22 @@ fn now_seconds() -> i64 {
         .unwrap_or(0)
 }
 
-impl DeadLetterSink for DeadLetterFile {
-    fn send(&self, letter: DeadLetter) -> std::io::Result<()> {
-        let line = letter.to_json(now_seconds()).to_string();
+impl DeadLetterFile {
+    fn write_line(&self, record: serde_json::Value) -> std::io::Result<()> {
+        let line = record.to_string();
         let mut out = self.out.lock().expect("dead-letter file lock");
         out.write_all(line.as_bytes())?;
         out.write_all(b"\n")
+    }
+}
+
+impl DeadLetterSink for DeadLetterFile {
+    fn send(&self, letter: DeadLetter) -> std::io::Result<()> {
+        self.write_line(letter.to_json(now_seconds()))
+    }
+
+    fn notice(&self, notice: &Notice) -> std::io::Result<()> {
+        self.write_line(notice.to_json(now_seconds()))
     }
 
     fn flush(&self) -> std::io::Result<()> {
@@ -92,21 +156,31 @@ impl DeadLetterSink for DeadLetterFile {
     }
 }
 
-/// Dead letters kept in memory.
+/// Dead letters and notices kept in memory.
 #[derive(Default)]
 pub struct DeadLetterMemory {
     letters: Mutex<Vec<DeadLetter>>,
+    notices: Mutex<Vec<Notice>>,
 }
 
 impl DeadLetterMemory {
     pub fn letters(&self) -> Vec<DeadLetter> {
         self.letters.lock().expect("dead-letter lock").clone()
     }
+
+    pub fn notices(&self) -> Vec<Notice> {
+        self.notices.lock().expect("notice lock").clone()
+    }
 }
 
 impl DeadLetterSink for DeadLetterMemory {
     fn send(&self, letter: DeadLetter) -> std::io::Result<()> {
         self.letters.lock().expect("dead-letter lock").push(letter);
+        Ok(())
+    }
+
+    fn notice(&self, notice: &Notice) -> std::io::Result<()> {
+        self.notices.lock().expect("notice lock").push(notice.clone());
         Ok(())
     }
 

@@ -140,6 +140,10 @@ pub struct SinkStats {
     pub retries: AtomicU64,
     /// Total time spent in transactions, µs.
     pub write_micros: AtomicU64,
+    /// Time per written batch (one transaction, retries included).
+    pub batch_seconds: crate::ops::metrics::LatencyHistogram,
+    /// The last error a write retried on, until a write succeeds.
+    pub last_error: Mutex<Option<String>>,
 }
 
 /// A request to a sink thread.
@@ -228,6 +232,7 @@ impl SinkThread {
             .unwrap_or(0);
         self.retry("write batch", |w| w.write(batch, process_time))?;
         self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+        self.stats.batch_seconds.observe(started.elapsed());
         self.stats
             .write_micros
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -243,9 +248,17 @@ impl SinkThread {
         let mut backoff = Duration::from_millis(50);
         loop {
             match op(self.writer.as_mut()) {
-                Ok(value) => return Ok(value),
+                Ok(value) => {
+                    if backoff > Duration::from_millis(50) {
+                        *self.stats.last_error.lock().expect("sink error lock") = None;
+                        tracing::info!(worker = self.index, "sink: {what} succeeded after retrying");
+                    }
+                    return Ok(value);
+                }
                 Err(e) if e.transient => {
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    *self.stats.last_error.lock().expect("sink error lock") =
+                        Some(e.message.clone());
                     tracing::warn!(worker = self.index, error = %e.message, retry_in = ?backoff, "sink: {what} failed, retrying");
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(5));

@@ -1,12 +1,18 @@
 //! Dimension snapshots (SPEC §5): each dimension table is read in full with its query from the
 //! dataflow spec; a new snapshot is diffed against the previous one so that only the
-//! difference enters the dataflow.
+//! difference enters the dataflow. While a job runs, [`DimRefresher`] re-reads each table on
+//! its own interval.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
-use crate::db::{Db, DbError, Rows, SqlValue};
+use crate::db::{Db, DbError, DbSettings, Rows, SqlValue};
+use crate::sink::dead_letters::{DeadLetterSink, Notice, NoticeKind};
 use crate::spec::{DimensionSpec, Dimensions};
 
 /// A `tower_pattern` row, as the chain uses it.
@@ -81,31 +87,275 @@ impl DimSnapshot {
 
     /// Reads all three tables with the spec's queries.
     pub fn read(db: &mut Db, dims: &Dimensions) -> Result<DimSnapshot, DbError> {
-        Ok(DimSnapshot {
-            patterns: read_table(db, &dims.pattern, |row| {
-                Ok(PatternRow {
-                    id: row.text("id")?.ok_or("a row has a NULL id")?,
-                    name: row.text("name")?,
-                })
-            })?,
-            teaching_type_pts: read_table(db, &dims.teaching_type_pt, |row| {
-                Ok(TeachingTypePtRow {
-                    id: row.int("id")?.ok_or("a row has a NULL id")?,
-                    teaching_type_id: row.int("teaching_type_id")?,
-                    pt_id: row.text("pt_id")?,
-                    order_num: row.int("order_num")?,
-                    is_delete: row.int("is_delete")?,
-                })
-            })?,
-            teaching_types: read_table(db, &dims.teaching_type, |row| {
-                Ok(TeachingTypeRow {
-                    id: row.int("id")?.ok_or("a row has a NULL id")?,
-                    chapter_id: row.text("chapter_id")?,
-                    name: row.text("teaching_type_name")?,
-                    is_delete: row.int("is_delete")?,
-                })
-            })?,
-        })
+        let mut snapshot = DimSnapshot::default();
+        for table in DimTable::ALL {
+            snapshot = snapshot.with_table_read(db, dims, table)?;
+        }
+        Ok(snapshot)
+    }
+
+    /// This snapshot with `table` re-read.
+    pub fn with_table_read(
+        &self,
+        db: &mut Db,
+        dims: &Dimensions,
+        table: DimTable,
+    ) -> Result<DimSnapshot, DbError> {
+        let mut next = self.clone();
+        match table {
+            DimTable::Pattern => {
+                next.patterns = read_table(db, &dims.pattern, |row| {
+                    Ok(PatternRow {
+                        id: row.text("id")?.ok_or("a row has a NULL id")?,
+                        name: row.text("name")?,
+                    })
+                })?
+            }
+            DimTable::TeachingTypePt => {
+                next.teaching_type_pts = read_table(db, &dims.teaching_type_pt, |row| {
+                    Ok(TeachingTypePtRow {
+                        id: row.int("id")?.ok_or("a row has a NULL id")?,
+                        teaching_type_id: row.int("teaching_type_id")?,
+                        pt_id: row.text("pt_id")?,
+                        order_num: row.int("order_num")?,
+                        is_delete: row.int("is_delete")?,
+                    })
+                })?
+            }
+            DimTable::TeachingType => {
+                next.teaching_types = read_table(db, &dims.teaching_type, |row| {
+                    Ok(TeachingTypeRow {
+                        id: row.int("id")?.ok_or("a row has a NULL id")?,
+                        chapter_id: row.text("chapter_id")?,
+                        name: row.text("teaching_type_name")?,
+                        is_delete: row.int("is_delete")?,
+                    })
+                })?
+            }
+        }
+        Ok(next)
+    }
+
+    /// The rows `table` holds.
+    pub fn rows_of(&self, table: DimTable) -> usize {
+        match table {
+            DimTable::Pattern => self.patterns.len(),
+            DimTable::TeachingTypePt => self.teaching_type_pts.len(),
+            DimTable::TeachingType => self.teaching_types.len(),
+        }
+    }
+}
+
+/// One of the three dimension tables of the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DimTable {
+    Pattern,
+    TeachingTypePt,
+    TeachingType,
+}
+
+impl DimTable {
+    pub const ALL: [DimTable; 3] = [
+        DimTable::Pattern,
+        DimTable::TeachingTypePt,
+        DimTable::TeachingType,
+    ];
+
+    /// Its name in the dataflow spec's `[dimensions]`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DimTable::Pattern => "pattern",
+            DimTable::TeachingTypePt => "teaching_type_pt",
+            DimTable::TeachingType => "teaching_type",
+        }
+    }
+
+    pub fn spec(self, dims: &Dimensions) -> &DimensionSpec {
+        match self {
+            DimTable::Pattern => &dims.pattern,
+            DimTable::TeachingTypePt => &dims.teaching_type_pt,
+            DimTable::TeachingType => &dims.teaching_type,
+        }
+    }
+}
+
+/// How one dimension table's refreshes go, for metrics and the status page.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DimTableStatus {
+    pub table: String,
+    pub rows: usize,
+    /// When the last good snapshot was read (ms since the epoch).
+    pub last_refresh_ms: i64,
+    /// Rows that changed in the last refresh that found a change.
+    pub last_diff_rows: usize,
+    pub next_refresh_ms: i64,
+    pub failures: u64,
+    pub last_error: Option<String>,
+}
+
+/// The last dimension change and how long its corrections took.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DimCorrection {
+    /// Dimension rows that changed.
+    pub dim_rows: usize,
+    /// Wide rows written (upserted or deleted) to correct it.
+    pub wide_rows: u64,
+    /// From the change entering the dataflow to every correction committed.
+    pub seconds: f64,
+    pub at_ms: i64,
+}
+
+/// Dimension refresh figures, shared by the refresher, the engine and the metrics.
+#[derive(Debug, Default)]
+pub struct DimStats {
+    pub tables: Mutex<BTreeMap<DimTable, DimTableStatus>>,
+    pub last_correction: Mutex<Option<DimCorrection>>,
+}
+
+impl DimStats {
+    /// Records a good snapshot of every table.
+    pub fn loaded(&self, snapshot: &DimSnapshot, dims: &Dimensions) {
+        let now = crate::source::routing::now_ms();
+        let mut tables = self.tables.lock().expect("dim stats lock");
+        for table in DimTable::ALL {
+            let status = tables.entry(table).or_default();
+            status.table = table.spec(dims).table.clone();
+            status.rows = snapshot.rows_of(table);
+            status.last_refresh_ms = now;
+            status.next_refresh_ms = now + table.spec(dims).refresh_interval.as_millis() as i64;
+        }
+    }
+}
+
+/// Re-reads each dimension table on its own interval while a job runs and sends what changed
+/// to the dataflow. A read that fails keeps the last good snapshot, is retried with backoff
+/// and raises an alert (once per failing episode).
+pub struct DimRefresher {
+    pub settings: DbSettings,
+    pub dims: Dimensions,
+    /// The snapshot the dataflow holds.
+    pub snapshot: DimSnapshot,
+    pub updates: crossbeam_channel::Sender<DimDiff>,
+    pub notices: Arc<dyn DeadLetterSink>,
+    pub stop: Arc<AtomicBool>,
+    pub stats: Arc<DimStats>,
+}
+
+impl DimRefresher {
+    /// Refreshes on a thread of its own until `stop` is set or the engine is gone.
+    pub fn spawn(self) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("wrongbook-dims".into())
+            .spawn(move || self.run())
+    }
+
+    fn run(mut self) {
+        let start = Instant::now();
+        let mut due: BTreeMap<DimTable, Instant> = DimTable::ALL
+            .iter()
+            .map(|t| (*t, start + t.spec(&self.dims).refresh_interval))
+            .collect();
+        let mut backoff: BTreeMap<DimTable, Duration> = BTreeMap::new();
+        let mut db: Option<Db> = None;
+        while !self.stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            let Some((&table, _)) = due.iter().filter(|(_, at)| **at <= now).min_by_key(|(_, at)| **at)
+            else {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            };
+            let interval = table.spec(&self.dims).refresh_interval;
+            let read = match db.as_mut() {
+                Some(db) => self.snapshot.with_table_read(db, &self.dims, table),
+                None => self.settings.connect().and_then(|mut fresh| {
+                    let read = self.snapshot.with_table_read(&mut fresh, &self.dims, table);
+                    db = Some(fresh);
+                    read
+                }),
+            };
+            match read {
+                Ok(next) => {
+                    if backoff.remove(&table).is_some() {
+                        tracing::info!(dimension = table.name(), "the dimension table is readable again");
+                    }
+                    due.insert(table, Instant::now() + interval);
+                    let diff = self.snapshot.diff(&next);
+                    self.record(table, &next, diff.len(), interval, None);
+                    if diff.is_empty() {
+                        tracing::debug!(dimension = table.name(), "dimension refresh: no change");
+                        continue;
+                    }
+                    let changed = diff.len();
+                    tracing::info!(dimension = table.name(), rows = changed, "dimension refresh: applying the change");
+                    if self.updates.send(diff).is_err() {
+                        return;
+                    }
+                    self.snapshot = next;
+                    let notice = Notice::info(
+                        "dimension_changed",
+                        format!("dimension `{}`: {changed} rows changed", table.name()),
+                        json!({ "dimension": table.name(), "rows_changed": changed }),
+                    );
+                    if let Err(e) = self.notices.notice(&notice) {
+                        tracing::warn!(error = %e, "cannot send the dimension change to the alerts topic");
+                    }
+                }
+                Err(e) => {
+                    db = None;
+                    let first = !backoff.contains_key(&table);
+                    let wait = backoff
+                        .get(&table)
+                        .map_or(Duration::from_secs(1), |b| *b * 2)
+                        .min(interval)
+                        .min(Duration::from_secs(300));
+                    backoff.insert(table, wait);
+                    due.insert(table, Instant::now() + wait);
+                    self.record(table, &self.snapshot.clone(), 0, wait, Some(e.to_string()));
+                    tracing::warn!(dimension = table.name(), error = %e, retry_in = ?wait, "dimension refresh failed; the last good snapshot stays in force");
+                    if first {
+                        let notice = Notice {
+                            kind: NoticeKind::Alert,
+                            severity: "warning",
+                            reason: "dimension_refresh_failed",
+                            detail: format!("dimension `{}` cannot be read: {e}", table.name()),
+                            data: json!({ "dimension": table.name() }),
+                        };
+                        if let Err(e) = self.notices.notice(&notice) {
+                            tracing::warn!(error = %e, "cannot send the alert to the alerts topic");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn record(
+        &self,
+        table: DimTable,
+        snapshot: &DimSnapshot,
+        changed: usize,
+        next_in: Duration,
+        error: Option<String>,
+    ) {
+        let now = crate::source::routing::now_ms();
+        let mut tables = self.stats.tables.lock().expect("dim stats lock");
+        let status = tables.entry(table).or_default();
+        status.table = table.spec(&self.dims).table.clone();
+        status.next_refresh_ms = now + next_in.as_millis() as i64;
+        match error {
+            Some(error) => {
+                status.failures += 1;
+                status.last_error = Some(error);
+            }
+            None => {
+                status.rows = snapshot.rows_of(table);
+                status.last_refresh_ms = now;
+                status.last_error = None;
+                if changed > 0 {
+                    status.last_diff_rows = changed;
+                }
+            }
+        }
     }
 }
 

@@ -22,6 +22,24 @@ pub struct SourceProgress {
     pub messages: AtomicU64,
     /// The input's size in bytes, when known.
     pub total_bytes: AtomicU64,
+    /// Kafka partitions: where each is read to and its high watermark, refreshed every second.
+    pub partitions: std::sync::Mutex<std::collections::BTreeMap<i32, PartitionProgress>>,
+}
+
+/// How far one Kafka partition is read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PartitionProgress {
+    /// The next offset to read (the first not read yet).
+    pub next_offset: i64,
+    /// The offset after the partition's last message, as last fetched.
+    pub high_watermark: i64,
+}
+
+impl PartitionProgress {
+    /// Messages in the partition not read yet.
+    pub fn lag(&self) -> i64 {
+        (self.high_watermark - self.next_offset).max(0)
+    }
 }
 
 /// A bounded input.

@@ -171,6 +171,13 @@ impl PartitionReader {
             if let Ok(committed) = self.consumer.committed(Duration::from_secs(10)) {
                 for element in committed.elements() {
                     if let Offset::Offset(o) = element.offset() {
+                        self.progress
+                            .partitions
+                            .lock()
+                            .expect("progress lock")
+                            .entry(element.partition())
+                            .or_default()
+                            .next_offset = o;
                         if behind
                             .get(&element.partition())
                             .is_some_and(|high| o >= *high)
@@ -179,6 +186,13 @@ impl PartitionReader {
                         }
                     }
                 }
+            }
+        }
+        if let StartAt::Offsets(starts) = &self.start {
+            let mut progress = self.progress.partitions.lock().expect("progress lock");
+            for (partition, _) in &self.partitions {
+                progress.entry(*partition).or_default().next_offset =
+                    starts.get(partition).copied().unwrap_or(0);
             }
         }
         tracing::debug!(topic = %self.topic, partitions = ?self.partitions, behind = ?behind, "reader starts");
@@ -190,12 +204,18 @@ impl PartitionReader {
                     topic: self.topic.clone(),
                     partitions: Vec::new(),
                     offsets: Vec::new(),
+                    timestamps: Vec::new(),
                 },
             )
         };
         let mut batch = new_batch();
         let mut batch_started = Instant::now();
+        let mut last_lag_check: Option<Instant> = None;
         loop {
+            if last_lag_check.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                last_lag_check = Some(Instant::now());
+                self.publish_progress();
+            }
             if behind.is_empty() && !caught_up_sent {
                 if !batch.is_empty()
                     && worker
@@ -245,11 +265,13 @@ impl PartitionReader {
                     if let Positions::Kafka {
                         partitions,
                         offsets,
+                        timestamps,
                         ..
                     } = &mut batch.positions
                     {
                         partitions.push(partition);
                         offsets.push(offset);
+                        timestamps.push(message.timestamp().to_millis());
                     }
                     if behind
                         .get(&partition)
@@ -279,6 +301,38 @@ impl PartitionReader {
                 batch_started = Instant::now();
             } else if batch.is_empty() {
                 batch_started = Instant::now();
+            }
+        }
+    }
+}
+
+impl PartitionReader {
+    /// Publishes where each partition is read to and its high watermark (a broker round trip
+    /// per partition, once a second).
+    fn publish_progress(&self) {
+        let positions: HashMap<i32, i64> = match self.consumer.position() {
+            Ok(list) => list
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) => Some((e.partition(), o)),
+                    _ => None,
+                })
+                .collect(),
+            Err(_) => HashMap::new(),
+        };
+        for (partition, _) in &self.partitions {
+            let high = self
+                .consumer
+                .fetch_watermarks(&self.topic, *partition, Duration::from_millis(500))
+                .map(|(_, high)| high);
+            let mut partitions = self.progress.partitions.lock().expect("progress lock");
+            let entry = partitions.entry(*partition).or_default();
+            if let Some(next) = positions.get(partition) {
+                entry.next_offset = *next;
+            }
+            if let Ok(high) = high {
+                entry.high_watermark = high;
             }
         }
     }

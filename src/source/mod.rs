@@ -49,11 +49,13 @@ pub enum Positions {
     Lines { file: Arc<str>, lines: Vec<u64> },
     /// In-memory messages starting at `first`.
     Indexed { first: u64 },
-    /// Kafka messages: `partitions[i]` and `offsets[i]` locate message `i`.
+    /// Kafka messages: `partitions[i]` and `offsets[i]` locate message `i`; `timestamps[i]`
+    /// is its Kafka timestamp in ms (`None` when the broker gave none).
     Kafka {
         topic: Arc<str>,
         partitions: Vec<i32>,
         offsets: Vec<i64>,
+        timestamps: Vec<Option<i64>>,
     },
 }
 
@@ -101,6 +103,14 @@ impl SourceBatch {
             .map(|(i, (start, end))| (i, &self.data[start..end]))
     }
 
+    /// The Kafka timestamp of message `i`, when it has one.
+    pub fn timestamp(&self, i: usize) -> Option<i64> {
+        match &self.positions {
+            Positions::Kafka { timestamps, .. } => timestamps[i],
+            _ => None,
+        }
+    }
+
     /// Where message `i` came from.
     pub fn position(&self, i: usize) -> SourcePosition {
         match &self.positions {
@@ -113,6 +123,7 @@ impl SourceBatch {
                 topic,
                 partitions,
                 offsets,
+                ..
             } => SourcePosition::Kafka {
                 topic: topic.clone(),
                 partition: partitions[i],

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use wrongbook::config::{Config, EngineConfig};
-use wrongbook::dataflow::route::RouteTable;
+use wrongbook::dataflow::route::{RouteTable, Routing};
 use wrongbook::dataflow::wide::WideRow;
 use wrongbook::db::{Db, SqlValue};
 use wrongbook::engine::{run_pipeline, Pipeline, RunSummary};
@@ -79,7 +79,7 @@ impl MemoryRun {
         let later = self.dims_after.clone();
         let pipeline = Pipeline {
             spec: Arc::new(spec),
-            routes: Arc::new(routes),
+            routing: Routing::fixed(routes),
             engine: EngineConfig {
                 chunk_messages: self.chunk_messages,
                 epoch_max_messages: self.epoch_max_messages,
@@ -89,6 +89,8 @@ impl MemoryRun {
             input: wrongbook::engine::Input::Bounded(BoundedInput::Messages(Arc::new(messages))),
             dims: self.dims,
             dims_after: later.map(|d| Box::new(move || Ok(d)) as wrongbook::engine::LaterDims),
+            dim_updates: None,
+            dim_stats: Default::default(),
             sink: SinkTarget::Memory(self.table.clone()),
             reconcile: true,
             dead_letters: dead_letters.clone(),
