@@ -563,6 +563,7 @@ fn run_worker(
         corrections: Vec::new(),
         ingested_at: BTreeMap::new(),
         outcomes_published: Instant::now(),
+        outcomes_unpublished: false,
         ops: Some(ops),
         dims: Some(dims),
         outcomes: OutcomeCounts::default(),
@@ -640,6 +641,8 @@ struct WorkerLoop<'a> {
     /// When each epoch not yet written was first ingested into (for end-to-end latency).
     ingested_at: BTreeMap<u64, (Instant, i64)>,
     outcomes_published: Instant,
+    /// Whether the tally changed since it was last published.
+    outcomes_unpublished: bool,
     ops: Option<OpsInput>,
     dims: Option<crate::dataflow::DimInputs>,
     outcomes: OutcomeCounts,
@@ -694,6 +697,11 @@ impl WorkerLoop<'_> {
             self.commit_written(probe);
             self.write_checkpoints(probe);
             self.observe_written(probe);
+            if self.outcomes_unpublished
+                && self.outcomes_published.elapsed() >= Duration::from_millis(250)
+            {
+                self.publish_outcomes();
+            }
             if final_epoch.is_none() {
                 self.apply_dim_updates();
             }
@@ -967,15 +975,14 @@ impl WorkerLoop<'_> {
             .dataflow_stats
             .ingest_nanos
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        if self.outcomes_published.elapsed() >= Duration::from_millis(250) {
-            self.publish_outcomes();
-        }
+        self.outcomes_unpublished = true;
         Ok(())
     }
 
     /// Shares this worker's outcome tally with metrics and reports.
     fn publish_outcomes(&mut self) {
         self.outcomes_published = Instant::now();
+        self.outcomes_unpublished = false;
         self.shared
             .dataflow_stats
             .outcomes

@@ -7,10 +7,9 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use common::job::{start_job, terminate, wait_for_table};
 use common::{assert_tables_equal, read_topic, reference, KafkaBroker, TestDatabase};
 use wrongbook::commands::gen::{
     dims_sql, generate, produce_to_kafka, routing_sql, GenOptions, Rng,
@@ -54,91 +53,6 @@ fn job_config(
         .unwrap();
     }
     (config, path)
-}
-
-/// A running job, killed if the test ends (or fails) without stopping it.
-struct Job(Option<Child>);
-
-impl Job {
-    fn child(&mut self) -> &mut Child {
-        self.0.as_mut().expect("the job is running")
-    }
-}
-
-impl Drop for Job {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn start_job(config_path: &Path, log: &Path) -> Job {
-    Job(Some(
-        Command::new(env!("CARGO_BIN_EXE_wrongbook"))
-            .args([
-                "--log",
-                "info",
-                "run",
-                "-c",
-                config_path.to_str().unwrap(),
-                "--progress-seconds",
-                "1",
-            ])
-            .stdout(std::fs::File::create(log.with_extension("out")).unwrap())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .expect("start wrongbook run"),
-    ))
-}
-
-/// Waits until the table equals `expected`, or fails after `limit`.
-fn wait_for_table(
-    db: &TestDatabase,
-    expected: &std::collections::BTreeMap<i64, common::Row>,
-    limit: Duration,
-    log: &Path,
-) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let table = db.read_table("dwd_wrong_record_wide_delta");
-        if &table == expected {
-            return;
-        }
-        if Instant::now() > deadline {
-            let log = std::fs::read_to_string(log).unwrap_or_default();
-            let mut tail: Vec<&str> = log.lines().rev().take(12).collect();
-            tail.extend(
-                log.lines()
-                    .filter(|l| l.contains("checkpoint") || l.contains("caught up")),
-            );
-            common::assert_tables_equal(
-                &table,
-                expected,
-                &format!("job log (last lines, newest first):\n{}\n", tail.join("\n")),
-            );
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-fn terminate(mut job: Job) -> std::process::ExitStatus {
-    let pid = job.child().id();
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = job.child().try_wait().unwrap() {
-            job.0 = None;
-            return status;
-        }
-        if Instant::now() > deadline {
-            panic!("the job did not stop within 30 s of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

@@ -613,6 +613,47 @@ pub fn write_jsonl(out: &mut impl Write, messages: &[Vec<u8>]) -> std::io::Resul
     Ok(())
 }
 
+/// A producer for the events topic.
+fn event_producer(
+    kafka: &crate::config::KafkaConfig,
+    counter: &crate::sink::alerts::DeliveryCounter,
+) -> Result<rdkafka::producer::ThreadedProducer<crate::sink::alerts::DeliveryCounter>, String> {
+    // Keyless events spread evenly over the partitions instead of filling one at a time.
+    crate::source::kafka::client_config(kafka)
+        .set("linger.ms", "20")
+        .set("sticky.partitioning.linger.ms", "0")
+        .set("message.send.max.retries", "1000000")
+        .create_with_context(counter.clone())
+        .map_err(|e| e.to_string())
+}
+
+/// Produces `messages` to the events topic and waits until the broker has them all.
+pub fn produce_messages(
+    kafka: &crate::config::KafkaConfig,
+    messages: &[Vec<u8>],
+) -> Result<(), String> {
+    use crate::sink::alerts::{send_blocking, DeliveryCounter};
+    use rdkafka::producer::Producer;
+    use std::sync::atomic::Ordering;
+
+    let counter = DeliveryCounter::default();
+    let producer = event_producer(kafka, &counter)?;
+    for message in messages {
+        send_blocking(&producer, &kafka.topic, message)
+            .map_err(|e| format!("producing to `{}`: {e}", kafka.topic))?;
+    }
+    producer
+        .flush(std::time::Duration::from_secs(120))
+        .map_err(|e| format!("flushing to `{}`: {e}", kafka.topic))?;
+    match counter.failed.load(Ordering::Relaxed) {
+        0 => Ok(()),
+        n => Err(format!(
+            "{n} messages were not delivered to `{}`",
+            kafka.topic
+        )),
+    }
+}
+
 /// Generates `opts.events` messages straight into the existing Kafka topic `kafka.topic`, at
 /// `rate` messages per second or as fast as possible; returns the number delivered and the
 /// dimension tables.
@@ -626,14 +667,7 @@ pub fn produce_to_kafka(
     use std::sync::atomic::Ordering;
 
     let counter = DeliveryCounter::default();
-    // Keyless events spread evenly over the partitions instead of filling one at a time.
-    let producer: rdkafka::producer::ThreadedProducer<DeliveryCounter> =
-        crate::source::kafka::client_config(kafka)
-            .set("linger.ms", "20")
-            .set("sticky.partitioning.linger.ms", "0")
-            .set("message.send.max.retries", "1000000")
-            .create_with_context(counter.clone())
-            .map_err(|e| e.to_string())?;
+    let producer = event_producer(kafka, &counter)?;
     let started = std::time::Instant::now();
     let mut sent = 0u64;
     let mut error = None;

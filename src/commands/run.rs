@@ -67,16 +67,16 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<RunSummary, JobError> {
             tracing::warn!(topic = %topic, error = %e, "cannot create the topic; it must exist");
         }
     }
-    let alerts: Arc<dyn DeadLetterSink> = Arc::new(KafkaAlerts::new(&config.kafka).map_err(|e| {
-        JobError::Input(format!(
-            "cannot create the alerts producer for {}: {e}",
-            config.kafka.bootstrap_servers
-        ))
-    })?);
+    let alerts: Arc<dyn DeadLetterSink> =
+        Arc::new(KafkaAlerts::new(&config.kafka).map_err(|e| {
+            JobError::Input(format!(
+                "cannot create the alerts producer for {}: {e}",
+                config.kafka.bootstrap_servers
+            ))
+        })?);
     let checkpoint_dir = config.resolve(&config.checkpoint.dir);
-    let routing = Routing::new(
-        start_history(&checkpoint_dir, routing_rows, &spec).map_err(JobError::Input)?,
-    );
+    let routing =
+        Routing::new(start_history(&checkpoint_dir, routing_rows, &spec).map_err(JobError::Input)?);
     let restored = if opts.from_scratch {
         None
     } else {

@@ -36,7 +36,6 @@ use crate::dataflow::records::{Applied, Record, RecordStore};
 use crate::dataflow::wide::{RowUpdate, WideRow};
 use crate::dataflow::DataflowStats;
 
-
 /// How often a worker measures its record state (bytes, fixes) for the metrics: a pass over it.
 const CENSUS_INTERVAL: Duration = Duration::from_secs(5);
 

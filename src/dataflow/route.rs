@@ -189,7 +189,9 @@ impl RoutingHistory {
 
     /// The newest version.
     pub fn latest(&self) -> &RoutingVersion {
-        self.versions.last().expect("a routing history is never empty")
+        self.versions
+            .last()
+            .expect("a routing history is never empty")
     }
 
     /// The table for an event with Kafka timestamp `timestamp_ms`; the newest for events
@@ -325,7 +327,10 @@ mod tests {
         assert!(!is_enabled(Some(999)));
         assert!(is_enabled(Some(1_000)));
         assert!(is_enabled(Some(5_000)));
-        assert!(is_enabled(None), "events without a timestamp use the newest");
+        assert!(
+            is_enabled(None),
+            "events without a timestamp use the newest"
+        );
         assert_eq!(history.latest().version, 2);
 
         let stored = history.to_stored();

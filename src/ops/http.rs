@@ -102,7 +102,5 @@ fn serve(server: &Server, registry: &Registry, stop: &AtomicBool) {
 fn text(body: String, content_type: &str, status: u16) -> Response<std::io::Cursor<Vec<u8>>> {
     Response::from_string(body)
         .with_status_code(status)
-        .with_header(
-            Header::from_bytes("Content-Type", content_type).expect("a valid header"),
-        )
+        .with_header(Header::from_bytes("Content-Type", content_type).expect("a valid header"))
 }

@@ -18,8 +18,8 @@ use crate::source::routing::now_ms;
 
 /// Upper bounds of the latency buckets, seconds.
 const BOUNDS: [f64; 17] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
-    600.0, 1800.0,
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    1800.0,
 ];
 
 /// A latency histogram shared by the threads that observe it and the scrapes that read it.
@@ -90,7 +90,13 @@ impl HistogramSnapshot {
         self.cumulative
             .iter()
             .find(|(_, n)| *n >= rank)
-            .map(|(bound, _)| if bound.is_finite() { *bound } else { BOUNDS[BOUNDS.len() - 1] })
+            .map(|(bound, _)| {
+                if bound.is_finite() {
+                    *bound
+                } else {
+                    BOUNDS[BOUNDS.len() - 1]
+                }
+            })
     }
 
     /// What was observed since `earlier`.
@@ -223,7 +229,10 @@ impl Collector for JobCollector {
                 ("dead_letter", counts.dead_letter_total()),
             ] {
                 events.counter(
-                    vec![("event_type", event_type.clone()), ("outcome", outcome.into())],
+                    vec![
+                        ("event_type", event_type.clone()),
+                        ("outcome", outcome.into()),
+                    ],
                     n,
                 )?;
             }
@@ -237,7 +246,10 @@ impl Collector for JobCollector {
         for (event_type, counts) in &outcomes.by_type {
             for (reason, n) in &counts.dead_letters {
                 dead.counter(
-                    vec![("event_type", event_type.clone()), ("reason", (*reason).into())],
+                    vec![
+                        ("event_type", event_type.clone()),
+                        ("reason", (*reason).into()),
+                    ],
                     *n,
                 )?;
             }
@@ -381,7 +393,12 @@ impl Collector for JobCollector {
         for status in dims.values() {
             dim_failures.counter(vec![("table", status.table.clone())], status.failures)?;
         }
-        let correction = c.dims.last_correction.lock().expect("dim stats lock").clone();
+        let correction = c
+            .dims
+            .last_correction
+            .lock()
+            .expect("dim stats lock")
+            .clone();
         gauge(
             &mut e,
             "wrongbook_dim_last_correction_seconds",

@@ -14,9 +14,9 @@ use crate::config::KafkaConfig;
 use crate::dataflow::route::Routing;
 use crate::dataflow::DataflowStats;
 use crate::ops::thresholds::{AlertState, Observation, ThresholdWatch};
-use crate::source::dims::DimStats;
 use crate::sink::alerts::{producer, send_blocking, DeliveryCounter};
 use crate::sink::SinkStats;
+use crate::source::dims::DimStats;
 use crate::source::file::SourceProgress;
 
 /// Everything the job publishes about itself, for reports, metrics and the status page.

@@ -118,7 +118,9 @@ impl ThresholdWatch {
             }
             let severity = severity(rule);
             match severity {
-                "critical" => tracing::error!(alert = rule, severity, detail = %detail, "threshold alert"),
+                "critical" => {
+                    tracing::error!(alert = rule, severity, detail = %detail, "threshold alert")
+                }
                 _ => tracing::warn!(alert = rule, severity, detail = %detail, "threshold alert"),
             }
             active.push(ActiveAlert {

@@ -180,7 +180,10 @@ impl DeadLetterSink for DeadLetterMemory {
     }
 
     fn notice(&self, notice: &Notice) -> std::io::Result<()> {
-        self.notices.lock().expect("notice lock").push(notice.clone());
+        self.notices
+            .lock()
+            .expect("notice lock")
+            .push(notice.clone());
         Ok(())
     }
 

@@ -251,7 +251,10 @@ impl SinkThread {
                 Ok(value) => {
                     if backoff > Duration::from_millis(50) {
                         *self.stats.last_error.lock().expect("sink error lock") = None;
-                        tracing::info!(worker = self.index, "sink: {what} succeeded after retrying");
+                        tracing::info!(
+                            worker = self.index,
+                            "sink: {what} succeeded after retrying"
+                        );
                     }
                     return Ok(value);
                 }

@@ -259,7 +259,10 @@ impl DimRefresher {
         let mut db: Option<Db> = None;
         while !self.stop.load(Ordering::Relaxed) {
             let now = Instant::now();
-            let Some((&table, _)) = due.iter().filter(|(_, at)| **at <= now).min_by_key(|(_, at)| **at)
+            let Some((&table, _)) = due
+                .iter()
+                .filter(|(_, at)| **at <= now)
+                .min_by_key(|(_, at)| **at)
             else {
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
@@ -276,7 +279,10 @@ impl DimRefresher {
             match read {
                 Ok(next) => {
                     if backoff.remove(&table).is_some() {
-                        tracing::info!(dimension = table.name(), "the dimension table is readable again");
+                        tracing::info!(
+                            dimension = table.name(),
+                            "the dimension table is readable again"
+                        );
                     }
                     due.insert(table, Instant::now() + interval);
                     let diff = self.snapshot.diff(&next);
@@ -286,7 +292,11 @@ impl DimRefresher {
                         continue;
                     }
                     let changed = diff.len();
-                    tracing::info!(dimension = table.name(), rows = changed, "dimension refresh: applying the change");
+                    tracing::info!(
+                        dimension = table.name(),
+                        rows = changed,
+                        "dimension refresh: applying the change"
+                    );
                     if self.updates.send(diff).is_err() {
                         return;
                     }

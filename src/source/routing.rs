@@ -129,7 +129,11 @@ pub fn replay_history(
     Ok(compose_history(load_history(dir)?, rows, spec))
 }
 
-fn compose_history(stored: Option<StoredHistory>, rows: Vec<RoutingRow>, spec: &Spec) -> RoutingHistory {
+fn compose_history(
+    stored: Option<StoredHistory>,
+    rows: Vec<RoutingRow>,
+    spec: &Spec,
+) -> RoutingHistory {
     match stored.and_then(|s| RoutingHistory::from_stored(&s, spec)) {
         Some(history) if history.latest().table.rows == rows => history,
         Some(history) => {
@@ -314,7 +318,10 @@ mod tests {
         let applied = vec![row(1, false, true), row(2, false, false)];
         let fresh = vec![row(1, true, true), row(2, true, false), row(3, true, true)];
         let (rows, held) = hot_rows(&applied, &fresh);
-        assert_eq!(rows, vec![row(1, true, true), row(2, false, false), row(3, true, true)]);
+        assert_eq!(
+            rows,
+            vec![row(1, true, true), row(2, false, false), row(3, true, true)]
+        );
         assert_eq!(held.len(), 1, "{held:?}");
         // Turning hot deployment off is itself a change that waits.
         let (rows, held) = hot_rows(&[row(1, false, true)], &[row(1, true, false)]);
@@ -329,8 +336,8 @@ mod tests {
     fn a_history_survives_a_restart_and_gains_a_version_when_the_table_changed() {
         let dir = tempfile::tempdir().expect("temp dir");
         let spec = Spec::builtin();
-        let first = start_history(dir.path(), vec![row(1, false, true)], &spec)
-            .expect("first start");
+        let first =
+            start_history(dir.path(), vec![row(1, false, true)], &spec).expect("first start");
         assert_eq!(first.latest().version, 1);
         let same = start_history(dir.path(), vec![row(1, false, true)], &spec)
             .expect("restart, same table");

@@ -2,6 +2,7 @@
 //! (a MariaDB database per test on 127.0.0.1:3306, or an SQLite file).
 #![allow(dead_code, unused_imports)]
 
+pub mod job;
 pub mod reference;
 
 use std::collections::BTreeMap;
