@@ -27,6 +27,10 @@ fn counters() -> JobCounters {
         routing: Routing::fixed(RouteTable::default()),
         dims: Arc::new(DimStats::default()),
         alerts: Default::default(),
+        dead_letters: Default::default(),
+        process: 0,
+        processes: 1,
+        started_ms: 0,
     };
     let mut outcomes = OutcomeCounts::default();
     let mut counts = TypeCounts {
@@ -71,8 +75,7 @@ fn request(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String
 }
 
 fn exposed_metrics() -> (BTreeSet<String>, String) {
-    let server =
-        OpsServer::start("127.0.0.1:0", wrongbook::ops::metrics::registry(counters())).unwrap();
+    let server = OpsServer::start("127.0.0.1:0", counters()).unwrap();
     let (status, body) = request(server.addr(), "GET", "/metrics");
     assert_eq!(status, 200);
     let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
@@ -91,8 +94,7 @@ fn exposed_metrics() -> (BTreeSet<String>, String) {
 
 #[test]
 fn metrics_are_served_read_only_as_prometheus_text() {
-    let server =
-        OpsServer::start("127.0.0.1:0", wrongbook::ops::metrics::registry(counters())).unwrap();
+    let server = OpsServer::start("127.0.0.1:0", counters()).unwrap();
     let (status, body) = request(server.addr(), "GET", "/metrics");
     assert_eq!(status, 200);
     assert!(
@@ -113,7 +115,7 @@ fn metrics_are_served_read_only_as_prometheus_text() {
 fn a_busy_port_is_one_clear_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let error = OpsServer::start(&addr, wrongbook::ops::metrics::registry(counters()))
+    let error = OpsServer::start(&addr, counters())
         .err()
         .expect("the port is taken");
     let text = error.to_string();

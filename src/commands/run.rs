@@ -26,6 +26,7 @@ use crate::dataflow::DataflowStats;
 use crate::engine::{run_pipeline, CheckpointPlan, Input, KafkaInput, Pipeline, RunSummary};
 use crate::ops::http::OpsServer;
 use crate::ops::report::{JobCounters, Reporter};
+use crate::ops::status::RecordingSink;
 use crate::ops::thresholds::ThresholdWatch;
 use crate::sink::alerts::KafkaAlerts;
 use crate::sink::dead_letters::DeadLetterSink;
@@ -118,15 +119,16 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<RunSummary, JobError> {
         routing: routing.clone(),
         dims: dim_stats.clone(),
         alerts: Arc::default(),
+        dead_letters: Arc::default(),
+        process: 0,
+        processes: 1,
+        started_ms: crate::source::routing::now_ms(),
     };
     let _server = if config.metrics.listen.is_empty() {
         None
     } else {
-        let server = OpsServer::start(
-            &config.metrics.listen,
-            crate::ops::metrics::registry(counters.clone()),
-        )
-        .map_err(|e| JobError::Input(e.to_string()))?;
+        let server = OpsServer::start(&config.metrics.listen, counters.clone())
+            .map_err(|e| JobError::Input(e.to_string()))?;
         if let Some(on_serving) = opts.on_serving {
             on_serving(server.addr());
         }
@@ -190,7 +192,11 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<RunSummary, JobError> {
         },
         // A restored state matches the table; a rebuilt one reconciles it once caught up.
         reconcile: restored.is_none(),
-        dead_letters: alerts.clone(),
+        // The status page shows the recent dead letters as they go to the alerts topic.
+        dead_letters: Arc::new(RecordingSink {
+            inner: alerts.clone(),
+            recent: counters.dead_letters.clone(),
+        }),
         source_progress: source_progress.clone(),
         sink_stats: sink_stats.clone(),
         dataflow_stats: dataflow_stats.clone(),

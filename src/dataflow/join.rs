@@ -320,7 +320,7 @@ pub fn join_records_with_dims<'scope>(
             let mut dirty = true;
             let mut reported_keys = 0u64;
             let (mut reported_bytes, mut reported_fixes) = (0u64, 0u64);
-            let mut last_census = Instant::now();
+            let mut last_census: Option<Instant> = None;
             let mut final_report = false;
             move |(ops, ops_frontier), (lookups, lookups_frontier), output| {
                 ops.for_each(|cap, data| {
@@ -389,9 +389,11 @@ pub fn join_records_with_dims<'scope>(
                     None => {}
                 }
                 let ended = ops_frontier.is_empty() && lookups_frontier.is_empty();
-                if (ended && !final_report) || last_census.elapsed() >= CENSUS_INTERVAL {
+                if (ended && !final_report)
+                    || last_census.is_none_or(|at| at.elapsed() >= CENSUS_INTERVAL)
+                {
                     final_report |= ended;
-                    last_census = Instant::now();
+                    last_census = Some(Instant::now());
                     let (bytes, fixes) = (
                         state.records.heap_bytes() as u64,
                         state.records.fixes() as u64,

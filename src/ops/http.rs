@@ -1,4 +1,5 @@
-//! The operations HTTP endpoint (SPEC §8): `GET /metrics` in the Prometheus text format, on
+//! The operations HTTP endpoint (SPEC §8): `GET /metrics` in the Prometheus text format, the
+//! status page `GET /` with its data `GET /api/status` and `GET /api/dead-letters?limit=N`, on
 //! `metrics.listen` (127.0.0.1:9249 by default). Read-only: every other method is refused.
 
 use std::net::SocketAddr;
@@ -10,6 +11,11 @@ use prometheus_client::registry::Registry;
 use tiny_http::{Header, Method, Response, Server};
 
 use crate::ops::metrics;
+use crate::ops::report::JobCounters;
+use crate::ops::status::{status_json, StatusHistory, RECENT_DEAD_LETTERS};
+
+/// The status page: one self-contained file, no external assets.
+const STATUS_PAGE: &str = include_str!("status.html");
 
 /// Why the endpoint could not start.
 #[derive(Debug, thiserror::Error)]
@@ -27,8 +33,8 @@ pub struct OpsServer {
 }
 
 impl OpsServer {
-    /// Listens on `listen` and serves on a thread of its own.
-    pub fn start(listen: &str, registry: Registry) -> Result<OpsServer, ServeError> {
+    /// Listens on `listen` and serves `counters` on a thread of its own.
+    pub fn start(listen: &str, counters: JobCounters) -> Result<OpsServer, ServeError> {
         let fail = |message: String| ServeError {
             addr: listen.to_owned(),
             message,
@@ -43,10 +49,17 @@ impl OpsServer {
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name("wrongbook-http".into())
-                .spawn(move || serve(&server, &registry, &stop))
+                .spawn(move || {
+                    let endpoints = Endpoints {
+                        registry: metrics::registry(counters.clone()),
+                        counters,
+                        history: StatusHistory::default(),
+                    };
+                    serve(&server, &endpoints, &stop)
+                })
                 .map_err(|e| fail(e.to_string()))?
         };
-        tracing::info!(address = %addr, "serving /metrics");
+        tracing::info!(address = %addr, "serving the status page / and /metrics");
         Ok(OpsServer {
             addr,
             stop,
@@ -69,8 +82,15 @@ impl Drop for OpsServer {
     }
 }
 
-fn serve(server: &Server, registry: &Registry, stop: &AtomicBool) {
+struct Endpoints {
+    registry: Registry,
+    counters: JobCounters,
+    history: StatusHistory,
+}
+
+fn serve(server: &Server, endpoints: &Endpoints, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
+        endpoints.history.sample(&endpoints.counters);
         let request = match server.recv_timeout(Duration::from_millis(100)) {
             Ok(Some(request)) => request,
             Ok(None) => continue,
@@ -79,10 +99,35 @@ fn serve(server: &Server, registry: &Registry, stop: &AtomicBool) {
                 continue;
             }
         };
-        let path = request.url().split('?').next().unwrap_or("").to_owned();
-        let response = match (request.method(), path.as_str()) {
-            (Method::Get | Method::Head, "/metrics") => {
-                text(metrics::encode(registry), metrics::CONTENT_TYPE, 200)
+        let url = request.url().to_owned();
+        let (path, query) = url.split_once('?').unwrap_or((&url, ""));
+        let response = match (request.method(), path) {
+            (Method::Get | Method::Head, "/metrics") => text(
+                metrics::encode(&endpoints.registry),
+                metrics::CONTENT_TYPE,
+                200,
+            ),
+            (Method::Get | Method::Head, "/") => {
+                text(STATUS_PAGE.into(), "text/html; charset=utf-8", 200)
+            }
+            (Method::Get | Method::Head, "/api/status") => text(
+                status_json(&endpoints.counters, &endpoints.history).to_string(),
+                JSON,
+                200,
+            ),
+            (Method::Get | Method::Head, "/api/dead-letters") => {
+                let limit = query
+                    .split('&')
+                    .find_map(|pair| pair.strip_prefix("limit="))
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .unwrap_or(50)
+                    .min(RECENT_DEAD_LETTERS);
+                let letters = endpoints.counters.dead_letters.newest(limit);
+                text(
+                    serde_json::to_string(&letters).expect("dead letters serialize"),
+                    JSON,
+                    200,
+                )
             }
             (Method::Get | Method::Head, _) => {
                 text("not found\n".into(), "text/plain; charset=utf-8", 404)
@@ -98,6 +143,8 @@ fn serve(server: &Server, registry: &Registry, stop: &AtomicBool) {
         }
     }
 }
+
+const JSON: &str = "application/json";
 
 fn text(body: String, content_type: &str, status: u16) -> Response<std::io::Cursor<Vec<u8>>> {
     Response::from_string(body)

@@ -13,6 +13,7 @@ use crate::checkpoint::CheckpointStats;
 use crate::config::KafkaConfig;
 use crate::dataflow::route::Routing;
 use crate::dataflow::DataflowStats;
+use crate::ops::status::RecentDeadLetters;
 use crate::ops::thresholds::{AlertState, Observation, ThresholdWatch};
 use crate::sink::alerts::{producer, send_blocking, DeliveryCounter};
 use crate::sink::SinkStats;
@@ -31,6 +32,12 @@ pub struct JobCounters {
     pub routing: Arc<Routing>,
     pub dims: Arc<DimStats>,
     pub alerts: Arc<AlertState>,
+    pub dead_letters: Arc<RecentDeadLetters>,
+    /// Which process of the job this is (0-based), of how many.
+    pub process: usize,
+    pub processes: usize,
+    /// When the job started, ms since the epoch.
+    pub started_ms: i64,
 }
 
 /// One snapshot, as produced to the metrics topic.

@@ -2,11 +2,14 @@
 //! services: started with a config file, waited on until the table is as expected, stopped
 //! with SIGTERM, and killed if the test ends without stopping it.
 
-use std::path::Path;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use super::TestDatabase;
+use wrongbook::config::Config;
+
+use super::{KafkaBroker, TestDatabase};
 
 /// A running job, killed if the test ends (or fails) without stopping it.
 pub struct Job(pub Option<Child>);
@@ -91,4 +94,83 @@ pub fn terminate(mut job: Job) -> std::process::ExitStatus {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The shipped spec with 1 s dimension refreshes and the example new event type appended.
+pub fn test_spec(dir: &Path) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let spec = std::fs::read_to_string(root.join("dataflows/wrongbook.toml")).unwrap();
+    let example =
+        std::fs::read_to_string(root.join("dataflows/examples/new-event-type.toml")).unwrap();
+    assert!(spec.contains("refresh_interval = \"30m\""));
+    let path = dir.join("spec.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{}\n{example}",
+            spec.replace("refresh_interval = \"30m\"", "refresh_interval = \"1s\"")
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A config file for the job; returns the config and its path and metrics address.
+pub fn job_config(
+    db: &TestDatabase,
+    broker: &KafkaBroker,
+    topic: &str,
+    extra: &str,
+) -> (Config, PathBuf, String) {
+    let spec = test_spec(db.dir());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let path = db.dir().join("job.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "workers = 2\nspec = \"{}\"\n[mysql]\nurl = \"{}\"\nusername = \"root\"\n\
+             [routing]\npoll_interval = \"300ms\"\n\
+             [kafka]\nbootstrap_servers = \"{}\"\ntopic = \"{topic}\"\n\
+             alerts_topic = \"{topic}-alerts\"\nmetrics_topic = \"{topic}-metrics\"\n\
+             group_id = \"{topic}-group\"\nmetrics_interval = \"500ms\"\n\
+             [engine]\nepoch_interval = \"100ms\"\n[checkpoint]\ninterval = \"1s\"\n\
+             [metrics]\nlisten = \"{metrics}\"\n{extra}",
+            spec.display(),
+            db.config.mysql.url,
+            broker.bootstrap,
+        ),
+    )
+    .unwrap();
+    let config = Config::load_with_env(Some(&path), std::iter::empty()).unwrap();
+    wrongbook::source::kafka::ensure_topic(&config.kafka, topic, 4).unwrap();
+    for t in [&config.kafka.alerts_topic, &config.kafka.metrics_topic] {
+        wrongbook::source::kafka::ensure_topic(&config.kafka, t, 1).unwrap();
+    }
+    (config, path, metrics)
+}
+
+/// `GET path` from the job's HTTP endpoint: (status, body).
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
 }
