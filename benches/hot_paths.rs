@@ -19,12 +19,12 @@ use timely::dataflow::operators::Probe;
 use wrongbook::commands::gen::{generate, routing_rows, GenOptions};
 use wrongbook::dataflow::dims::{pattern_lookups, PatternLookup};
 use wrongbook::dataflow::ingest::{Ingestor, Outcome};
-use wrongbook::dataflow::join::JoinState;
+use wrongbook::dataflow::join::{JoinState, LookupChange};
 use wrongbook::dataflow::process::KeyedOp;
 use wrongbook::dataflow::route::RouteTable;
 use wrongbook::schema::Dialect;
 use wrongbook::sink::batch_of;
-use wrongbook::sink::statements::{row_params, upsert_sql};
+use wrongbook::sink::statements::{row_params, upsert_sql, WideTable};
 use wrongbook::source::dims::{DimDiff, DimSnapshot};
 use wrongbook::spec::Spec;
 
@@ -96,7 +96,7 @@ fn bench_join(c: &mut Criterion) {
     };
     loaded.advance(
         ops.clone(),
-        vec![("pattern_0".into(), lookup("a"), 1)],
+        vec![(LookupChange::Pattern("pattern_0".into(), lookup("a")), 1)],
         &desc,
     );
     group.throughput(Throughput::Elements(1));
@@ -109,8 +109,8 @@ fn bench_join(c: &mut Criterion) {
                 .advance(
                     Vec::new(),
                     vec![
-                        ("pattern_0".into(), lookup(old), -1),
-                        ("pattern_0".into(), lookup(new), 1),
+                        (LookupChange::Pattern("pattern_0".into(), lookup(old)), -1),
+                        (LookupChange::Pattern("pattern_0".into(), lookup(new)), 1),
                     ],
                     &desc,
                 )
@@ -184,10 +184,14 @@ fn bench_sink(c: &mut Criterion) {
                 let batch = batch_of(1, updates);
                 let mut params = 0;
                 for rows in batch.upserts.chunks(1000) {
-                    let sql = upsert_sql(Dialect::Mysql, "dwd_wrong_record_wide_delta", rows.len());
+                    let sql = upsert_sql(
+                        Dialect::Mysql,
+                        &WideTable::plain("dwd_wrong_record_wide_delta"),
+                        rows.len(),
+                    );
                     params += sql.len();
                     for row in rows {
-                        params += row_params(row, 1_700_000_000).len();
+                        params += row_params(row, 1_700_000_000).count();
                     }
                 }
                 params

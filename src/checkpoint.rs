@@ -197,7 +197,7 @@ impl Restored {
         self.states
             .iter()
             .map(|bytes| {
-                postcard::from_bytes(bytes)
+                JoinSnapshot::decode(bytes)
                     .map_err(|e| format!("a checkpoint part does not decode: {e}"))
             })
             .collect()

@@ -503,9 +503,22 @@ fn run_worker(
             every: *every,
             snapshots: snapshots.clone(),
         });
+    let shape = Arc::new(
+        shared
+            .ingestor
+            .spec
+            .dimensions
+            .lookups
+            .iter()
+            .map(|l| (l.key, l.columns.len()))
+            .collect(),
+    );
     let DataflowHandles { ops, dims, probe } = build(
         worker,
-        shared.fix_result_desc.clone(),
+        crate::dataflow::join::RowSpec {
+            fix_result_desc: shared.fix_result_desc.clone(),
+            lookups: shape,
+        },
         shared.dataflow_stats.clone(),
         restored,
         hooks,

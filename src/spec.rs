@@ -173,12 +173,64 @@ pub struct DimensionSpec {
     pub refresh_interval: Duration,
 }
 
-/// The three dimension tables of the chain (SPEC §5).
+/// The three dimension tables of the chain (SPEC §5), and the lookup tables that fill extra
+/// wide-table columns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dimensions {
     pub pattern: DimensionSpec,
     pub teaching_type_pt: DimensionSpec,
     pub teaching_type: DimensionSpec,
+    pub lookups: Vec<LookupSpec>,
+}
+
+impl Dimensions {
+    /// The extra wide-table columns the lookups fill, in order.
+    pub fn extra_columns(&self) -> Vec<String> {
+        self.lookups
+            .iter()
+            .flat_map(|l| l.columns.iter().map(|(column, _)| column.clone()))
+            .collect()
+    }
+}
+
+/// The record field a lookup table is keyed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyField {
+    UserId,
+    QuestionId,
+    Subject,
+    PatternId,
+    ChapterId,
+}
+
+impl KeyField {
+    /// The record's value of this field.
+    pub fn of(self, add: &crate::dataflow::process::AddEvent) -> Option<&str> {
+        match self {
+            KeyField::UserId => Some(&add.user_id),
+            KeyField::QuestionId => Some(&add.question_id),
+            KeyField::Subject => add.subject.as_deref(),
+            KeyField::PatternId => add.pattern_id.as_deref(),
+            KeyField::ChapterId => add.chapter_id.as_deref(),
+        }
+    }
+}
+
+/// A lookup table (a dimension without code): read in full with `query` every
+/// `refresh_interval`, its rows matched to records by `key`, each match filling `columns` of the
+/// wide table (NULL when nothing matches). Changes correct exactly the rows whose values change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LookupSpec {
+    pub name: String,
+    pub table: String,
+    pub key: KeyField,
+    /// The query's column holding the key.
+    pub key_column: String,
+    pub query: String,
+    pub refresh_interval: Duration,
+    /// (wide-table column, query column), in wide-table order.
+    pub columns: Vec<(String, String)>,
 }
 
 /// A loaded and validated dataflow spec.
@@ -243,6 +295,20 @@ struct RawSpec {
     fix_results: HashMap<String, i64>,
     fix_result_desc: HashMap<String, String>,
     dimensions: RawDimensions,
+    #[serde(default)]
+    lookups: BTreeMap<String, RawLookup>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLookup {
+    table: String,
+    key: KeyField,
+    key_column: String,
+    query: String,
+    #[serde(default = "default_refresh")]
+    refresh_interval: HumanDuration,
+    columns: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -420,6 +486,55 @@ impl RawSpec {
                 ));
             }
         }
+        let mut lookups = Vec::with_capacity(self.lookups.len());
+        let mut extra_columns: Vec<String> = Vec::new();
+        for (name, raw) in self.lookups {
+            let key = |field: &str| format!("lookups.{name}.{field}");
+            if !crate::config::is_identifier(&raw.table) {
+                return Err(invalid(
+                    key("table"),
+                    format!("`{}` is not a plain SQL table name", raw.table),
+                ));
+            }
+            if raw.query.trim().is_empty() {
+                return Err(invalid(key("query"), "must not be empty".into()));
+            }
+            if raw.refresh_interval.0.is_zero() {
+                return Err(invalid(key("refresh_interval"), "must be positive".into()));
+            }
+            if raw.columns.is_empty() {
+                return Err(invalid(
+                    key("columns"),
+                    "name at least one wide-table column = query column".into(),
+                ));
+            }
+            for column in raw.columns.keys() {
+                if !crate::config::is_identifier(column) {
+                    return Err(invalid(
+                        key("columns"),
+                        format!("`{column}` is not a plain SQL column name"),
+                    ));
+                }
+                if crate::schema::WIDE_COLUMNS.iter().any(|(c, _)| c == column)
+                    || extra_columns.contains(column)
+                {
+                    return Err(invalid(
+                        key("columns"),
+                        format!("column `{column}` is already filled by the wide table or another lookup"),
+                    ));
+                }
+                extra_columns.push(column.clone());
+            }
+            lookups.push(LookupSpec {
+                name,
+                table: raw.table,
+                key: raw.key,
+                key_column: raw.key_column,
+                query: raw.query,
+                refresh_interval: raw.refresh_interval.0,
+                columns: raw.columns.into_iter().collect(),
+            });
+        }
         let dimension = |d: RawDimension| DimensionSpec {
             table: d.table,
             query: d.query,
@@ -438,6 +553,7 @@ impl RawSpec {
                 pattern: dimension(dims.pattern),
                 teaching_type_pt: dimension(dims.teaching_type_pt),
                 teaching_type: dimension(dims.teaching_type),
+                lookups,
             },
         })
     }

@@ -290,6 +290,45 @@ fn routing_and_dimension_changes_apply_while_running_and_metrics_match() {
         "exactly the affected rows are rewritten"
     );
 
+    // A new row in the example lookup table fills its columns in exactly the rows of its
+    // question, after the next refresh.
+    let question = corrected.values().next().unwrap()[5].clone().unwrap();
+    let of_question = corrected
+        .values()
+        .filter(|row| row[5].as_deref() == Some(question.as_str()))
+        .count();
+    let upserted_before = metric(&samples, "wrongbook_rows_upserted_total", &[]);
+    conn.execute_script(&format!(
+        "INSERT INTO question_bank VALUES ('{question}', 'hard', 'fractions')"
+    ))
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let filled = conn
+            .query(&format!(
+                "SELECT COUNT(*) FROM {WIDE} WHERE question_difficulty = 'hard' AND question_id = '{question}'"
+            ))
+            .unwrap()
+            .rows[0][0]
+            .to_int()
+            .unwrap()
+            .unwrap();
+        if filled as usize == of_question {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lookup columns were not filled"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_for_metrics(
+        &metrics,
+        Duration::from_secs(10),
+        "the lookup correction",
+        |s| metric(s, "wrongbook_rows_upserted_total", &[]) - upserted_before == of_question as f64,
+    );
+
     // A restart applies the held fix change: later fixes are skipped. Deletes of phase A stay
     // skipped (as-of), and everything before stays as it was.
     assert!(terminate(job).success());

@@ -98,6 +98,7 @@ fn stale_rows_in_the_table_are_replaced_or_removed() {
         fix_result_desc: None,
         event_id: "e".into(),
         event_type: "wrongbook_add".into(),
+        extra: Vec::new(),
     };
     run.table.preload(stale.clone());
     for id in [1u64, 2, 3, 77_777_777_777] {

@@ -205,7 +205,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             (
                 SinkTarget::Database {
                     settings,
-                    table: config.sink.table.clone(),
+                    table: crate::sink::statements::WideTable::plain(config.sink.table.clone()),
                     batch_rows: config.sink.batch_rows,
                 },
                 target,
@@ -382,9 +382,14 @@ fn measure_stages(messages: &[Vec<u8>], dims: &DimSnapshot) -> Vec<StageFigure> 
     let batch = batch_of(1, rows);
     let mut params = 0usize;
     for chunk in batch.upserts.chunks(1000) {
-        params += upsert_sql(crate::schema::Dialect::Mysql, "t", chunk.len()).len();
+        params += upsert_sql(
+            crate::schema::Dialect::Mysql,
+            &crate::sink::statements::WideTable::plain("t"),
+            chunk.len(),
+        )
+        .len();
         for row in chunk {
-            params += row_params(row, 0).len();
+            params += row_params(row, 0).count();
         }
     }
     std::hint::black_box(params);

@@ -1,5 +1,6 @@
 //! `wrongbook init-db`: creates the seed's tables where missing (dimension tables, routing
-//! table, wide table). Idempotent: existing tables and rows are left alone.
+//! table, wide table), and adds the wide-table columns the spec's lookup tables fill. Idempotent:
+//! existing tables, columns and rows are left alone.
 
 use crate::config::Config;
 use crate::db::{Db, DbError};
@@ -25,5 +26,22 @@ pub fn init_db(config: &Config, table: Option<&str>) -> Result<Db, DbError> {
     let table = table.unwrap_or(&config.sink.table);
     db.execute_script(&source_tables_ddl(dialect, &config.routing.table))?;
     db.execute_script(&wide_table_ddl(dialect, table))?;
+    let extra_columns = match config.load_spec() {
+        Ok(spec) => spec.dimensions.extra_columns(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot load the dataflow spec: no lookup columns added");
+            Vec::new()
+        }
+    };
+    for column in extra_columns {
+        // Identifiers from the spec are validated; a failing probe means the column is missing.
+        if db
+            .query(&format!("SELECT {column} FROM {table} LIMIT 0"))
+            .is_err()
+        {
+            db.execute_script(&format!("ALTER TABLE {table} ADD COLUMN {column} TEXT"))?;
+            tracing::info!(table, column, "added the lookup column");
+        }
+    }
     Ok(db)
 }

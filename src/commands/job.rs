@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::dataflow::route::{Route, RouteTable};
 use crate::db::{DbError, DbSettings};
 use crate::engine::EngineError;
+use crate::sink::statements::WideTable;
 use crate::source::dims::DimSnapshot;
 use crate::source::routing::{read_routing_rows, RoutingRow};
 use crate::spec::{Spec, SpecError};
@@ -29,7 +30,7 @@ pub struct Prepared {
     pub spec: Arc<Spec>,
     pub settings: DbSettings,
     /// The wide table to write.
-    pub table: String,
+    pub table: WideTable,
     /// The routing table as read now.
     pub routing_rows: Vec<RoutingRow>,
     pub dims: DimSnapshot,
@@ -45,13 +46,24 @@ pub fn prepare(config: &Config, table: Option<&str>) -> Result<Prepared, JobErro
             "--table `{table}` is not a plain SQL table name"
         )));
     }
+    let table = WideTable {
+        name: table,
+        extra_columns: spec.dimensions.extra_columns(),
+    };
     let mut db = settings.connect()?;
-    db.query(&format!("SELECT id FROM {table} LIMIT 0"))
-        .map_err(|e| {
-            JobError::Input(format!(
-                "{e}\n  hint: create the tables with `wrongbook init-db -c <config>`"
-            ))
-        })?;
+    let columns: Vec<&str> = std::iter::once("id")
+        .chain(table.extra_columns.iter().map(String::as_str))
+        .collect();
+    db.query(&format!(
+        "SELECT {} FROM {} LIMIT 0",
+        columns.join(", "),
+        table.name
+    ))
+    .map_err(|e| {
+        JobError::Input(format!(
+            "{e}\n  hint: create the tables (and the columns the spec's lookups fill) with `wrongbook init-db -c <config>`"
+        ))
+    })?;
     let routing_rows = read_routing_rows(&mut db, &config.routing.table)?;
     log_routes(&RouteTable::build(routing_rows.clone(), &spec));
     let dims = DimSnapshot::read(&mut db, &spec.dimensions)?;

@@ -35,6 +35,8 @@ use crate::dataflow::process::KeyedOp;
 use crate::dataflow::records::{Applied, Record, RecordStore};
 use crate::dataflow::wide::{RowUpdate, WideRow};
 use crate::dataflow::DataflowStats;
+use crate::source::dims::LookupRow;
+use crate::spec::KeyField;
 
 /// How often a worker measures its record state (bytes, fixes) for the metrics: a pass over it.
 const CENSUS_INTERVAL: Duration = Duration::from_secs(5);
@@ -45,6 +47,45 @@ const CENSUS_INTERVAL: Duration = Duration::from_secs(5);
 pub struct JoinSnapshot {
     pub records: RecordStore,
     pub lookups: HashMap<String, PatternLookup>,
+    pub tables: HashMap<u16, HashMap<String, Vec<Option<String>>>>,
+}
+
+impl JoinSnapshot {
+    /// Decodes a checkpoint part, also one written before lookup tables existed.
+    pub fn decode(bytes: &[u8]) -> Result<JoinSnapshot, postcard::Error> {
+        #[derive(Deserialize)]
+        struct WithoutTables {
+            records: RecordStore,
+            lookups: HashMap<String, PatternLookup>,
+        }
+        postcard::from_bytes::<JoinSnapshot>(bytes).or_else(|e| {
+            postcard::from_bytes::<WithoutTables>(bytes)
+                .map(|old| JoinSnapshot {
+                    records: old.records,
+                    lookups: old.lookups,
+                    tables: HashMap::new(),
+                })
+                .map_err(|_| e)
+        })
+    }
+}
+
+/// A change to what the join looks up: a pattern's chain lookup, or a row of a lookup table.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum LookupChange {
+    Pattern(String, PatternLookup),
+    Table(u16, LookupRow),
+}
+
+/// The lookup tables' shape: per table (by index), the record field it is keyed by and the
+/// number of wide-table columns it fills.
+pub type LookupShape = Arc<Vec<(KeyField, usize)>>;
+
+/// What the join needs from the spec to build rows.
+#[derive(Clone)]
+pub struct RowSpec {
+    pub fix_result_desc: Arc<HashMap<i64, String>>,
+    pub lookups: LookupShape,
 }
 
 /// What `record`'s pattern and chapter resolve to among `lookups` (nothing when its pattern
@@ -69,6 +110,11 @@ pub struct JoinState {
     lookups: HashMap<String, PatternLookup>,
     /// pattern → the ids of visible records with that pattern.
     ids_by_pattern: HashMap<String, HashSet<u64>>,
+    /// Per lookup table: key → its values.
+    tables: HashMap<u16, HashMap<String, Vec<Option<String>>>>,
+    /// (lookup table, key) → the ids of visible records with that key.
+    ids_by_key: HashMap<(u16, String), HashSet<u64>>,
+    shape: LookupShape,
     /// The number of visible records.
     pub live: i64,
     /// Restored from a checkpoint: the table may hold rows the killed run wrote after it.
@@ -85,10 +131,12 @@ impl JoinState {
         struct Borrowed<'a> {
             records: &'a RecordStore,
             lookups: &'a HashMap<String, PatternLookup>,
+            tables: &'a HashMap<u16, HashMap<String, Vec<Option<String>>>>,
         }
         postcard::to_stdvec(&Borrowed {
             records: &self.records,
             lookups: &self.lookups,
+            tables: &self.tables,
         })
         .expect("record state serializes")
     }
@@ -107,6 +155,9 @@ impl JoinState {
             if state.lookups.is_empty() {
                 state.lookups = part.lookups;
             }
+            if state.tables.is_empty() {
+                state.tables = part.tables;
+            }
         }
         let visible: Vec<(u64, Option<String>)> = state
             .records
@@ -122,6 +173,61 @@ impl JoinState {
 
     fn lookup_of<'a>(&'a self, record: Record<'a>) -> DimLookup<'a> {
         lookup_for(&self.lookups, record)
+    }
+
+    /// Sets the lookup tables' shape and indexes the visible records by their keys.
+    pub fn with_shape(mut self, shape: LookupShape) -> JoinState {
+        self.shape = shape;
+        if !self.shape.is_empty() {
+            let keyed: Vec<(u64, Vec<Option<String>>)> = self
+                .records
+                .visible_records()
+                .map(|(id, record)| (id, self.keys_of(record)))
+                .collect();
+            for (id, keys) in keyed {
+                self.index_keys(&keys, id, true);
+            }
+        }
+        self
+    }
+
+    /// A record's key in each lookup table.
+    fn keys_of(&self, record: Record<'_>) -> Vec<Option<String>> {
+        self.shape
+            .iter()
+            .map(|(field, _)| field.of(record.add).map(str::to_owned))
+            .collect()
+    }
+
+    fn index_keys(&mut self, keys: &[Option<String>], id: u64, add: bool) {
+        for (table, key) in keys.iter().enumerate() {
+            let Some(key) = key else { continue };
+            let entry = (table as u16, key.clone());
+            if add {
+                self.ids_by_key.entry(entry).or_default().insert(id);
+            } else if let Some(ids) = self.ids_by_key.get_mut(&entry) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    self.ids_by_key.remove(&entry);
+                }
+            }
+        }
+    }
+
+    /// The values a record's keys find in the lookup tables, flattened in column order (NULLs
+    /// where nothing matches).
+    fn extra_values(&self, record: Record<'_>) -> Vec<Option<String>> {
+        let mut values = Vec::new();
+        for (table, (field, width)) in self.shape.iter().enumerate() {
+            let found = field
+                .of(record.add)
+                .and_then(|key| self.tables.get(&(table as u16))?.get(key));
+            match found {
+                Some(row) => values.extend(row.iter().cloned()),
+                None => values.extend(std::iter::repeat_n(None, *width)),
+            }
+        }
+        values
     }
 
     fn index(&mut self, pattern: Option<Option<String>>, id: u64, add: bool) {
@@ -148,10 +254,21 @@ impl JoinState {
     pub fn advance(
         &mut self,
         mut ops: Vec<KeyedOp>,
-        mut lookup_changes: Vec<(String, PatternLookup, isize)>,
+        changes: Vec<(LookupChange, isize)>,
         fix_result_desc: &HashMap<i64, String>,
     ) -> Vec<RowUpdate> {
         let mut touched: Vec<u64> = Vec::new();
+        let mut lookup_changes = Vec::new();
+        let mut table_changes = Vec::new();
+        for (change, diff) in changes {
+            match change {
+                LookupChange::Pattern(pattern, lookup) => {
+                    lookup_changes.push((pattern, lookup, diff))
+                }
+                LookupChange::Table(table, row) => table_changes.push((table, row, diff)),
+            }
+        }
+        let keyed = !self.shape.is_empty();
 
         ops.sort_by_key(|op| op.id);
         let mut ops = ops.into_iter().peekable();
@@ -164,6 +281,9 @@ impl JoinState {
                     op.op
                 })
             }));
+            let keys_before = keyed
+                .then(|| self.records.visible(id).map(|r| self.keys_of(r)))
+                .flatten();
             let applied = self.records.apply(id, group);
             if let (true, Some(written)) = (writes.get(), self.written.as_mut()) {
                 written.insert(id);
@@ -181,6 +301,49 @@ impl JoinState {
                     self.index(before, id, false);
                     self.index(after, id, true);
                 }
+                if keyed {
+                    let keys_after = self.records.visible(id).map(|r| self.keys_of(r));
+                    if keys_before != keys_after {
+                        if let Some(keys) = keys_before {
+                            self.index_keys(&keys, id, false);
+                        }
+                        if let Some(keys) = keys_after {
+                            self.index_keys(&keys, id, true);
+                        }
+                    }
+                }
+            }
+        }
+
+        // Lookup-table rows, negative changes first as for patterns.
+        table_changes.sort_by(|a, b| (a.0, &a.1.key, a.2).cmp(&(b.0, &b.1.key, b.2)));
+        let mut rows = table_changes.into_iter().peekable();
+        while let Some((table, row, diff)) = rows.next() {
+            let key = row.key.clone();
+            let old = self.tables.get(&table).and_then(|t| t.get(&key)).cloned();
+            let mut new = old.clone();
+            for (values, diff) in
+                std::iter::once((row.values, diff)).chain(std::iter::from_fn(|| {
+                    rows.next_if(|(t, r, _)| *t == table && r.key == key)
+                        .map(|(_, r, d)| (r.values, d))
+                }))
+            {
+                if diff > 0 {
+                    new = Some(values);
+                } else if new.as_ref() == Some(&values) {
+                    new = None;
+                }
+            }
+            if old == new {
+                continue;
+            }
+            let entries = self.tables.entry(table).or_default();
+            match new {
+                Some(values) => entries.insert(key.clone(), values),
+                None => entries.remove(&key),
+            };
+            if let Some(ids) = self.ids_by_key.get(&(table, key)) {
+                touched.extend(ids.iter().copied());
             }
         }
 
@@ -232,7 +395,12 @@ impl JoinState {
             .into_iter()
             .map(|id| {
                 let row = self.records.visible(id).map(|record| {
-                    WideRow::assemble(id, record, &self.lookup_of(record), fix_result_desc)
+                    let mut row =
+                        WideRow::assemble(id, record, &self.lookup_of(record), fix_result_desc);
+                    if keyed {
+                        row.extra = self.extra_values(record);
+                    }
+                    row
                 });
                 (id, row)
             })
@@ -253,22 +421,15 @@ pub struct CheckpointHooks {
 }
 
 /// Ops and lookup changes waiting for their time to complete, with the time's capability.
-type PendingTimes = BTreeMap<
-    u64,
-    (
-        Capability<u64>,
-        Vec<KeyedOp>,
-        Vec<(String, PatternLookup, isize)>,
-    ),
->;
+type PendingTimes = BTreeMap<u64, (Capability<u64>, Vec<KeyedOp>, Vec<(LookupChange, isize)>)>;
 
 /// The join operator: record operations (exchanged to the worker owning their id) and pattern
 /// lookups (broadcast to every worker) in; each completed time's row updates out, on the
 /// worker that owns the rows.
 pub fn join_records_with_dims<'scope>(
     ops: Stream<'scope, u64, Vec<KeyedOp>>,
-    lookups: VecCollection<'scope, u64, (String, PatternLookup), isize>,
-    fix_result_desc: Arc<HashMap<i64, String>>,
+    lookups: VecCollection<'scope, u64, LookupChange, isize>,
+    rows: RowSpec,
     stats: Arc<DataflowStats>,
     restored: Option<JoinState>,
     checkpoints: Option<CheckpointHooks>,
@@ -281,7 +442,11 @@ pub fn join_records_with_dims<'scope>(
         Pipeline,
         "RecordsJoinDims",
         move |_capability, _info| {
-            let mut state = restored.unwrap_or_default();
+            let RowSpec {
+                fix_result_desc,
+                lookups: shape,
+            } = rows;
+            let mut state = restored.unwrap_or_default().with_shape(shape);
             if write_only_touched {
                 state.write_only_touched();
             }
@@ -336,12 +501,12 @@ pub fn join_records_with_dims<'scope>(
                     entry.1.append(data);
                 });
                 lookups.for_each(|cap, data| {
-                    for ((pattern, lookup), time, diff) in data.drain(..) {
+                    for (change, time, diff) in data.drain(..) {
                         pending
                             .entry(time)
                             .or_insert_with(|| (cap.delayed(&time, 0), Vec::new(), Vec::new()))
                             .2
-                            .push((pattern, lookup, diff));
+                            .push((change, diff));
                     }
                 });
                 while let Some(entry) = pending.first_entry() {
@@ -477,7 +642,11 @@ mod tests {
             name: Some("n".into()),
             ..PatternLookup::default()
         };
-        state.advance(all_ops, vec![("p".into(), lookup.clone(), 1)], &desc);
+        state.advance(
+            all_ops,
+            vec![(LookupChange::Pattern("p".into(), lookup.clone()), 1)],
+            &desc,
+        );
         let part = || postcard::from_bytes::<JoinSnapshot>(&state.snapshot()).unwrap();
         let worker0 = JoinState::restore(vec![part()], 0, 2);
         let worker1 = JoinState::restore(vec![part()], 1, 2);

@@ -17,7 +17,6 @@ pub mod records;
 pub mod route;
 pub mod wide;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use differential_dataflow::input::{Input as _, InputSession};
@@ -28,7 +27,9 @@ use timely::dataflow::ProbeHandle;
 use timely::worker::Worker;
 
 use crate::sink::{sink_operator, SinkChannels};
-use crate::source::dims::{DimDiff, DimSnapshot, PatternRow, TeachingTypePtRow, TeachingTypeRow};
+use crate::source::dims::{
+    DimDiff, DimSnapshot, LookupRow, PatternRow, TeachingTypePtRow, TeachingTypeRow,
+};
 use process::KeyedOp;
 
 /// What the workers did and what their state holds, summed over the workers of a process.
@@ -89,6 +90,8 @@ pub struct DimInputs {
     pub patterns: InputSession<u64, PatternRow, isize>,
     pub teaching_type_pts: InputSession<u64, TeachingTypePtRow, isize>,
     pub teaching_types: InputSession<u64, TeachingTypeRow, isize>,
+    /// Rows of the lookup tables, by table index.
+    pub lookup_rows: InputSession<u64, (u16, LookupRow), isize>,
 }
 
 impl DimInputs {
@@ -108,12 +111,16 @@ impl DimInputs {
         for (row, d) in &diff.teaching_types {
             self.teaching_types.update(row.clone(), *d);
         }
+        for (row, d) in &diff.lookups {
+            self.lookup_rows.update(row.clone(), *d);
+        }
     }
 
     pub fn advance_to(&mut self, epoch: u64) {
         self.patterns.advance_to(epoch);
         self.teaching_type_pts.advance_to(epoch);
         self.teaching_types.advance_to(epoch);
+        self.lookup_rows.advance_to(epoch);
         self.flush();
     }
 
@@ -121,6 +128,7 @@ impl DimInputs {
         self.patterns.flush();
         self.teaching_type_pts.flush();
         self.teaching_types.flush();
+        self.lookup_rows.flush();
     }
 
     pub fn epoch(&self) -> u64 {
@@ -131,7 +139,7 @@ impl DimInputs {
 /// Builds the dataflow on `worker`.
 pub fn build(
     worker: &mut Worker,
-    fix_result_desc: Arc<HashMap<i64, String>>,
+    rows: join::RowSpec,
     stats: Arc<DataflowStats>,
     restored: Option<join::JoinState>,
     checkpoints: Option<join::CheckpointHooks>,
@@ -143,12 +151,15 @@ pub fn build(
         let (patterns, pattern_rows) = scope.new_collection();
         let (teaching_type_pts, pt_rows) = scope.new_collection();
         let (teaching_types, tt_rows) = scope.new_collection();
+        let (lookup_rows, table_rows) = scope.new_collection::<(u16, LookupRow), isize>();
 
-        let lookups = dims::pattern_lookups(pattern_rows, pt_rows, tt_rows);
+        let lookups = dims::pattern_lookups(pattern_rows, pt_rows, tt_rows)
+            .map(|(pattern, lookup)| join::LookupChange::Pattern(pattern, lookup))
+            .concat(table_rows.map(|(table, row)| join::LookupChange::Table(table, row)));
         let updates = join::join_records_with_dims(
             ops,
             lookups,
-            fix_result_desc,
+            rows,
             stats,
             restored,
             checkpoints,
@@ -163,6 +174,7 @@ pub fn build(
                 patterns,
                 teaching_type_pts,
                 teaching_types,
+                lookup_rows,
             },
             probe,
         }

@@ -33,6 +33,8 @@ pub struct WideRow {
     pub fix_result_desc: Option<String>,
     pub event_id: String,
     pub event_type: String,
+    /// The columns lookup tables fill, in the spec's order (empty without lookup tables).
+    pub extra: Vec<Option<String>>,
 }
 
 impl WideRow {
@@ -71,6 +73,7 @@ impl WideRow {
             fix_result_desc: fix.and_then(|f| fix_result_desc.get(&f.fix_result).cloned()),
             event_id: event_id.clone(),
             event_type: event_type.to_string(),
+            extra: Vec::new(),
         }
     }
 }

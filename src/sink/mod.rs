@@ -84,7 +84,7 @@ pub enum SinkTarget {
     /// A MySQL/MariaDB or SQLite database.
     Database {
         settings: DbSettings,
-        table: String,
+        table: statements::WideTable,
         batch_rows: usize,
     },
     /// An in-memory table (benchmarks, tests, embedding).
@@ -405,6 +405,7 @@ mod tests {
             fix_result_desc: None,
             event_id: "e".into(),
             event_type: "t".into(),
+            extra: Vec::new(),
         }
     }
 

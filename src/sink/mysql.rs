@@ -6,7 +6,7 @@
 use mysql::prelude::Queryable;
 use mysql::{Conn, TxOpts, Value};
 
-use super::statements::{delete_sql, owned_ids_sql, row_params, upsert_sql, Param};
+use super::statements::{delete_sql, owned_ids_sql, row_params, upsert_sql, Param, WideTable};
 use super::{SinkBatch, SinkError, TableWriter};
 use crate::db::DbSettings;
 use crate::schema::Dialect;
@@ -14,7 +14,7 @@ use crate::schema::Dialect;
 /// Writes a worker's share of the wide table in MySQL/MariaDB.
 pub struct MysqlWriter {
     settings: DbSettings,
-    table: String,
+    table: WideTable,
     batch_rows: usize,
     conn: Option<Conn>,
 }
@@ -41,7 +41,7 @@ fn value(param: Param<'_>) -> Value {
 impl MysqlWriter {
     pub fn connect(
         settings: DbSettings,
-        table: String,
+        table: WideTable,
         batch_rows: usize,
     ) -> Result<MysqlWriter, SinkError> {
         let mut writer = MysqlWriter {
@@ -86,7 +86,7 @@ impl MysqlWriter {
         }
         for ids in batch.deletes.chunks(batch_rows) {
             let params: Vec<Value> = ids.iter().map(|id| Value::Int(*id as i64)).collect();
-            tx.exec_drop(delete_sql(&table, ids.len()), params)?;
+            tx.exec_drop(delete_sql(&table.name, ids.len()), params)?;
         }
         tx.commit()
     }
@@ -94,7 +94,7 @@ impl MysqlWriter {
 
 impl TableWriter for MysqlWriter {
     fn owned_ids(&mut self, index: usize, peers: usize) -> Result<Vec<u64>, SinkError> {
-        let sql = owned_ids_sql(&self.table);
+        let sql = owned_ids_sql(&self.table.name);
         let conn = self.conn()?;
         let ids: Result<Vec<i64>, mysql::Error> =
             conn.exec(sql, (peers as i64, index as i64, index as i64));

@@ -5,7 +5,7 @@
 use rusqlite::types::Value;
 use rusqlite::Connection;
 
-use super::statements::{delete_sql, owned_ids_sql, row_params, upsert_sql, Param};
+use super::statements::{delete_sql, owned_ids_sql, row_params, upsert_sql, Param, WideTable};
 use super::{SinkBatch, SinkError, TableWriter};
 use crate::db::{open_sqlite, DbSettings, DbUrl};
 use crate::schema::Dialect;
@@ -13,7 +13,7 @@ use crate::schema::Dialect;
 /// Writes a worker's share of the wide table in an SQLite file.
 pub struct SqliteWriter {
     conn: Connection,
-    table: String,
+    table: WideTable,
     batch_rows: usize,
 }
 
@@ -38,7 +38,7 @@ fn value(param: Param<'_>) -> Value {
 impl SqliteWriter {
     pub fn open(
         settings: &DbSettings,
-        table: String,
+        table: WideTable,
         batch_rows: usize,
     ) -> Result<SqliteWriter, SinkError> {
         let DbUrl::Sqlite(path) = &settings.url else {
@@ -58,7 +58,7 @@ impl TableWriter for SqliteWriter {
     fn owned_ids(&mut self, index: usize, peers: usize) -> Result<Vec<u64>, SinkError> {
         let mut stmt = self
             .conn
-            .prepare(&owned_ids_sql(&self.table))
+            .prepare(&owned_ids_sql(&self.table.name))
             .map_err(classify)?;
         let ids = stmt
             .query_map((peers as i64, index as i64, index as i64), |row| {
@@ -88,7 +88,7 @@ impl TableWriter for SqliteWriter {
         }
         for ids in batch.deletes.chunks(self.batch_rows) {
             let mut stmt = tx
-                .prepare_cached(&delete_sql(&self.table, ids.len()))
+                .prepare_cached(&delete_sql(&self.table.name, ids.len()))
                 .map_err(classify)?;
             stmt.execute(rusqlite::params_from_iter(ids.iter().map(|id| *id as i64)))
                 .map_err(classify)?;

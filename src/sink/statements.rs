@@ -13,10 +13,33 @@ pub enum Param<'a> {
     Owned(String),
 }
 
+/// The wide table a sink writes: its name (a validated identifier) and the columns the spec's
+/// lookup tables add after the seed's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WideTable {
+    pub name: String,
+    pub extra_columns: Vec<String>,
+}
+
+impl WideTable {
+    /// The seed's columns only.
+    pub fn plain(name: impl Into<String>) -> WideTable {
+        WideTable {
+            name: name.into(),
+            extra_columns: Vec::new(),
+        }
+    }
+}
+
 /// `INSERT … VALUES (…),… ON DUPLICATE KEY UPDATE` (MySQL) or `ON CONFLICT(id) DO UPDATE`
 /// (SQLite) for `rows` rows.
-pub fn upsert_sql(dialect: Dialect, table: &str, rows: usize) -> String {
-    let columns: Vec<&str> = WIDE_COLUMNS.iter().map(|(name, _)| *name).collect();
+pub fn upsert_sql(dialect: Dialect, table: &WideTable, rows: usize) -> String {
+    let columns: Vec<&str> = WIDE_COLUMNS
+        .iter()
+        .map(|(name, _)| *name)
+        .chain(table.extra_columns.iter().map(String::as_str))
+        .collect();
+    let table = &table.name;
     let one = format!("({})", vec!["?"; columns.len()].join(","));
     let values = vec![one.as_str(); rows].join(",");
     let updates: Vec<String> = columns[1..]
@@ -59,8 +82,8 @@ fn time(seconds: Option<i64>) -> Param<'static> {
     seconds.map_or(Param::Null, |s| Param::Owned(format_timestamp(s)))
 }
 
-/// The parameters of `row`, in [`WIDE_COLUMNS`] order.
-pub fn row_params(row: &WideRow, process_time: i64) -> [Param<'_>; 19] {
+/// The parameters of `row`, in [`WIDE_COLUMNS`] order, then its lookup columns.
+pub fn row_params(row: &WideRow, process_time: i64) -> impl Iterator<Item = Param<'_>> {
     [
         Param::Int(row.id as i64),
         Param::Text(&row.wrong_id),
@@ -82,6 +105,8 @@ pub fn row_params(row: &WideRow, process_time: i64) -> [Param<'_>; 19] {
         Param::Text(&row.event_type),
         time(Some(process_time)),
     ]
+    .into_iter()
+    .chain(row.extra.iter().map(text))
 }
 
 #[cfg(test)]
@@ -90,13 +115,21 @@ mod tests {
 
     #[test]
     fn statements_have_one_placeholder_per_value() {
-        let sql = upsert_sql(Dialect::Mysql, "t", 3);
+        let sql = upsert_sql(Dialect::Mysql, &WideTable::plain("t"), 3);
         assert_eq!(sql.matches('?').count(), 3 * WIDE_COLUMNS.len());
         assert!(sql.starts_with("INSERT INTO t (id,wrong_id,"));
         assert!(sql.contains("ON DUPLICATE KEY UPDATE wrong_id=VALUES(wrong_id)"));
         assert!(!sql.contains("id=VALUES(id)"));
-        let sql = upsert_sql(Dialect::Sqlite, "t", 1);
+        let sql = upsert_sql(Dialect::Sqlite, &WideTable::plain("t"), 1);
         assert!(sql.contains("ON CONFLICT(id) DO UPDATE SET wrong_id=excluded.wrong_id"));
+        let extended = WideTable {
+            name: "t".into(),
+            extra_columns: vec!["difficulty".into()],
+        };
+        let sql = upsert_sql(Dialect::Mysql, &extended, 1);
+        assert_eq!(sql.matches('?').count(), WIDE_COLUMNS.len() + 1);
+        assert!(sql.contains(",process_time,difficulty)"));
+        assert!(sql.ends_with("difficulty=VALUES(difficulty)"));
         assert_eq!(delete_sql("t", 2), "DELETE FROM t WHERE id IN (?,?)");
     }
 }

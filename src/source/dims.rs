@@ -41,12 +41,21 @@ pub struct TeachingTypeRow {
     pub is_delete: Option<i64>,
 }
 
-/// A full read of the three dimension tables.
+/// A row of a lookup table: its key and the values of its columns, in the spec's order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LookupRow {
+    pub key: String,
+    pub values: Vec<Option<String>>,
+}
+
+/// A full read of the three dimension tables and of the lookup tables.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DimSnapshot {
     pub patterns: BTreeSet<PatternRow>,
     pub teaching_type_pts: BTreeSet<TeachingTypePtRow>,
     pub teaching_types: BTreeSet<TeachingTypeRow>,
+    /// Per lookup (by its index in the spec), its rows.
+    pub lookups: BTreeMap<u16, BTreeSet<LookupRow>>,
 }
 
 /// The difference between two snapshots: rows to add (+1) and to retract (-1).
@@ -55,12 +64,16 @@ pub struct DimDiff {
     pub patterns: Vec<(PatternRow, isize)>,
     pub teaching_type_pts: Vec<(TeachingTypePtRow, isize)>,
     pub teaching_types: Vec<(TeachingTypeRow, isize)>,
+    pub lookups: Vec<((u16, LookupRow), isize)>,
 }
 
 impl DimDiff {
     /// Number of changed rows.
     pub fn len(&self) -> usize {
-        self.patterns.len() + self.teaching_type_pts.len() + self.teaching_types.len()
+        self.patterns.len()
+            + self.teaching_type_pts.len()
+            + self.teaching_types.len()
+            + self.lookups.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -82,13 +95,32 @@ impl DimSnapshot {
             patterns: diff_sets(&self.patterns, &next.patterns),
             teaching_type_pts: diff_sets(&self.teaching_type_pts, &next.teaching_type_pts),
             teaching_types: diff_sets(&self.teaching_types, &next.teaching_types),
+            lookups: {
+                let empty = BTreeSet::new();
+                let indexes: BTreeSet<u16> = self
+                    .lookups
+                    .keys()
+                    .chain(next.lookups.keys())
+                    .copied()
+                    .collect();
+                indexes
+                    .into_iter()
+                    .flat_map(|i| {
+                        let old = self.lookups.get(&i).unwrap_or(&empty);
+                        let new = next.lookups.get(&i).unwrap_or(&empty);
+                        diff_sets(old, new)
+                            .into_iter()
+                            .map(move |(row, d)| ((i, row), d))
+                    })
+                    .collect()
+            },
         }
     }
 
     /// Reads all three tables with the spec's queries.
     pub fn read(db: &mut Db, dims: &Dimensions) -> Result<DimSnapshot, DbError> {
         let mut snapshot = DimSnapshot::default();
-        for table in DimTable::ALL {
+        for table in DimTable::all(dims) {
             snapshot = snapshot.with_table_read(db, dims, table)?;
         }
         Ok(snapshot)
@@ -132,6 +164,39 @@ impl DimSnapshot {
                     })
                 })?
             }
+            DimTable::Lookup(i) => {
+                let lookup = &dims.lookups[usize::from(i)];
+                let spec = DimensionSpec {
+                    table: lookup.table.clone(),
+                    query: lookup.query.clone(),
+                    refresh_interval: lookup.refresh_interval,
+                };
+                let rows = read_table(db, &spec, |row| {
+                    Ok(LookupRow {
+                        key: row
+                            .text(&lookup.key_column)?
+                            .ok_or_else(|| format!("a row has a NULL `{}`", lookup.key_column))?,
+                        values: lookup
+                            .columns
+                            .iter()
+                            .map(|(_, column)| row.text(column))
+                            .collect::<Result<_, _>>()?,
+                    })
+                })?;
+                // One row per key: two rows with one key would make the lookup ambiguous.
+                let mut keys = BTreeSet::new();
+                if let Some(row) = rows.iter().find(|r| !keys.insert(&r.key)) {
+                    return Err(DbError::Query {
+                        target: db.target().to_owned(),
+                        what: format!("lookup `{}`", lookup.name),
+                        message: format!(
+                            "key `{}` appears in more than one row; a lookup needs one row per key",
+                            row.key
+                        ),
+                    });
+                }
+                next.lookups.insert(i, rows);
+            }
         }
         Ok(next)
     }
@@ -142,39 +207,58 @@ impl DimSnapshot {
             DimTable::Pattern => self.patterns.len(),
             DimTable::TeachingTypePt => self.teaching_type_pts.len(),
             DimTable::TeachingType => self.teaching_types.len(),
+            DimTable::Lookup(i) => self.lookups.get(&i).map_or(0, BTreeSet::len),
         }
     }
 }
 
-/// One of the three dimension tables of the chain.
+/// One of the three dimension tables of the chain, or a lookup table (by its index in the spec).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DimTable {
     Pattern,
     TeachingTypePt,
     TeachingType,
+    Lookup(u16),
 }
 
 impl DimTable {
-    pub const ALL: [DimTable; 3] = [
-        DimTable::Pattern,
-        DimTable::TeachingTypePt,
-        DimTable::TeachingType,
-    ];
+    /// Every table `dims` reads.
+    pub fn all(dims: &Dimensions) -> Vec<DimTable> {
+        let chain = [
+            DimTable::Pattern,
+            DimTable::TeachingTypePt,
+            DimTable::TeachingType,
+        ];
+        let lookups = (0..dims.lookups.len()).map(|i| DimTable::Lookup(i as u16));
+        chain.into_iter().chain(lookups).collect()
+    }
 
-    /// Its name in the dataflow spec's `[dimensions]`.
-    pub fn name(self) -> &'static str {
+    /// Its name in the dataflow spec (`[dimensions.NAME]` or `[lookups.NAME]`).
+    pub fn name(self, dims: &Dimensions) -> &str {
         match self {
             DimTable::Pattern => "pattern",
             DimTable::TeachingTypePt => "teaching_type_pt",
             DimTable::TeachingType => "teaching_type",
+            DimTable::Lookup(i) => &dims.lookups[usize::from(i)].name,
         }
     }
 
-    pub fn spec(self, dims: &Dimensions) -> &DimensionSpec {
+    /// The database table it reads.
+    pub fn table(self, dims: &Dimensions) -> &str {
         match self {
-            DimTable::Pattern => &dims.pattern,
-            DimTable::TeachingTypePt => &dims.teaching_type_pt,
-            DimTable::TeachingType => &dims.teaching_type,
+            DimTable::Pattern => &dims.pattern.table,
+            DimTable::TeachingTypePt => &dims.teaching_type_pt.table,
+            DimTable::TeachingType => &dims.teaching_type.table,
+            DimTable::Lookup(i) => &dims.lookups[usize::from(i)].table,
+        }
+    }
+
+    pub fn refresh_interval(self, dims: &Dimensions) -> Duration {
+        match self {
+            DimTable::Pattern => dims.pattern.refresh_interval,
+            DimTable::TeachingTypePt => dims.teaching_type_pt.refresh_interval,
+            DimTable::TeachingType => dims.teaching_type.refresh_interval,
+            DimTable::Lookup(i) => dims.lookups[usize::from(i)].refresh_interval,
         }
     }
 }
@@ -217,12 +301,12 @@ impl DimStats {
     pub fn loaded(&self, snapshot: &DimSnapshot, dims: &Dimensions) {
         let now = crate::source::routing::now_ms();
         let mut tables = self.tables.lock().expect("dim stats lock");
-        for table in DimTable::ALL {
+        for table in DimTable::all(dims) {
             let status = tables.entry(table).or_default();
-            status.table = table.spec(dims).table.clone();
+            status.table = table.table(dims).to_owned();
             status.rows = snapshot.rows_of(table);
             status.last_refresh_ms = now;
-            status.next_refresh_ms = now + table.spec(dims).refresh_interval.as_millis() as i64;
+            status.next_refresh_ms = now + table.refresh_interval(dims).as_millis() as i64;
         }
     }
 }
@@ -251,9 +335,9 @@ impl DimRefresher {
 
     fn run(mut self) {
         let start = Instant::now();
-        let mut due: BTreeMap<DimTable, Instant> = DimTable::ALL
-            .iter()
-            .map(|t| (*t, start + t.spec(&self.dims).refresh_interval))
+        let mut due: BTreeMap<DimTable, Instant> = DimTable::all(&self.dims)
+            .into_iter()
+            .map(|t| (t, start + t.refresh_interval(&self.dims)))
             .collect();
         let mut backoff: BTreeMap<DimTable, Duration> = BTreeMap::new();
         let mut db: Option<Db> = None;
@@ -267,7 +351,8 @@ impl DimRefresher {
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             };
-            let interval = table.spec(&self.dims).refresh_interval;
+            let interval = table.refresh_interval(&self.dims);
+            let name = table.name(&self.dims).to_owned();
             let read = match db.as_mut() {
                 Some(db) => self.snapshot.with_table_read(db, &self.dims, table),
                 None => self.settings.connect().and_then(|mut fresh| {
@@ -280,7 +365,7 @@ impl DimRefresher {
                 Ok(next) => {
                     if backoff.remove(&table).is_some() {
                         tracing::info!(
-                            dimension = table.name(),
+                            dimension = name.as_str(),
                             "the dimension table is readable again"
                         );
                     }
@@ -288,12 +373,12 @@ impl DimRefresher {
                     let diff = self.snapshot.diff(&next);
                     self.record(table, &next, diff.len(), interval, None);
                     if diff.is_empty() {
-                        tracing::debug!(dimension = table.name(), "dimension refresh: no change");
+                        tracing::debug!(dimension = name.as_str(), "dimension refresh: no change");
                         continue;
                     }
                     let changed = diff.len();
                     tracing::info!(
-                        dimension = table.name(),
+                        dimension = name.as_str(),
                         rows = changed,
                         "dimension refresh: applying the change"
                     );
@@ -303,8 +388,8 @@ impl DimRefresher {
                     self.snapshot = next;
                     let notice = Notice::info(
                         "dimension_changed",
-                        format!("dimension `{}`: {changed} rows changed", table.name()),
-                        json!({ "dimension": table.name(), "rows_changed": changed }),
+                        format!("dimension `{}`: {changed} rows changed", name.as_str()),
+                        json!({ "dimension": name.as_str(), "rows_changed": changed }),
                     );
                     if let Err(e) = self.notices.notice(&notice) {
                         tracing::warn!(error = %e, "cannot send the dimension change to the alerts topic");
@@ -321,14 +406,14 @@ impl DimRefresher {
                     backoff.insert(table, wait);
                     due.insert(table, Instant::now() + wait);
                     self.record(table, &self.snapshot.clone(), 0, wait, Some(e.to_string()));
-                    tracing::warn!(dimension = table.name(), error = %e, retry_in = ?wait, "dimension refresh failed; the last good snapshot stays in force");
+                    tracing::warn!(dimension = name.as_str(), error = %e, retry_in = ?wait, "dimension refresh failed; the last good snapshot stays in force");
                     if first {
                         let notice = Notice {
                             kind: NoticeKind::Alert,
                             severity: "warning",
                             reason: "dimension_refresh_failed",
-                            detail: format!("dimension `{}` cannot be read: {e}", table.name()),
-                            data: json!({ "dimension": table.name() }),
+                            detail: format!("dimension `{}` cannot be read: {e}", name.as_str()),
+                            data: json!({ "dimension": name.as_str() }),
                         };
                         if let Err(e) = self.notices.notice(&notice) {
                             tracing::warn!(error = %e, "cannot send the alert to the alerts topic");
@@ -350,7 +435,7 @@ impl DimRefresher {
         let now = crate::source::routing::now_ms();
         let mut tables = self.stats.tables.lock().expect("dim stats lock");
         let status = tables.entry(table).or_default();
-        status.table = table.spec(&self.dims).table.clone();
+        status.table = table.table(&self.dims).to_owned();
         status.next_refresh_ms = now + next_in.as_millis() as i64;
         match error {
             Some(error) => {

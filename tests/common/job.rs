@@ -104,20 +104,19 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// The shipped spec with 1 s dimension refreshes and the example new event type appended.
+/// The shipped spec and its examples (a new event type, a lookup table), with 1 s dimension refreshes and the example new event type appended.
 pub fn test_spec(dir: &Path) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let spec = std::fs::read_to_string(root.join("dataflows/wrongbook.toml")).unwrap();
-    let example =
-        std::fs::read_to_string(root.join("dataflows/examples/new-event-type.toml")).unwrap();
+    let example = ["new-event-type.toml", "lookup-table.toml"]
+        .map(|file| std::fs::read_to_string(root.join("dataflows/examples").join(file)).unwrap())
+        .join("\n");
     assert!(spec.contains("refresh_interval = \"30m\""));
     let path = dir.join("spec.toml");
     std::fs::write(
         &path,
-        format!(
-            "{}\n{example}",
-            spec.replace("refresh_interval = \"30m\"", "refresh_interval = \"1s\"")
-        ),
+        format!("{spec}\n{example}")
+            .replace("refresh_interval = \"30m\"", "refresh_interval = \"1s\""),
     )
     .unwrap();
     path
@@ -150,6 +149,16 @@ pub fn job_config(
     )
     .unwrap();
     let config = Config::load_with_env(Some(&path), std::iter::empty()).unwrap();
+    // The example lookup table's source, empty.
+    config
+        .database()
+        .connect()
+        .unwrap()
+        .execute_script(
+            "CREATE TABLE IF NOT EXISTS question_bank (question_id VARCHAR(64) PRIMARY KEY, \
+             difficulty VARCHAR(20), knowledge_point VARCHAR(100))",
+        )
+        .unwrap();
     wrongbook::source::kafka::ensure_topic(&config.kafka, topic, 4).unwrap();
     for t in [&config.kafka.alerts_topic, &config.kafka.metrics_topic] {
         wrongbook::source::kafka::ensure_topic(&config.kafka, t, 1).unwrap();
