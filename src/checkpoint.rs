@@ -5,10 +5,12 @@
 //! up to `E` (records and lookups) and the next Kafka offset of each of its partitions after
 //! the batches it ingested up to `E`. It is written only once the probe has passed `E`, so all
 //! rows of those events are in the table. Each worker's part goes to its own files, written
-//! under a temporary name and renamed; the manifest is written (the same way) when every part
-//! of `E` is there, and older checkpoints are deleted then. Restore reads the newest checkpoint
-//! with a manifest and gives every worker the ids that hash to it, so the worker count may
-//! change between runs. Events after `E` are re-read; their upserts are idempotent and their
+//! under a temporary name and renamed; each process writes its manifest (the same way) when all
+//! its workers' parts of `E` are there. A checkpoint is complete when every process's manifest
+//! is, and older checkpoints are deleted then. Restore reads the newest complete checkpoint and
+//! gives every worker the ids that hash to it, so the worker and process counts may change
+//! between runs. In cluster mode the directory must be shared by the processes (one host, or
+//! shared storage). Events after `E` are re-read; their upserts are idempotent and their
 //! deletes re-derived, so the table converges.
 //!
 //! File writing happens on the writer thread, never on a timely worker.
@@ -48,13 +50,56 @@ pub struct Part {
     pub state: Arc<Vec<u8>>,
 }
 
-/// The manifest of a complete checkpoint.
+/// One process's manifest of a checkpoint: all its workers' parts are written.
 #[derive(Debug, Serialize, Deserialize)]
 struct Manifest {
     epoch: u64,
+    /// Workers of the whole job.
     peers: usize,
     topic: String,
     written_at_ms: u128,
+    #[serde(default)]
+    process: usize,
+    #[serde(default = "one")]
+    processes: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn manifest_name(process: usize) -> String {
+    format!("MANIFEST-{process}.json")
+}
+
+/// The manifests of the checkpoint in `path` when every process's is there: (newest write,
+/// a manifest); `None` while it is incomplete. (`MANIFEST.json` is the single-process name
+/// of earlier versions.)
+fn complete_manifest(path: &Path) -> Result<Option<(u128, Manifest)>, CheckpointError> {
+    let mut manifests: Vec<Manifest> = Vec::new();
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return Ok(None);
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("MANIFEST") && name.ends_with(".json")) {
+            continue;
+        }
+        let bytes = std::fs::read(entry.path()).map_err(|e| io_error(&entry.path(), e))?;
+        manifests.push(serde_json::from_slice(&bytes).map_err(|e| io_error(&entry.path(), e))?);
+    }
+    let Some(first) = manifests.first() else {
+        return Ok(None);
+    };
+    let processes = first.processes;
+    let mut seen: Vec<usize> = manifests.iter().map(|m| m.process).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    if seen.len() < processes {
+        return Ok(None);
+    }
+    let newest = manifests.iter().map(|m| m.written_at_ms).max().unwrap_or(0);
+    Ok(manifests.into_iter().next().map(|m| (newest, m)))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -97,13 +142,15 @@ impl Writer {
     pub fn start(
         dir: PathBuf,
         topic: String,
+        process: usize,
+        processes: usize,
         stats: Arc<CheckpointStats>,
     ) -> Result<Writer, CheckpointError> {
         std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
         let (parts, receiver) = crossbeam_channel::unbounded();
         let thread = std::thread::Builder::new()
             .name("wrongbook-checkpoint".into())
-            .spawn(move || write_parts(&dir, &topic, receiver, &stats))
+            .spawn(move || write_parts(&dir, &topic, (process, processes), receiver, &stats))
             .map_err(|e| CheckpointError::Io {
                 path: PathBuf::new(),
                 message: e.to_string(),
@@ -115,6 +162,7 @@ impl Writer {
 fn write_parts(
     dir: &Path,
     topic: &str,
+    (process, processes): (usize, usize),
     parts: Receiver<Part>,
     stats: &CheckpointStats,
 ) -> Result<(), CheckpointError> {
@@ -135,7 +183,7 @@ fn write_parts(
         )?;
         let count = arrived.entry(part.epoch).or_default();
         *count += 1;
-        if *count < part.peers {
+        if *count < part.peers / processes {
             continue;
         }
         let written_at_ms = std::time::SystemTime::now()
@@ -147,20 +195,26 @@ fn write_parts(
             peers: part.peers,
             topic: topic.to_owned(),
             written_at_ms,
+            process,
+            processes,
         };
         write_atomic(
-            &epoch_path.join("MANIFEST.json"),
+            &epoch_path.join(manifest_name(process)),
             &serde_json::to_vec_pretty(&manifest).expect("manifest serializes"),
         )?;
+        arrived.retain(|epoch, _| *epoch > part.epoch);
+        if complete_manifest(&epoch_path)?.is_none() {
+            // Other processes have yet to write theirs: nothing older can go yet.
+            continue;
+        }
         stats.last_epoch.store(part.epoch, Ordering::Relaxed);
         stats
             .last_written_ms
             .store(written_at_ms as u64, Ordering::Relaxed);
         stats.completed.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(epoch = part.epoch, "checkpoint complete");
-        // Every other complete checkpoint is older (this one was written last), and so is
+        // Every other complete checkpoint is older (this one was completed last), and so is
         // every incomplete one of an earlier epoch: none is needed any more.
-        arrived.retain(|epoch, _| *epoch > part.epoch);
         if let Ok(entries) = std::fs::read_dir(dir) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
@@ -170,8 +224,7 @@ fn write_parts(
                 else {
                     continue;
                 };
-                let complete = entry.path().join("MANIFEST.json").is_file();
-                if epoch != part.epoch && (complete || epoch < part.epoch) {
+                if epoch < part.epoch {
                     let _ = std::fs::remove_dir_all(entry.path());
                 }
             }
@@ -209,27 +262,23 @@ pub fn load_latest(dir: &Path, topic: &str) -> Result<Option<Restored>, Checkpoi
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(None);
     };
-    // The newest complete checkpoint is the one whose manifest was written last.
+    // The newest complete checkpoint is the one whose last manifest was written last.
     let mut complete: Vec<(u128, Manifest, PathBuf)> = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if !name.starts_with("epoch-") {
             continue;
         }
-        let manifest_path = entry.path().join("MANIFEST.json");
-        let Ok(bytes) = std::fs::read(&manifest_path) else {
-            continue;
-        };
-        let manifest: Manifest =
-            serde_json::from_slice(&bytes).map_err(|e| io_error(&manifest_path, e))?;
-        complete.push((manifest.written_at_ms, manifest, entry.path()));
+        if let Some((written, manifest)) = complete_manifest(&entry.path())? {
+            complete.push((written, manifest, entry.path()));
+        }
     }
     complete.sort_by_key(|(written, _, _)| *written);
     let Some((_, manifest, path)) = complete.pop() else {
         return Ok(None);
     };
     let epoch = manifest.epoch;
-    let manifest_path = path.join("MANIFEST.json");
+    let manifest_path = path.join(manifest_name(manifest.process));
     if manifest.topic != topic {
         return Err(io_error(
             &manifest_path,

@@ -85,7 +85,12 @@ pub enum Command {
     /// topic replay uses a consumer group of its own and never moves the live job's offsets.
     /// Bad messages go to a dead-letter file with their reason and raw bytes. Prints outcomes
     /// by type and reason, rows written and events/s; exits 0 when the replay completed.
+    ///
+    /// Cluster mode: start the same command in every process with -n, -p and -h (see `run`).
+    #[command(disable_help_flag = true)]
     Replay {
+        #[command(flatten)]
+        cluster: ClusterArgs,
         /// Configuration file (TOML; every key can be overridden by WRONGBOOK_SECTION__KEY).
         #[arg(short, long)]
         config: Option<PathBuf>,
@@ -223,7 +228,15 @@ pub enum Command {
     /// newest checkpoint (any worker count), or without one rebuilds its state from the start
     /// of the topic and, once caught up, deletes rows of records that no longer exist. Logs
     /// progress; on SIGINT or SIGTERM it stops reading, flushes the sink, commits and exits 0.
+    ///
+    /// Cluster mode (timely's): start one `run` per process, each with -n P, its own -p I and
+    /// the same -h HOSTFILE; the topic's partitions are spread over all P×W workers, each worker
+    /// writes the rows it owns, and checkpoints (in a directory the processes share) restore
+    /// into any layout. `scripts/run-cluster` does this for P processes on one host.
+    #[command(disable_help_flag = true)]
     Run {
+        #[command(flatten)]
+        cluster: ClusterArgs,
         /// Configuration file (TOML; every key can be overridden by WRONGBOOK_SECTION__KEY).
         #[arg(short, long)]
         config: Option<PathBuf>,
@@ -241,4 +254,22 @@ pub enum Command {
         #[arg(long, default_value_t = 10)]
         progress_seconds: u64,
     },
+}
+
+/// Timely's cluster options, for `run` and `replay` (also settable in `[cluster]`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClusterArgs {
+    /// Processes of the job (timely's -n); each runs -w workers.
+    #[arg(short = 'n', long)]
+    pub processes: Option<usize>,
+    /// This process's index, 0-based (timely's -p).
+    #[arg(short = 'p', long)]
+    pub process: Option<usize>,
+    /// File with one host:port per process, in process order, where the processes connect
+    /// (timely's -h).
+    #[arg(short = 'h', long)]
+    pub hostfile: Option<PathBuf>,
+    /// Print help (`-h` is the hostfile here).
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
 }

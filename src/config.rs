@@ -129,6 +129,7 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub checkpoint: CheckpointConfig,
     pub metrics: MetricsConfig,
+    pub cluster: ClusterConfig,
     /// The directory of the file this was loaded from; relative paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -201,6 +202,33 @@ pub struct CheckpointConfig {
     pub dir: String,
 }
 
+/// Timely's cluster mode (SPEC §9): this process's place among the job's processes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Processes of the job (`-n`); each runs `workers` worker threads.
+    pub processes: usize,
+    /// This process's index, 0-based (`-p`).
+    pub process: usize,
+    /// A file with one `host:port` per process, in process order (`-h`); needed when
+    /// `processes > 1`.
+    pub hostfile: String,
+    /// How long to wait for every process to connect before giving up with an error that
+    /// names the missing ones.
+    pub connect_timeout: HumanDuration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            processes: 1,
+            process: 0,
+            hostfile: String::new(),
+            connect_timeout: HumanDuration(Duration::from_secs(60)),
+        }
+    }
+}
+
 /// The operations endpoint and the threshold alerts (SPEC §8).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -239,6 +267,7 @@ impl Default for Config {
             kafka: KafkaConfig::default(),
             checkpoint: CheckpointConfig::default(),
             metrics: MetricsConfig::default(),
+            cluster: ClusterConfig::default(),
             base_dir: PathBuf::from("."),
         }
     }
@@ -364,7 +393,8 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks every key; also after command-line overrides.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: &str, message: String| ConfigError::Invalid {
             key: key.to_owned(),
             message,
@@ -382,6 +412,27 @@ impl Config {
                     format!("`{name}` is not a plain SQL table name ([A-Za-z_][A-Za-z0-9_]*)"),
                 ));
             }
+        }
+        if self.cluster.processes == 0 {
+            return Err(invalid("cluster.processes", "must be at least 1".into()));
+        }
+        if self.cluster.process >= self.cluster.processes {
+            return Err(invalid(
+                "cluster.process",
+                format!(
+                    "{} is not a process index of a {}-process job (0 to {})",
+                    self.cluster.process,
+                    self.cluster.processes,
+                    self.cluster.processes - 1
+                ),
+            ));
+        }
+        if self.cluster.processes > 1 && self.cluster.hostfile.is_empty() {
+            return Err(invalid(
+                "cluster.hostfile",
+                "a job of several processes needs a hostfile (-h FILE): one host:port per process"
+                    .into(),
+            ));
         }
         if !self.metrics.listen.is_empty()
             && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()

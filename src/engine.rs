@@ -25,6 +25,7 @@ use crossbeam_channel::{bounded, unbounded, Receiver, TryRecvError};
 use rdkafka::consumer::BaseConsumer;
 
 use crate::checkpoint::{self, CheckpointStats, Part, Restored};
+use crate::cluster::Layout;
 use crate::config::{EngineConfig, KafkaConfig};
 use crate::dataflow::ingest::{Ingestor, Outcome, OutcomeCounts};
 use crate::dataflow::join::{CheckpointHooks, JoinState};
@@ -124,7 +125,8 @@ pub struct Pipeline {
     /// The routing in force, which the routing watcher may change while the job runs.
     pub routing: Arc<Routing>,
     pub engine: EngineConfig,
-    pub workers: usize,
+    /// This process's workers and its place among the job's processes.
+    pub layout: Layout,
     pub input: Input,
     pub dims: DimSnapshot,
     pub dims_after: Option<LaterDims>,
@@ -214,10 +216,14 @@ struct Sources {
     threads: Vec<std::thread::JoinHandle<()>>,
     committers: Vec<Option<Arc<BaseConsumer>>>,
     topic: Arc<str>,
+    /// Set when the workers are done: helper threads (the lag watcher) end.
+    done: Arc<AtomicBool>,
 }
 
 fn start_sources(pipeline: &Pipeline) -> Result<Sources, EngineError> {
-    let workers = pipeline.workers;
+    let layout = &pipeline.layout;
+    let workers = layout.workers;
+    let done = Arc::new(AtomicBool::new(false));
     let mut senders = Vec::with_capacity(workers);
     let mut receivers = Vec::with_capacity(workers);
     for _ in 0..workers {
@@ -235,8 +241,8 @@ fn start_sources(pipeline: &Pipeline) -> Result<Sources, EngineError> {
         Input::Bounded(input) => {
             let dealer = Dealer::new(
                 senders,
-                0,
-                workers,
+                layout.first_worker(),
+                layout.peers(),
                 pipeline.engine.chunk_messages,
                 pipeline.engine.epoch_max_messages,
                 positions_for(input),
@@ -252,6 +258,7 @@ fn start_sources(pipeline: &Pipeline) -> Result<Sources, EngineError> {
                 threads: vec![reader],
                 committers: vec![None; workers],
                 topic: Arc::from(""),
+                done,
             })
         }
         Input::Kafka(input) => {
@@ -268,7 +275,9 @@ fn start_sources(pipeline: &Pipeline) -> Result<Sources, EngineError> {
             let topic: Arc<str> = Arc::from(topic);
             let mut threads = Vec::with_capacity(workers);
             let mut committers = Vec::with_capacity(workers);
-            for (worker, sender) in senders.into_iter().enumerate() {
+            let peers = layout.peers();
+            for (local, sender) in senders.into_iter().enumerate() {
+                let worker = layout.first_worker() + local;
                 let consumer =
                     Arc::new(kafka::consumer(&input.kafka, &input.group_id).map_err(fail)?);
                 let reader = PartitionReader {
@@ -276,7 +285,7 @@ fn start_sources(pipeline: &Pipeline) -> Result<Sources, EngineError> {
                     consumer: consumer.clone(),
                     partitions: partitions
                         .iter()
-                        .filter(|(p, _, _)| *p as usize % workers == worker)
+                        .filter(|(p, _, _)| *p as usize % peers == worker)
                         .map(|(p, _, high)| {
                             let end = input.end_offsets.as_ref().and_then(|ends| ends.get(p));
                             (*p, end.copied().unwrap_or(*high))
@@ -294,11 +303,32 @@ fn start_sources(pipeline: &Pipeline) -> Result<Sources, EngineError> {
                     Box::new(move || reader.run(sender)),
                 )?);
             }
+            let ours: Vec<i32> = partitions
+                .iter()
+                .map(|(p, _, _)| *p)
+                .filter(|p| {
+                    (layout.first_worker()..layout.first_worker() + workers)
+                        .contains(&(*p as usize % peers))
+                })
+                .collect();
+            let watcher = kafka::consumer(&input.kafka, &input.group_id).map_err(fail)?;
+            let (lag_topic, progress, watch_done) = (
+                topic.to_string(),
+                pipeline.source_progress.clone(),
+                done.clone(),
+            );
+            threads.push(spawn(
+                "wrongbook-lag".into(),
+                Box::new(move || {
+                    kafka::watch_high_watermarks(watcher, lag_topic, ours, progress, watch_done)
+                }),
+            )?);
             Ok(Sources {
                 receivers,
                 threads,
                 committers,
                 topic,
+                done,
             })
         }
     }
@@ -307,13 +337,15 @@ fn start_sources(pipeline: &Pipeline) -> Result<Sources, EngineError> {
 /// Runs the pipeline: a bounded input to its end, Kafka until stopped (or caught up, bounded).
 pub fn run_pipeline(pipeline: Pipeline) -> Result<RunSummary, EngineError> {
     let started = Instant::now();
-    let workers = pipeline.workers;
+    let layout = pipeline.layout.clone();
+    let workers = layout.workers;
     let failure = Arc::new(Failure::default());
     let Sources {
         receivers,
         threads,
         committers,
         topic,
+        done,
     } = start_sources(&pipeline)?;
     let epoch_interval = pipeline
         .engine
@@ -331,6 +363,8 @@ pub fn run_pipeline(pipeline: Pipeline) -> Result<RunSummary, EngineError> {
                     checkpoint::Writer::start(
                         plan.dir.clone(),
                         topic.to_string(),
+                        layout.process,
+                        layout.processes,
                         plan.stats.clone(),
                     )
                     .map_err(|e| EngineError::Start(e.to_string()))?,
@@ -373,16 +407,10 @@ pub fn run_pipeline(pipeline: Pipeline) -> Result<RunSummary, EngineError> {
         sink_stats: pipeline.sink_stats.clone(),
         dataflow_stats: pipeline.dataflow_stats.clone(),
         failure: failure.clone(),
+        first_worker: layout.first_worker(),
     });
 
-    let guards = timely::execute(timely::Config::process(workers), move |worker| {
-        let result = run_worker(worker, &shared);
-        if let Err(message) = &result {
-            shared.failure.set(message.clone());
-        }
-        result
-    })
-    .map_err(EngineError::Start)?;
+    let guards = start_workers(&layout, shared)?;
 
     let mut outcomes = OutcomeCounts::default();
     let mut dim_rows_changed = 0;
@@ -403,7 +431,8 @@ pub fn run_pipeline(pipeline: Pipeline) -> Result<RunSummary, EngineError> {
             }
         }
     }
-    // Readers end by themselves once the workers are gone.
+    // Readers end by themselves once the workers are gone; the lag watcher when told.
+    done.store(true, Ordering::Relaxed);
     for thread in threads {
         let _ = thread.join();
     }
@@ -445,6 +474,63 @@ pub fn run_pipeline(pipeline: Pipeline) -> Result<RunSummary, EngineError> {
     })
 }
 
+/// Starts the workers: in cluster mode once every process is connected, or fails after the
+/// layout's connect timeout naming the processes it cannot reach.
+fn start_workers(
+    layout: &Layout,
+    shared: Arc<WorkerShared>,
+) -> Result<timely::communication::WorkerGuards<Result<WorkerReport, String>>, EngineError> {
+    let (started_tx, started) = crossbeam_channel::bounded(1);
+    let config = layout.timely_config();
+    let starting = std::thread::Builder::new()
+        .name("wrongbook-connect".into())
+        .spawn(move || {
+            let guards = timely::execute(config, move |worker| {
+                let result = run_worker(worker, &shared);
+                if let Err(message) = &result {
+                    shared.failure.set(message.clone());
+                }
+                result
+            });
+            let _ = started_tx.send(guards);
+        })
+        .map_err(|e| EngineError::Start(e.to_string()))?;
+    match started.recv_timeout(layout.connect_timeout) {
+        Ok(guards) => {
+            let _ = starting.join();
+            guards.map_err(|e| {
+                EngineError::Start(format!(
+                    "{e}{}",
+                    if layout.processes > 1 {
+                        format!(
+                            "\n  hint: is another process already listening on {} (a duplicate --process index)?",
+                            layout.addresses[layout.process]
+                        )
+                    } else {
+                        String::new()
+                    }
+                ))
+            })
+        }
+        Err(_) => {
+            let missing = layout.unreachable_peers();
+            Err(EngineError::Start(format!(
+                "process {} of {} could not connect to every process within {:?}; {}\n  hint: start all {} processes with the same hostfile and --processes {}, each with its own --process index",
+                layout.process,
+                layout.processes,
+                layout.connect_timeout,
+                if missing.is_empty() {
+                    "every address answers, so a process may have a different --processes or hostfile".to_owned()
+                } else {
+                    format!("not reachable: {}", missing.join(", "))
+                },
+                layout.processes,
+                layout.processes,
+            )))
+        }
+    }
+}
+
 /// What every worker of the process shares.
 struct WorkerShared {
     ingestor: Ingestor,
@@ -472,6 +558,8 @@ struct WorkerShared {
     sink_stats: Arc<SinkStats>,
     dataflow_stats: Arc<DataflowStats>,
     failure: Arc<Failure>,
+    /// The global index of this process's first worker.
+    first_worker: usize,
 }
 
 fn run_worker(
@@ -480,7 +568,8 @@ fn run_worker(
 ) -> Result<WorkerReport, String> {
     let index = worker.index();
     let peers = worker.peers();
-    let source = shared.receivers[index]
+    let local = index - shared.first_worker;
+    let source = shared.receivers[local]
         .lock()
         .expect("receiver lock")
         .take()
@@ -559,7 +648,7 @@ fn run_worker(
         })
         .map_err(|e| format!("worker {index}: cannot start the sink thread: {e}"))?;
 
-    let committer = shared.committers[index]
+    let committer = shared.committers[local]
         .lock()
         .expect("committer lock")
         .take();

@@ -16,12 +16,14 @@
 //! - [`sink`]: wide-row changes into the database (MySQL/MariaDB, SQLite, memory), and dead
 //!   letters.
 //! - [`engine`]: threads, channels, epochs and the end of input around the dataflow;
-//!   [`checkpoint`]: durable checkpoints and restore.
-//! - [`ops`]: what the running job reports (progress log, metrics topic).
+//!   [`checkpoint`]: durable checkpoints and restore; [`cluster`]: the layout over processes.
+//! - [`ops`]: what the running job reports (progress log, metrics and alerts topics,
+//!   `/metrics`, the status page, threshold alerts).
 //! - [`schema`], [`db`]: the seed's tables and database connections.
 //! - [`commands`]: one module per `wrongbook` subcommand.
 
 pub mod checkpoint;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod dataflow;

@@ -45,6 +45,25 @@ fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
 }
 
+/// The configuration with the command line's cluster options applied (they win).
+fn with_cluster(mut config: Config, args: &cli::ClusterArgs) -> anyhow::Result<Config> {
+    if let Some(processes) = args.processes {
+        config.cluster.processes = processes;
+    }
+    if let Some(process) = args.process {
+        config.cluster.process = process;
+    }
+    if let Some(hostfile) = &args.hostfile {
+        // Relative to where the command runs, not to the config file.
+        let absolute = std::env::current_dir()
+            .context("cannot read the current directory")?
+            .join(hostfile);
+        config.cluster.hostfile = absolute.display().to_string();
+    }
+    config.validate()?;
+    Ok(config)
+}
+
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Demo {
@@ -80,6 +99,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Replay {
+            cluster,
             config,
             input,
             from,
@@ -91,7 +111,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             dry_run,
             quiet,
         } => {
-            let config = load_config(config.as_deref())?;
+            let config = with_cluster(load_config(config.as_deref())?, &cluster)?;
             let summary = match (input, from) {
                 (Some(input), _) => replay::replay(
                     &config,
@@ -128,13 +148,14 @@ fn run(command: Command) -> anyhow::Result<()> {
             print!("{}", replay::format_summary(&summary));
         }
         Command::Run {
+            cluster,
             config,
             workers,
             until_caught_up,
             from_scratch,
             progress_seconds,
         } => {
-            let config = load_config(config.as_deref())?;
+            let config = with_cluster(load_config(config.as_deref())?, &cluster)?;
             let stop = Arc::new(AtomicBool::new(false));
             for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
                 signal_hook::flag::register(signal, stop.clone())

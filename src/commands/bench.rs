@@ -227,7 +227,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         spec: Arc::new(spec),
         routing: Routing::fixed(routes),
         engine: opts.engine.clone(),
-        workers: opts.workers,
+        layout: crate::cluster::Layout::single(opts.workers),
         input: crate::engine::Input::Bounded(BoundedInput::File(input.clone())),
         dims: dims.clone(),
         dims_after: later.map(|d| Box::new(move || Ok(d)) as crate::engine::LaterDims),

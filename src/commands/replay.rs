@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::cluster::Layout;
 use crate::commands::job::{prepare, JobError, Prepared};
 use crate::commands::progress::run_with_progress;
 use crate::config::Config;
@@ -16,7 +17,7 @@ use crate::sink::dead_letters::DeadLetterFile;
 use crate::sink::SinkTarget;
 use crate::source::dims::DimSnapshot;
 use crate::source::file::BoundedInput;
-use crate::source::routing::replay_history;
+use crate::source::routing::{history_file, replay_history};
 
 /// What to replay and how.
 #[derive(Debug, Clone, Default)]
@@ -46,6 +47,22 @@ pub fn default_dead_letter_path(input: &Path) -> PathBuf {
     input.with_file_name(format!("{stem}.dead-letters.jsonl"))
 }
 
+/// In cluster mode each process writes its own dead letters: `NAME.jsonl` → `NAME.pI.jsonl`.
+fn per_process(path: PathBuf, layout: &Layout) -> PathBuf {
+    if layout.processes == 1 {
+        return path;
+    }
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}.p{}.{}", layout.process, ext.to_string_lossy()),
+        None => format!("{stem}.p{}", layout.process),
+    };
+    path.with_file_name(name)
+}
+
 fn dead_letter_file(path: &Path) -> Result<DeadLetterFile, JobError> {
     DeadLetterFile::create(path).map_err(|e| {
         JobError::Input(format!(
@@ -71,6 +88,7 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<RunSummary, JobEr
         dims,
     } = prepare(config, opts.table.as_deref())?;
     let routing = Routing::fixed(RouteTable::build(routing_rows, &spec));
+    let layout = cluster_layout(config, opts.workers)?;
 
     let dims_after: Option<LaterDims> = match &opts.dims_after {
         None => None,
@@ -88,16 +106,18 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<RunSummary, JobEr
         }
     };
 
-    let dead_letter_path = opts
-        .dead_letters
-        .clone()
-        .unwrap_or_else(|| default_dead_letter_path(&opts.input));
+    let dead_letter_path = per_process(
+        opts.dead_letters
+            .clone()
+            .unwrap_or_else(|| default_dead_letter_path(&opts.input)),
+        &layout,
+    );
     let dead_letters = dead_letter_file(&dead_letter_path)?;
     let pipeline = Pipeline {
         spec,
         routing,
         engine: config.engine.clone(),
-        workers: opts.workers.unwrap_or(config.workers),
+        layout: layout.clone(),
         input: crate::engine::Input::Bounded(BoundedInput::File(opts.input.clone())),
         dims,
         dims_after,
@@ -122,6 +142,12 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<RunSummary, JobEr
     let summary = run_with_progress(pipeline, opts.progress)?;
     tracing::info!(file = %dead_letter_path.display(), "dead letters written");
     Ok(summary)
+}
+
+/// The configuration's cluster layout with `workers` (the configuration's when `None`).
+pub fn cluster_layout(config: &Config, workers: Option<usize>) -> Result<Layout, JobError> {
+    Layout::from_config(config, workers.unwrap_or(config.workers))
+        .map_err(|e| JobError::Input(e.to_string()))
 }
 
 /// The summary a user reads after a replay.
@@ -269,9 +295,14 @@ pub fn replay_topic(config: &Config, opts: &TopicReplayOptions) -> Result<RunSum
         routing_rows,
         dims,
     } = prepare(config, opts.table.as_deref())?;
+    let layout = cluster_layout(config, opts.workers)?;
     let routing = Routing::new(
-        replay_history(&config.resolve(&config.checkpoint.dir), routing_rows, &spec)
-            .map_err(JobError::Input)?,
+        replay_history(
+            &history_file(&config.resolve(&config.checkpoint.dir), 0, 1),
+            routing_rows,
+            &spec,
+        )
+        .map_err(JobError::Input)?,
     );
     let kafka = &config.kafka;
     let group_id = format!("{}-replay-{}", kafka.group_id, std::process::id());
@@ -320,13 +351,13 @@ pub fn replay_topic(config: &Config, opts: &TopicReplayOptions) -> Result<RunSum
     tracing::info!(topic = %kafka.topic, events_in_range = in_range, ?from, ?to, "replaying a range of the topic");
     drop(probe);
 
-    let dead_letters = dead_letter_file(&opts.dead_letters)?;
+    let dead_letters = dead_letter_file(&per_process(opts.dead_letters.clone(), &layout))?;
     let whole = opts.from == TimePoint::Earliest;
     let pipeline = Pipeline {
         spec,
         routing,
         engine: config.engine.clone(),
-        workers: opts.workers.unwrap_or(config.workers),
+        layout: layout.clone(),
         input: crate::engine::Input::Kafka(Box::new(crate::engine::KafkaInput {
             kafka: kafka.clone(),
             group_id,

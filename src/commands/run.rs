@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use crate::checkpoint::{load_latest, CheckpointStats};
 use crate::commands::job::{prepare, JobError, Prepared};
+use crate::commands::replay::cluster_layout;
 use crate::config::Config;
 use crate::dataflow::route::Routing;
 use crate::dataflow::DataflowStats;
@@ -34,7 +35,7 @@ use crate::sink::{SinkStats, SinkTarget};
 use crate::source::dims::{DimRefresher, DimStats};
 use crate::source::file::SourceProgress;
 use crate::source::kafka::{ensure_topic, StartAt};
-use crate::source::routing::{start_history, RoutingWatcher};
+use crate::source::routing::{history_file, start_history, RoutingWatcher};
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -75,9 +76,16 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<RunSummary, JobError> {
                 config.kafka.bootstrap_servers
             ))
         })?);
+    let layout = cluster_layout(config, opts.workers)?;
     let checkpoint_dir = config.resolve(&config.checkpoint.dir);
-    let routing =
-        Routing::new(start_history(&checkpoint_dir, routing_rows, &spec).map_err(JobError::Input)?);
+    let routing = Routing::new(
+        start_history(
+            &history_file(&checkpoint_dir, layout.process, layout.processes),
+            routing_rows,
+            &spec,
+        )
+        .map_err(JobError::Input)?,
+    );
     let restored = if opts.from_scratch {
         None
     } else {
@@ -108,7 +116,7 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<RunSummary, JobError> {
     let caught_up = Arc::new(AtomicUsize::new(0));
     let dim_stats = Arc::new(DimStats::default());
     dim_stats.loaded(&dims, &spec.dimensions);
-    let workers = opts.workers.unwrap_or(config.workers);
+    let workers = layout.workers;
     let counters = JobCounters {
         source: source_progress.clone(),
         sink: sink_stats.clone(),
@@ -120,15 +128,18 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<RunSummary, JobError> {
         dims: dim_stats.clone(),
         alerts: Arc::default(),
         dead_letters: Arc::default(),
-        process: 0,
-        processes: 1,
+        process: layout.process,
+        processes: layout.processes,
         started_ms: crate::source::routing::now_ms(),
     };
     let _server = if config.metrics.listen.is_empty() {
         None
     } else {
-        let server = OpsServer::start(&config.metrics.listen, counters.clone())
-            .map_err(|e| JobError::Input(e.to_string()))?;
+        let server = OpsServer::start(
+            &layout.listen_address(&config.metrics.listen),
+            counters.clone(),
+        )
+        .map_err(|e| JobError::Input(e.to_string()))?;
         if let Some(on_serving) = opts.on_serving {
             on_serving(server.addr());
         }
@@ -142,14 +153,19 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<RunSummary, JobError> {
         interval: config.routing.poll_interval.0,
         spec: spec.clone(),
         routing: routing.clone(),
-        history_dir: Some(checkpoint_dir.clone()),
+        history_file: Some(history_file(
+            &checkpoint_dir,
+            layout.process,
+            layout.processes,
+        )),
         notices: alerts.clone(),
         stop: watchers_stop.clone(),
     }
     .spawn()
     .map_err(|e| JobError::Input(format!("cannot start the routing watcher: {e}")))?;
+    // The dimension inputs are fed by the job's first worker, in process 0.
     let (dim_updates_tx, dim_updates) = crossbeam_channel::unbounded();
-    let dim_refresher = DimRefresher {
+    let dim_refresher = (layout.process == 0).then(|| DimRefresher {
         settings: settings.clone(),
         dims: spec.dimensions.clone(),
         snapshot: dims.clone(),
@@ -157,14 +173,16 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<RunSummary, JobError> {
         notices: alerts.clone(),
         stop: watchers_stop.clone(),
         stats: dim_stats.clone(),
-    }
-    .spawn()
-    .map_err(|e| JobError::Input(format!("cannot start the dimension refresher: {e}")))?;
+    });
+    let dim_refresher = dim_refresher
+        .map(DimRefresher::spawn)
+        .transpose()
+        .map_err(|e| JobError::Input(format!("cannot start the dimension refresher: {e}")))?;
     let pipeline = Pipeline {
         spec,
         routing,
         engine: config.engine.clone(),
-        workers,
+        layout,
         input: Input::Kafka(Box::new(KafkaInput {
             kafka: config.kafka.clone(),
             group_id: config.kafka.group_id.clone(),
@@ -218,7 +236,9 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<RunSummary, JobError> {
     let result = run_pipeline(pipeline);
     watchers_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = routing_watcher.join();
-    let _ = dim_refresher.join();
+    if let Some(refresher) = dim_refresher {
+        let _ = refresher.join();
+    }
     if let Err(e) = reporter.stop() {
         tracing::warn!(error = %e, "metrics");
     }

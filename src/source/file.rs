@@ -61,6 +61,8 @@ pub struct Dealer {
     chunk_messages: usize,
     chunks_per_epoch: u64,
     chunk_index: u64,
+    /// Messages read so far, dealt to any process.
+    read: u64,
     chunk: SourceBatch,
     make_positions: Box<dyn Fn() -> Positions + Send>,
     pub progress: Arc<SourceProgress>,
@@ -84,6 +86,7 @@ impl Dealer {
             chunk_messages,
             chunks_per_epoch: (epoch_max_messages / chunk_messages).max(1) as u64,
             chunk_index: 0,
+            read: 0,
             chunk,
             make_positions,
             progress,
@@ -100,7 +103,7 @@ impl Dealer {
         if let Positions::Lines { lines, .. } = &mut self.chunk.positions {
             lines.push(line);
         }
-        self.progress.messages.fetch_add(1, Ordering::Relaxed);
+        self.read += 1;
         if self.chunk.len() >= self.chunk_messages {
             self.deal()?;
         }
@@ -111,13 +114,17 @@ impl Dealer {
         let worker = (self.chunk_index % self.peers as u64) as usize;
         let mut next = SourceBatch::new(0, (self.make_positions)());
         if let Positions::Indexed { first } = &mut next.positions {
-            *first = self.progress.messages.load(Ordering::Relaxed);
+            *first = self.read;
         }
         let mut chunk = std::mem::replace(&mut self.chunk, next);
         chunk.epoch = self.epoch_of(self.chunk_index);
         self.chunk_index += 1;
         if let Some(local) = worker.checked_sub(self.first_worker) {
             if let Some(sender) = self.senders.get(local) {
+                // Counted by the process whose worker ingests it.
+                self.progress
+                    .messages
+                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 sender.send(SourceEvent::Batch(chunk)).map_err(|_| Closed)?;
             }
         }

@@ -307,8 +307,8 @@ impl PartitionReader {
 }
 
 impl PartitionReader {
-    /// Publishes where each partition is read to and its high watermark (a broker round trip
-    /// per partition, once a second).
+    /// Publishes where each partition is read to (the consumer's position: no broker round
+    /// trip; [`watch_high_watermarks`] fetches the other end).
     fn publish_progress(&self) {
         let positions: HashMap<i32, i64> = match self.consumer.position() {
             Ok(list) => list
@@ -321,18 +321,43 @@ impl PartitionReader {
                 .collect(),
             Err(_) => HashMap::new(),
         };
+        let mut partitions = self.progress.partitions.lock().expect("progress lock");
         for (partition, _) in &self.partitions {
-            let high = self
-                .consumer
-                .fetch_watermarks(&self.topic, *partition, Duration::from_millis(500))
-                .map(|(_, high)| high);
-            let mut partitions = self.progress.partitions.lock().expect("progress lock");
             let entry = partitions.entry(*partition).or_default();
             if let Some(next) = positions.get(partition) {
                 entry.next_offset = *next;
             }
-            if let Ok(high) = high {
-                entry.high_watermark = high;
+        }
+    }
+}
+
+/// Fetches the high watermarks of `partitions` every second with a consumer of its own (so the
+/// readers never wait on it), for the consumer-lag figures, until `done` is set.
+pub fn watch_high_watermarks(
+    consumer: BaseConsumer,
+    topic: String,
+    partitions: Vec<i32>,
+    progress: Arc<SourceProgress>,
+    done: Arc<AtomicBool>,
+) {
+    let mut next = Instant::now();
+    while !done.load(Ordering::Relaxed) {
+        if Instant::now() < next {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        next = Instant::now() + Duration::from_secs(1);
+        for partition in &partitions {
+            if let Ok((_, high)) =
+                consumer.fetch_watermarks(&topic, *partition, Duration::from_secs(5))
+            {
+                progress
+                    .partitions
+                    .lock()
+                    .expect("progress lock")
+                    .entry(*partition)
+                    .or_default()
+                    .high_watermark = high;
             }
         }
     }

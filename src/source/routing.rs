@@ -72,13 +72,19 @@ fn rows_to_routing(rows: Rows) -> Result<Vec<RoutingRow>, String> {
         .collect()
 }
 
-/// The file, beside the checkpoints, that keeps a job's routing history.
-pub const HISTORY_FILE: &str = "routing-history.json";
+/// The file, beside the checkpoints, that keeps a job's routing history: one per process in
+/// cluster mode (each process polls the routing table itself).
+pub fn history_file(dir: &Path, process: usize, processes: usize) -> PathBuf {
+    if processes > 1 {
+        dir.join(format!("routing-history-{process}.json"))
+    } else {
+        dir.join("routing-history.json")
+    }
+}
 
-/// Reads the routing history in `dir`; `None` when there is none yet.
-pub fn load_history(dir: &Path) -> Result<Option<StoredHistory>, String> {
-    let path = dir.join(HISTORY_FILE);
-    match std::fs::read(&path) {
+/// Reads the routing history at `path`; `None` when there is none yet.
+pub fn load_history(path: &Path) -> Result<Option<StoredHistory>, String> {
+    match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| format!("{}: not a routing history: {e}", path.display())),
@@ -87,15 +93,16 @@ pub fn load_history(dir: &Path) -> Result<Option<StoredHistory>, String> {
     }
 }
 
-/// Writes the routing history into `dir`, atomically (a crash leaves the old or the new one).
-pub fn save_history(dir: &Path, history: &StoredHistory) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let path = dir.join(HISTORY_FILE);
-    let temp = dir.join(format!("{HISTORY_FILE}.tmp"));
+/// Writes the routing history to `path`, atomically (a crash leaves the old or the new one).
+pub fn save_history(path: &Path, history: &StoredHistory) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    let temp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec_pretty(history).expect("a routing history serializes");
     std::fs::write(&temp, bytes)
         .and_then(|()| std::fs::File::open(&temp)?.sync_all())
-        .and_then(|()| std::fs::rename(&temp, &path))
+        .and_then(|()| std::fs::rename(&temp, path))
         .map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
@@ -107,26 +114,26 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// The routing history a job starts with: the one stored in `dir` (when there is one) with the
-/// table as read now in force from now on, or the table alone. Stored back.
+/// The routing history a job starts with: the one stored at `path` (when there is one) with
+/// the table as read now in force from now on, or the table alone. Stored back.
 pub fn start_history(
-    dir: &Path,
+    path: &Path,
     rows: Vec<RoutingRow>,
     spec: &Spec,
 ) -> Result<RoutingHistory, String> {
-    let history = compose_history(load_history(dir)?, rows, spec);
-    save_history(dir, &history.to_stored())?;
+    let history = compose_history(load_history(path)?, rows, spec);
+    save_history(path, &history.to_stored())?;
     Ok(history)
 }
 
-/// The routing history a replay of the topic uses: the live job's (from `dir`, unchanged on
+/// The routing history a replay of the topic uses: the live job's (from `path`, unchanged on
 /// disk), so replayed events are routed as the job routed them.
 pub fn replay_history(
-    dir: &Path,
+    path: &Path,
     rows: Vec<RoutingRow>,
     spec: &Spec,
 ) -> Result<RoutingHistory, String> {
-    Ok(compose_history(load_history(dir)?, rows, spec))
+    Ok(compose_history(load_history(path)?, rows, spec))
 }
 
 fn compose_history(
@@ -209,8 +216,8 @@ pub struct RoutingWatcher {
     pub interval: Duration,
     pub spec: Arc<Spec>,
     pub routing: Arc<Routing>,
-    /// Where the history is kept (the checkpoint directory); `None` keeps it in memory.
-    pub history_dir: Option<PathBuf>,
+    /// Where the history is kept (beside the checkpoints); `None` keeps it in memory.
+    pub history_file: Option<PathBuf>,
     pub notices: Arc<dyn DeadLetterSink>,
     pub stop: Arc<AtomicBool>,
 }
@@ -274,9 +281,9 @@ impl RoutingWatcher {
             let from_ms = now_ms();
             let next = history.with(RouteTable::build(rows, &self.spec), from_ms);
             let version = next.latest().version;
-            if let Some(dir) = &self.history_dir {
+            if let Some(path) = &self.history_file {
                 // The history must be durable before any event is routed by the new version.
-                if let Err(e) = save_history(dir, &next.to_stored()) {
+                if let Err(e) = save_history(path, &next.to_stored()) {
                     tracing::error!(error = %e, "cannot store the routing history; the change is not applied yet");
                     continue;
                 }
@@ -335,18 +342,18 @@ mod tests {
     #[test]
     fn a_history_survives_a_restart_and_gains_a_version_when_the_table_changed() {
         let dir = tempfile::tempdir().expect("temp dir");
+        let file = history_file(dir.path(), 0, 1);
         let spec = Spec::builtin();
-        let first =
-            start_history(dir.path(), vec![row(1, false, true)], &spec).expect("first start");
+        let first = start_history(&file, vec![row(1, false, true)], &spec).expect("first start");
         assert_eq!(first.latest().version, 1);
-        let same = start_history(dir.path(), vec![row(1, false, true)], &spec)
-            .expect("restart, same table");
+        let same =
+            start_history(&file, vec![row(1, false, true)], &spec).expect("restart, same table");
         assert_eq!(same.latest().version, 1);
-        let changed = start_history(dir.path(), vec![row(1, true, false)], &spec)
-            .expect("restart, changed table");
+        let changed =
+            start_history(&file, vec![row(1, true, false)], &spec).expect("restart, changed table");
         assert_eq!(changed.latest().version, 2);
         assert_eq!(changed.latest().table.rows, vec![row(1, true, false)]);
-        let stored = load_history(dir.path()).expect("readable").expect("stored");
+        let stored = load_history(&file).expect("readable").expect("stored");
         assert_eq!(stored.versions.len(), 2);
     }
 }

@@ -86,7 +86,7 @@ impl MemoryRun {
                 epoch_max_messages: self.epoch_max_messages,
                 ..EngineConfig::default()
             },
-            workers: self.workers,
+            layout: wrongbook::cluster::Layout::single(self.workers),
             input: wrongbook::engine::Input::Bounded(BoundedInput::Messages(Arc::new(messages))),
             dims: self.dims,
             dims_after: later.map(|d| Box::new(move || Ok(d)) as wrongbook::engine::LaterDims),

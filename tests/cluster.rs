@@ -1,0 +1,376 @@
+//! Cluster mode: the same generated events (bad messages, duplicates and a dimension change
+//! included) through 1×1, 1×4 and 2×2 (two processes on 127.0.0.1 started by
+//! `scripts/run-cluster`, two workers each) give identical tables and identical outcome counts,
+//! over a file and over Kafka (Tansu). And a 2-process job whose process is killed with
+//! `kill -9` is restarted (both processes) and ends exact.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::job::{free_port, wait_for_table};
+use common::{assert_tables_equal, reference, KafkaBroker, Row, TestDatabase};
+use wrongbook::commands::gen::{
+    dims_sql, generate, produce_messages, routing_sql, write_jsonl, GenOptions, Generated,
+};
+use wrongbook::commands::init_db::init_db;
+
+const WIDE: &str = "dwd_wrong_record_wide_delta";
+const BIN: &str = env!("CARGO_BIN_EXE_wrongbook");
+
+fn launcher() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/run-cluster")
+}
+
+/// Outcome counts by type: type → (accepted, skipped, dead letters, total).
+type Counts = BTreeMap<String, [u64; 4]>;
+
+/// The outcome counts summed over the summaries in `output`.
+fn outcome_counts(output: &str) -> Counts {
+    let mut counts = Counts::new();
+    for line in output.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() != 5 {
+            continue;
+        }
+        let numbers: Vec<u64> = fields[1..].iter().filter_map(|f| f.parse().ok()).collect();
+        if numbers.len() != 4 {
+            continue;
+        }
+        let entry = counts.entry(fields[0].to_owned()).or_default();
+        for (sum, n) in entry.iter_mut().zip(numbers) {
+            *sum += n;
+        }
+    }
+    counts
+}
+
+/// A database for one layout, with the dimensions, the routing rows and a config file.
+fn database(
+    generated: &Generated,
+    broker: Option<&KafkaBroker>,
+    name: &str,
+) -> (TestDatabase, PathBuf) {
+    let db = TestDatabase::mariadb().expect("MariaDB");
+    let mut conn = init_db(&db.config, None).unwrap();
+    conn.execute_script(&dims_sql(&generated.dims)).unwrap();
+    conn.execute_script(&routing_sql("flink_routing_config"))
+        .unwrap();
+    let kafka = broker.map_or(String::new(), |b| {
+        format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\ntopic = \"{name}\"\nalerts_topic = \"{name}-alerts\"\n\
+             metrics_topic = \"{name}-metrics\"\ngroup_id = \"{name}-{}\"\n",
+            b.bootstrap,
+            db.dir().display().to_string().replace('/', "_")
+        )
+    });
+    let path = db.dir().join("job.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "spec = \"{}\"\n[mysql]\nurl = \"{}\"\nusername = \"root\"\n\
+             [engine]\nepoch_interval = \"100ms\"\n[checkpoint]\ninterval = \"1s\"\ndir = \"checkpoints\"\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n[cluster]\nconnect_timeout = \"30s\"\n{kafka}",
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("dataflows/wrongbook.toml")
+                .display(),
+            db.config.mysql.url
+        ),
+    )
+    .unwrap();
+    (db, path)
+}
+
+/// Runs `args` (a wrongbook command) as `processes` processes of `workers` workers; returns
+/// the combined output. Fails the test when a process fails.
+fn run_layout(processes: usize, workers: usize, args: &[&str], log_dir: &Path) -> String {
+    let workers = workers.to_string();
+    let output = if processes == 1 {
+        Command::new(BIN)
+            .args(args)
+            .args(["-w", &workers])
+            .output()
+            .unwrap()
+    } else {
+        Command::new(launcher())
+            .arg(processes.to_string())
+            .args(["--base-port", &free_port().to_string()])
+            .args(["--log-dir", log_dir.to_str().unwrap()])
+            .arg("--")
+            .arg(BIN)
+            .args(args)
+            .args(["-w", &workers])
+            .output()
+            .unwrap()
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let logs: String = (0..processes)
+        .map(|i| {
+            std::fs::read_to_string(log_dir.join(format!("process-{i}.log"))).unwrap_or_default()
+        })
+        .collect();
+    assert!(
+        output.status.success(),
+        "{processes}×{workers} failed: {}\n{}\n{logs}",
+        stdout,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+const LAYOUTS: [(usize, usize); 3] = [(1, 1), (1, 4), (2, 2)];
+
+#[test]
+fn file_replay_gives_the_same_table_and_counts_on_every_layout() {
+    if TestDatabase::mariadb().is_none() {
+        return;
+    }
+    let generated = generate(&GenOptions {
+        events: 12_000,
+        seed: 91,
+        ..GenOptions::default()
+    });
+    let (model, expected) = reference(&generated.messages, &generated.dims_changed);
+    let mut results: Vec<(BTreeMap<i64, Row>, Counts)> = Vec::new();
+    for (processes, workers) in LAYOUTS {
+        let (db, config) = database(&generated, None, "file");
+        let input = db.dir().join("events.jsonl");
+        write_jsonl(
+            &mut std::fs::File::create(&input).unwrap(),
+            &generated.messages,
+        )
+        .unwrap();
+        let change = db.dir().join("change.sql");
+        std::fs::write(&change, dims_sql(&generated.dims_changed)).unwrap();
+        let output = run_layout(
+            processes,
+            workers,
+            &[
+                "replay",
+                "-c",
+                config.to_str().unwrap(),
+                "--input",
+                input.to_str().unwrap(),
+                "--dims-after",
+                change.to_str().unwrap(),
+                "--quiet",
+            ],
+            &db.dir().join("logs"),
+        );
+        let table = db.read_table(WIDE);
+        assert_tables_equal(&table, &expected, &format!("{processes}×{workers}"));
+        let counts = outcome_counts(&output);
+        assert_eq!(counts["all"][0] as usize, model.accepted, "{output}");
+        assert_eq!(counts["all"][3], generated.messages.len() as u64);
+        results.push((table, counts));
+    }
+    for (layout, result) in LAYOUTS.iter().zip(&results).skip(1) {
+        assert_eq!(
+            result.1, results[0].1,
+            "outcome counts of {layout:?} and 1×1"
+        );
+    }
+}
+
+#[test]
+fn kafka_run_gives_the_same_table_and_counts_on_every_layout() {
+    let Some(broker) = KafkaBroker::start() else {
+        return;
+    };
+    if TestDatabase::mariadb().is_none() {
+        return;
+    }
+    let generated = generate(&GenOptions {
+        events: 8_000,
+        seed: 92,
+        ..GenOptions::default()
+    });
+    let (model, expected) = reference(&generated.messages, &generated.dims);
+    let mut config = wrongbook::config::Config::default();
+    config.kafka.bootstrap_servers = broker.bootstrap.clone();
+    config.kafka.topic = "cluster-events".into();
+    wrongbook::source::kafka::ensure_topic(&config.kafka, "cluster-events", 6).unwrap();
+    produce_messages(&config.kafka, &generated.messages).unwrap();
+    let mut all_counts = Vec::new();
+    for (processes, workers) in LAYOUTS {
+        let (db, job) = database(&generated, Some(&broker), "cluster-events");
+        let output = run_layout(
+            processes,
+            workers,
+            &[
+                "run",
+                "-c",
+                job.to_str().unwrap(),
+                "--until-caught-up",
+                "--progress-seconds",
+                "60",
+            ],
+            &db.dir().join("logs"),
+        );
+        assert_tables_equal(
+            &db.read_table(WIDE),
+            &expected,
+            &format!("{processes}×{workers}"),
+        );
+        let counts = outcome_counts(&output);
+        assert_eq!(counts["all"][0] as usize, model.accepted, "{output}");
+        assert_eq!(
+            counts["all"][3],
+            generated.messages.len() as u64,
+            "{output}"
+        );
+        all_counts.push(counts);
+    }
+    assert!(all_counts.iter().all(|c| *c == all_counts[0]));
+}
+
+/// A 2-process job started by the launcher, killed if the test ends without stopping it.
+struct ClusterJob(Option<Child>);
+
+impl ClusterJob {
+    fn start(config: &Path, log_dir: &Path, base_port: u16) -> ClusterJob {
+        std::fs::create_dir_all(log_dir).unwrap();
+        ClusterJob(Some(
+            Command::new(launcher())
+                .args(["2", "--base-port", &base_port.to_string()])
+                .args(["--log-dir", log_dir.to_str().unwrap()])
+                .arg("--")
+                .args([BIN, "run", "-c", config.to_str().unwrap(), "-w", "2"])
+                .args(["--progress-seconds", "1"])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        ))
+    }
+
+    /// The pids of the job's wrongbook processes (those started with `config`).
+    fn processes(config: &Path) -> Vec<u32> {
+        let out = Command::new("pgrep")
+            .args(["-f", &format!("^{BIN} run -c {} ", config.display())])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// Waits up to `limit` for the launcher to end by itself.
+    fn wait_end(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.0.as_mut().unwrap().try_wait().unwrap() {
+                self.0 = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
+    fn stop(mut self) -> std::process::ExitStatus {
+        let mut child = self.0.take().unwrap();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the cluster did not stop");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for ClusterJob {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = Command::new("pkill")
+                .args(["-9", "-P", &child.id().to_string()])
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn killing_one_process_and_restarting_both_ends_exact() {
+    let Some(broker) = KafkaBroker::start() else {
+        return;
+    };
+    if TestDatabase::mariadb().is_none() {
+        return;
+    }
+    let generated = generate(&GenOptions {
+        events: 9_000,
+        seed: 93,
+        ..GenOptions::default()
+    });
+    let (_, expected) = reference(&generated.messages, &generated.dims);
+    let (db, job) = database(&generated, Some(&broker), "cluster-kill");
+    let mut config = wrongbook::config::Config::default();
+    config.kafka.bootstrap_servers = broker.bootstrap.clone();
+    config.kafka.topic = "cluster-kill".into();
+    wrongbook::source::kafka::ensure_topic(&config.kafka, "cluster-kill", 4).unwrap();
+    let (first, second) = generated.messages.split_at(5_000);
+    produce_messages(&config.kafka, first).unwrap();
+
+    let logs = db.dir().join("logs-1");
+    let cluster = ClusterJob::start(&job, &logs, free_port());
+    // Let it checkpoint, then kill process 1 while the second half arrives.
+    let checkpoints = db.dir().join("checkpoints");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_dir(&checkpoints).is_ok_and(|mut d| {
+        d.any(|e| {
+            e.is_ok_and(|e| {
+                e.path().join("MANIFEST-0.json").is_file()
+                    && e.path().join("MANIFEST-1.json").is_file()
+            })
+        })
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "no complete checkpoint of both processes"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pids = ClusterJob::processes(&job);
+    assert_eq!(pids.len(), 2, "two wrongbook processes: {pids:?}");
+    let producer = {
+        let kafka = config.kafka.clone();
+        let second = second.to_vec();
+        std::thread::spawn(move || produce_messages(&kafka, &second).unwrap())
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    let _ = Command::new("kill")
+        .args(["-9", &pids[1].to_string()])
+        .status();
+    // The other process loses its peer: the launcher stops it, or the test does.
+    let mut cluster = cluster;
+    let ended = cluster.wait_end(Duration::from_secs(30));
+    assert!(
+        ended.is_none_or(|status| !status.success()),
+        "a killed job does not end well"
+    );
+    drop(cluster);
+    for pid in ClusterJob::processes(&job) {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    producer.join().unwrap();
+
+    // Restart both: they resume from the last complete checkpoint and end exact.
+    let cluster = ClusterJob::start(&job, &db.dir().join("logs-2"), free_port());
+    wait_for_table(
+        &db,
+        &expected,
+        Duration::from_secs(120),
+        &db.dir().join("logs-2/process-0.log"),
+    );
+    assert!(cluster.stop().success());
+}
