@@ -374,3 +374,183 @@ fn killing_one_process_and_restarting_both_ends_exact() {
     );
     assert!(cluster.stop().success());
 }
+
+/// A SQLite job for the start-up error tests: config, an events file and a hostfile of
+/// `processes` free ports on 127.0.0.1.
+fn sqlite_job(processes: usize) -> (TestDatabase, PathBuf, PathBuf, PathBuf) {
+    let db = TestDatabase::sqlite();
+    let generated = generate(&GenOptions {
+        events: 100,
+        ..GenOptions::default()
+    });
+    let mut conn = init_db(&db.config, None).unwrap();
+    conn.execute_script(&dims_sql(&generated.dims)).unwrap();
+    conn.execute_script(&routing_sql("flink_routing_config"))
+        .unwrap();
+    let input = db.dir().join("events.jsonl");
+    write_jsonl(
+        &mut std::fs::File::create(&input).unwrap(),
+        &generated.messages,
+    )
+    .unwrap();
+    let config = db.dir().join("job.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[mysql]\nurl = \"{}\"\n[cluster]\nconnect_timeout = \"3s\"\n",
+            db.config.mysql.url
+        ),
+    )
+    .unwrap();
+    let hostfile = db.dir().join(format!("hosts-{processes}"));
+    let hosts: Vec<String> = (0..processes)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    std::fs::write(&hostfile, hosts.join("\n")).unwrap();
+    (db, config, input, hostfile)
+}
+
+fn replay_process(
+    config: &Path,
+    input: &Path,
+    hostfile: &Path,
+    processes: usize,
+    process: usize,
+) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args([
+            "replay",
+            "-c",
+            config.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+        ])
+        .args([
+            "--quiet",
+            "-w",
+            "1",
+            "-n",
+            &processes.to_string(),
+            "-p",
+            &process.to_string(),
+        ])
+        .args(["-h", hostfile.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Kills the child when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_missing_peer_is_named_after_the_connect_timeout() {
+    let (_db, config, input, hostfile) = sqlite_job(2);
+    let started = Instant::now();
+    let out = replay_process(&config, &input, &hostfile, 2, 0)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let peer = std::fs::read_to_string(&hostfile)
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("not reachable: process 1 at {peer}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--processes 2"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "it gave up after the timeout"
+    );
+}
+
+#[test]
+fn a_duplicate_process_index_is_a_clear_error() {
+    let (_db, config, input, hostfile) = sqlite_job(2);
+    let _first = Killed(
+        replay_process(&config, &input, &hostfile, 2, 0)
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let out = replay_process(&config, &input, &hostfile, 2, 0)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("duplicate --process index"), "{stderr}");
+}
+
+#[test]
+fn a_mismatched_process_count_is_a_clear_error() {
+    let (_db, config, input, hosts3) = sqlite_job(3);
+    // Process 0 believes in two processes, process 1 in three: 1 waits for a process 2.
+    let hosts2 = hosts3.with_file_name("hosts-2-of-3");
+    let lines: Vec<String> = std::fs::read_to_string(&hosts3)
+        .unwrap()
+        .lines()
+        .take(2)
+        .map(str::to_owned)
+        .collect();
+    std::fs::write(&hosts2, lines.join("\n")).unwrap();
+    let _first = Killed(
+        replay_process(&config, &input, &hosts2, 2, 0)
+            .spawn()
+            .unwrap(),
+    );
+    let out = replay_process(&config, &input, &hosts3, 3, 1)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("process 2 at"), "{stderr}");
+    assert!(stderr.contains("same hostfile and --processes"), "{stderr}");
+}
+
+#[test]
+fn a_2x2_checkpoint_restores_into_1x4() {
+    let Some(broker) = KafkaBroker::start() else {
+        return;
+    };
+    if TestDatabase::mariadb().is_none() {
+        return;
+    }
+    let generated = generate(&GenOptions {
+        events: 8_000,
+        seed: 94,
+        ..GenOptions::default()
+    });
+    let (_, expected) = reference(&generated.messages, &generated.dims);
+    let (db, job) = database(&generated, Some(&broker), "cluster-layout");
+    let mut config = wrongbook::config::Config::default();
+    config.kafka.bootstrap_servers = broker.bootstrap.clone();
+    config.kafka.topic = "cluster-layout".into();
+    wrongbook::source::kafka::ensure_topic(&config.kafka, "cluster-layout", 4).unwrap();
+    let (first, second) = generated.messages.split_at(5_000);
+    produce_messages(&config.kafka, first).unwrap();
+    let args = ["run", "-c", job.to_str().unwrap(), "--until-caught-up"];
+    let output = run_layout(2, 2, &args, &db.dir().join("logs-2x2"));
+    assert_eq!(outcome_counts(&output)["all"][3], 5_000);
+
+    produce_messages(&config.kafka, second).unwrap();
+    let output = run_layout(1, 4, &args, &db.dir().join("logs-1x4"));
+    assert_eq!(
+        outcome_counts(&output)["all"][3],
+        second.len() as u64,
+        "resumed from the 2×2 checkpoint: only the new events are read\n{output}"
+    );
+    assert_tables_equal(&db.read_table(WIDE), &expected, "2×2 then 1×4");
+}
