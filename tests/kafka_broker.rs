@@ -131,7 +131,7 @@ fn kill_9_at_random_moments_and_restart_ends_exact() {
         };
         entries
             .flatten()
-            .filter(|e| e.path().join("MANIFEST.json").is_file())
+            .filter(|e| e.path().join("MANIFEST-0.json").is_file())
             .map(|e| {
                 std::fs::read_dir(e.path())
                     .unwrap()
