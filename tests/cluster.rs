@@ -299,6 +299,39 @@ impl Drop for ClusterJob {
     }
 }
 
+/// 9,000 generated events for a Kafka job, the first 5,000 produced to a 4-partition topic.
+struct KafkaJob {
+    generated: Generated,
+    expected: BTreeMap<i64, Row>,
+    db: TestDatabase,
+    job: PathBuf,
+    kafka: wrongbook::config::KafkaConfig,
+}
+
+fn kafka_job(broker: &KafkaBroker, topic: &str, seed: u64) -> KafkaJob {
+    let generated = generate(&GenOptions {
+        events: 9_000,
+        seed,
+        ..GenOptions::default()
+    });
+    let (_, expected) = reference(&generated.messages, &generated.dims);
+    let (db, job) = database(&generated, Some(broker), topic);
+    let kafka = wrongbook::config::KafkaConfig {
+        bootstrap_servers: broker.bootstrap.clone(),
+        topic: topic.into(),
+        ..Default::default()
+    };
+    wrongbook::source::kafka::ensure_topic(&kafka, topic, 4).unwrap();
+    produce_messages(&kafka, &generated.messages[..5_000]).unwrap();
+    KafkaJob {
+        generated,
+        expected,
+        db,
+        job,
+        kafka,
+    }
+}
+
 #[test]
 fn killing_one_process_and_restarting_both_ends_exact() {
     let Some(broker) = KafkaBroker::start() else {
@@ -307,19 +340,14 @@ fn killing_one_process_and_restarting_both_ends_exact() {
     if TestDatabase::mariadb().is_none() {
         return;
     }
-    let generated = generate(&GenOptions {
-        events: 9_000,
-        seed: 93,
-        ..GenOptions::default()
-    });
-    let (_, expected) = reference(&generated.messages, &generated.dims);
-    let (db, job) = database(&generated, Some(&broker), "cluster-kill");
-    let mut config = wrongbook::config::Config::default();
-    config.kafka.bootstrap_servers = broker.bootstrap.clone();
-    config.kafka.topic = "cluster-kill".into();
-    wrongbook::source::kafka::ensure_topic(&config.kafka, "cluster-kill", 4).unwrap();
-    let (first, second) = generated.messages.split_at(5_000);
-    produce_messages(&config.kafka, first).unwrap();
+    let KafkaJob {
+        generated,
+        expected,
+        db,
+        job,
+        kafka,
+    } = kafka_job(&broker, "cluster-kill", 93);
+    let (_, second) = generated.messages.split_at(5_000);
 
     let logs = db.dir().join("logs-1");
     let cluster = ClusterJob::start(&job, &logs, free_port());
@@ -343,7 +371,7 @@ fn killing_one_process_and_restarting_both_ends_exact() {
     let pids = ClusterJob::processes(&job);
     assert_eq!(pids.len(), 2, "two wrongbook processes: {pids:?}");
     let producer = {
-        let kafka = config.kafka.clone();
+        let kafka = kafka.clone();
         let second = second.to_vec();
         std::thread::spawn(move || produce_messages(&kafka, &second).unwrap())
     };
@@ -528,24 +556,19 @@ fn a_2x2_checkpoint_restores_into_1x4() {
     if TestDatabase::mariadb().is_none() {
         return;
     }
-    let generated = generate(&GenOptions {
-        events: 8_000,
-        seed: 94,
-        ..GenOptions::default()
-    });
-    let (_, expected) = reference(&generated.messages, &generated.dims);
-    let (db, job) = database(&generated, Some(&broker), "cluster-layout");
-    let mut config = wrongbook::config::Config::default();
-    config.kafka.bootstrap_servers = broker.bootstrap.clone();
-    config.kafka.topic = "cluster-layout".into();
-    wrongbook::source::kafka::ensure_topic(&config.kafka, "cluster-layout", 4).unwrap();
-    let (first, second) = generated.messages.split_at(5_000);
-    produce_messages(&config.kafka, first).unwrap();
+    let KafkaJob {
+        generated,
+        expected,
+        db,
+        job,
+        kafka,
+    } = kafka_job(&broker, "cluster-layout", 94);
+    let (_, second) = generated.messages.split_at(5_000);
     let args = ["run", "-c", job.to_str().unwrap(), "--until-caught-up"];
     let output = run_layout(2, 2, &args, &db.dir().join("logs-2x2"));
     assert_eq!(outcome_counts(&output)["all"][3], 5_000);
 
-    produce_messages(&config.kafka, second).unwrap();
+    produce_messages(&kafka, second).unwrap();
     let output = run_layout(1, 4, &args, &db.dir().join("logs-1x4"));
     assert_eq!(
         outcome_counts(&output)["all"][3],
