@@ -350,29 +350,35 @@ impl Config {
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let (mut table, file, base_dir) = match path {
+        match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
                     path: path.to_owned(),
                     cause,
-                })?;
-                let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                    file: path.display().to_string(),
-                    message: e.to_string(),
                 })?;
                 let base = path
                     .parent()
                     .filter(|p| !p.as_os_str().is_empty())
                     .unwrap_or(Path::new("."))
                     .to_owned();
-                (table, path.display().to_string(), base)
+                Config::parse(&text, &path.display().to_string(), base, env)
             }
-            None => (
-                toml::Table::new(),
-                "<defaults>".to_owned(),
-                PathBuf::from("."),
-            ),
-        };
+            None => Config::parse("", "<defaults>", PathBuf::from("."), env),
+        }
+    }
+
+    /// Parses configuration `text` (named `file` in errors; relative paths resolve against
+    /// `base_dir`), applies `WRONGBOOK_*` overrides from `env`, then validates.
+    pub fn parse(
+        text: &str,
+        file: &str,
+        base_dir: PathBuf,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_owned(),
+            message: e.to_string(),
+        })?;
         let skeleton = toml::Table::try_from(Config::default())
             .expect("the default configuration serializes to TOML");
         for (var, value) in env {
@@ -385,7 +391,7 @@ impl Config {
             toml::Value::Table(table)
                 .try_into()
                 .map_err(|e: toml::de::Error| ConfigError::Parse {
-                    file: file.clone(),
+                    file: file.to_owned(),
                     message: e.to_string(),
                 })?;
         config.base_dir = base_dir;

@@ -30,6 +30,8 @@ pub mod dataflow;
 pub mod db;
 pub mod engine;
 pub mod event;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ops;
 pub mod schema;
 pub mod sink;

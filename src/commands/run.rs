@@ -63,6 +63,8 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<RunSummary, JobError> {
         routing_rows,
         dims,
     } = prepare(config, None)?;
+    crate::source::kafka::check_reachable(&config.kafka, Duration::from_secs(10))
+        .map_err(|e| JobError::Input(e.to_string()))?;
     // The job's own output topics are created when missing (one partition each).
     for topic in [&config.kafka.alerts_topic, &config.kafka.metrics_topic] {
         if let Err(e) = ensure_topic(&config.kafka, topic, 1) {

@@ -62,6 +62,23 @@ pub fn consumer(kafka: &KafkaConfig, group_id: &str) -> Result<BaseConsumer, Kaf
         })
 }
 
+/// Fails fast, naming the address, when no broker of `kafka` answers within `timeout`.
+pub fn check_reachable(kafka: &KafkaConfig, timeout: Duration) -> Result<(), KafkaSourceError> {
+    let broker = |message: String| KafkaSourceError::Broker {
+        servers: kafka.bootstrap_servers.clone(),
+        message,
+    };
+    let probe: BaseConsumer = client_config(kafka)
+        .create()
+        .map_err(|e| broker(e.to_string()))?;
+    probe.fetch_metadata(None, timeout).map_err(|e| {
+        broker(format!(
+            "no broker answered within {timeout:?}: {e}\n  hint: check kafka.bootstrap_servers (WRONGBOOK_KAFKA__BOOTSTRAP_SERVERS) and that the broker runs"
+        ))
+    })?;
+    Ok(())
+}
+
 /// The partitions of `topic` and their (low, high) watermarks now.
 pub fn partitions(
     consumer: &BaseConsumer,

@@ -1,0 +1,88 @@
+//! The bodies of the fuzz targets (`fuzz/`), shared with their proptest twins in `tests/`, so
+//! that CI runs the same checks the long fuzzing runs do. Each takes arbitrary bytes and
+//! panics only when an invariant the engine relies on breaks.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use crate::config::Config;
+use crate::dataflow::ingest::{Ingestor, Outcome};
+use crate::dataflow::process::RecordOp;
+use crate::dataflow::records::Record;
+use crate::dataflow::route::RouteTable;
+use crate::dataflow::wide::WideRow;
+use crate::schema::{check_fits, Dialect, WIDE_COLUMNS};
+use crate::sink::statements::{row_params, upsert_sql, Param, WideTable};
+use crate::spec::Spec;
+
+fn ingestor() -> &'static (Ingestor, RouteTable, HashMap<i64, String>) {
+    static INGESTOR: OnceLock<(Ingestor, RouteTable, HashMap<i64, String>)> = OnceLock::new();
+    INGESTOR.get_or_init(|| {
+        let spec = Spec::builtin();
+        let routes = RouteTable::build(crate::commands::gen::routing_rows(), &spec);
+        let desc = spec.fix_result_desc.clone();
+        let ingestor = Ingestor {
+            spec: Arc::new(spec),
+            max_message_bytes: 1 << 20,
+        };
+        (ingestor, routes, desc)
+    })
+}
+
+/// A message through parse → validate → route → process, and an accepted add on through
+/// wide-row assembly and statement parameters: one outcome, the same each time; every value
+/// fits its column; one parameter per column.
+pub fn message(data: &[u8]) {
+    let (ingestor, routes, desc) = ingestor();
+    let (label, outcome) = ingestor.ingest(data, routes);
+    let (again_label, again) = ingestor.ingest(data, routes);
+    assert_eq!(label, again_label, "the label is deterministic");
+    assert_eq!(
+        std::mem::discriminant(&outcome),
+        std::mem::discriminant(&again),
+        "the outcome is deterministic"
+    );
+    let Outcome::Accepted(op) = outcome else {
+        return;
+    };
+    assert_eq!(op.id, crate::dataflow::process::wide_id(op.op.wrong_id()));
+    let RecordOp::Add(add) = &op.op else {
+        return;
+    };
+    let row = WideRow::assemble(op.id, Record { add, fix: None }, &Default::default(), desc);
+    let params: Vec<Param<'_>> = row_params(&row, 1_700_000_000).collect();
+    assert_eq!(params.len(), WIDE_COLUMNS.len());
+    for ((column, _), param) in WIDE_COLUMNS.iter().zip(&params) {
+        let text = match param {
+            Param::Text(t) => *t,
+            Param::Owned(t) => t.as_str(),
+            Param::Null | Param::Int(_) => continue,
+        };
+        assert!(
+            check_fits(column, text).is_ok(),
+            "`{column}` holds a value that does not fit: {text:?}"
+        );
+    }
+    let sql = upsert_sql(Dialect::Mysql, &WideTable::plain("t"), 1);
+    assert_eq!(sql.matches('?').count(), params.len());
+}
+
+/// Configuration and dataflow-spec text: parsed or refused with an error that names what is
+/// wrong, never a panic.
+pub fn config_and_spec(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match Spec::parse(text, "<fuzz>") {
+        Ok(spec) => {
+            // A spec that loads compiles its routes.
+            let _ = RouteTable::build(crate::commands::gen::routing_rows(), &spec);
+        }
+        Err(e) => assert!(!e.to_string().is_empty()),
+    }
+    match Config::parse(text, "<fuzz>", PathBuf::from("."), std::iter::empty()) {
+        Ok(config) => assert!(config.workers >= 1),
+        Err(e) => assert!(!e.to_string().is_empty()),
+    }
+}

@@ -1,0 +1,104 @@
+//! A bad environment is one clear error naming the address, table or key and the fix, with a
+//! non-zero exit: never a panic or a hang. (Bad configuration files: tests/cli.rs.)
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{services_required, TestDatabase};
+use wrongbook::commands::init_db::init_db;
+
+fn wrongbook(args: &[&str]) -> (Output, Duration) {
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_wrongbook"))
+        .args(args)
+        .env_remove("WRONGBOOK_LOG")
+        .output()
+        .unwrap();
+    (out, started.elapsed())
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn assert_clear_failure(out: &Output, needles: &[&str]) {
+    let text = stderr(out);
+    assert!(!out.status.success(), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+    for needle in needles {
+        assert!(text.contains(needle), "`{needle}` in:\n{text}");
+    }
+}
+
+#[test]
+fn an_unreachable_broker_is_named_within_seconds() {
+    let db = TestDatabase::sqlite();
+    init_db(&db.config, None).unwrap();
+    let config = db.dir().join("job.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[mysql]\nurl = \"{}\"\n[metrics]\nlisten = \"\"\n[kafka]\nbootstrap_servers = \"127.0.0.1:1\"\n",
+            db.config.mysql.url
+        ),
+    )
+    .unwrap();
+    let (out, took) = wrongbook(&["run", "-c", config.to_str().unwrap()]);
+    assert_clear_failure(&out, &["127.0.0.1:1", "bootstrap_servers"]);
+    assert!(took < Duration::from_secs(60), "gave up in {took:?}");
+}
+
+#[test]
+fn a_missing_routing_table_is_named() {
+    let db = TestDatabase::sqlite();
+    init_db(&db.config, None)
+        .unwrap()
+        .execute_script("DROP TABLE flink_routing_config")
+        .unwrap();
+    let config = db.dir().join("job.toml");
+    std::fs::write(
+        &config,
+        format!("[mysql]\nurl = \"{}\"\n", db.config.mysql.url),
+    )
+    .unwrap();
+    let input = db.dir().join("in.jsonl");
+    std::fs::write(&input, "{}\n").unwrap();
+    let (out, _) = wrongbook(&[
+        "replay",
+        "-c",
+        config.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ]);
+    assert_clear_failure(&out, &["flink_routing_config"]);
+}
+
+#[test]
+fn wrong_database_credentials_are_named_without_the_password() {
+    let Some(db) = TestDatabase::mariadb() else {
+        assert!(!services_required());
+        return;
+    };
+    let config = db.dir().join("job.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[mysql]\nurl = \"{}\"\nusername = \"nobody_here\"\npassword = \"s3cret-pw\"\n",
+            db.config.mysql.url
+        ),
+    )
+    .unwrap();
+    let input = db.dir().join("in.jsonl");
+    std::fs::write(&input, "{}\n").unwrap();
+    let (out, _) = wrongbook(&[
+        "replay",
+        "-c",
+        config.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ]);
+    assert_clear_failure(&out, &["127.0.0.1:3306", "Access denied", "nobody_here"]);
+    assert!(!stderr(&out).contains("s3cret-pw"));
+}

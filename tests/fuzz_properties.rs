@@ -1,0 +1,102 @@
+//! The fuzz targets' checks (`src/fuzzing.rs`) as proptest properties, run by CI: arbitrary
+//! bytes, and valid messages and configurations with bytes flipped, cut and spliced; plus every
+//! seed and every input that once failed (`fuzz/seeds`, `fuzz/regressions`).
+
+use std::path::Path;
+
+use proptest::prelude::*;
+use wrongbook::fuzzing::{config_and_spec, message};
+
+fn files(dir: &str) -> Vec<Vec<u8>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut files: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().is_file())
+                .map(|e| std::fs::read(e.path()).unwrap())
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+fn seeds(target: &str) -> Vec<Vec<u8>> {
+    let seeds = files(&format!("fuzz/seeds/{target}"));
+    assert!(!seeds.is_empty(), "fuzz/seeds/{target} holds seeds");
+    seeds
+}
+
+/// A seed with some of its bytes changed, cut or repeated.
+fn mutated(seeds: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
+    let count = seeds.len();
+    (
+        0..count,
+        prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..4), 0..8),
+    )
+        .prop_map(move |(pick, edits)| {
+            let mut bytes = seeds[pick].clone();
+            for (at, byte, kind) in edits {
+                if bytes.is_empty() {
+                    bytes.push(byte);
+                    continue;
+                }
+                let i = at.index(bytes.len());
+                match kind {
+                    0 => bytes[i] = byte,
+                    1 => bytes.insert(i, byte),
+                    2 => bytes.truncate(i),
+                    _ => {
+                        let tail = bytes[i..].to_vec();
+                        bytes.extend_from_slice(&tail);
+                    }
+                }
+            }
+            bytes
+        })
+}
+
+#[test]
+fn seeds_and_regressions_pass() {
+    for input in seeds("message")
+        .into_iter()
+        .chain(files("fuzz/regressions/message"))
+    {
+        message(&input);
+    }
+    for input in seeds("config")
+        .into_iter()
+        .chain(files("fuzz/regressions/config"))
+    {
+        config_and_spec(&input);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_bytes_as_a_message(data in prop::collection::vec(any::<u8>(), 0..512)) {
+        message(&data);
+    }
+
+    #[test]
+    fn mutated_messages(data in mutated(seeds("message"))) {
+        message(&data);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+    #[test]
+    fn mutated_configurations_and_specs(data in mutated(seeds("config"))) {
+        config_and_spec(&data);
+    }
+
+    #[test]
+    fn arbitrary_text_as_configuration(text in "[a-z_\\[\\]=\\.\"0-9 \n]{0,200}") {
+        config_and_spec(text.as_bytes());
+    }
+}
