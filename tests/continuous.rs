@@ -182,11 +182,14 @@ fn routing_and_dimension_changes_apply_while_running_and_metrics_match() {
 
     // Routing changes: deletes on (applies now), fixes off (not hot-deployable: waits for a
     // restart), and a new event type from the spec's example gets its row.
+    // One transaction: the watcher sees all three changes at once, as one new version.
     conn.execute_script(
-        "UPDATE flink_routing_config SET enabled = 1 WHERE id = 3;
+        "START TRANSACTION;
+         UPDATE flink_routing_config SET enabled = 1 WHERE id = 3;
          UPDATE flink_routing_config SET enabled = 0 WHERE id = 2;
          INSERT INTO flink_routing_config (id, event_type, processor_class, enabled, hot_deployable, priority, version)
-           VALUES (7, 'wrongbook_review_result', 'wrongbook_review_result', 1, 1, 100, '1.0');",
+           VALUES (7, 'wrongbook_review_result', 'wrongbook_review_result', 1, 1, 100, '1.0');
+         COMMIT;",
     )
     .unwrap();
     wait_for_metrics(

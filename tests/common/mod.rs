@@ -122,6 +122,8 @@ static NEXT_DB: AtomicU64 = AtomicU64::new(0);
 pub struct TestDatabase {
     pub config: Config,
     mysql_name: Option<String>,
+    /// Whether the database is the test's own, dropped at the end.
+    owned: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -162,6 +164,7 @@ impl TestDatabase {
         Some(TestDatabase {
             config,
             mysql_name: Some(name),
+            owned: true,
             _dir: dir,
         })
     }
@@ -174,7 +177,21 @@ impl TestDatabase {
         TestDatabase {
             config,
             mysql_name: None,
+            owned: true,
             _dir: dir,
+        }
+    }
+
+    /// The MySQL database at `url`, which the test does not own (it is not dropped).
+    pub fn at(url: &str) -> TestDatabase {
+        let mut config = Config::default();
+        config.mysql.url = url.to_owned();
+        config.mysql.username = "root".into();
+        TestDatabase {
+            config,
+            mysql_name: Some(url.rsplit('/').next().unwrap_or_default().to_owned()),
+            owned: false,
+            _dir: tempfile::tempdir().unwrap(),
         }
     }
 
@@ -225,7 +242,7 @@ impl TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        if let Some(name) = &self.mysql_name {
+        if let Some(name) = self.mysql_name.as_ref().filter(|_| self.owned) {
             if let Ok(mut admin) = mysql::Conn::new(
                 mysql::Opts::from_url("mysql://root@127.0.0.1:3306/mysql").unwrap(),
             ) {
@@ -303,6 +320,108 @@ impl KafkaBroker {
             pid,
             _dir: dir,
         })
+    }
+}
+
+impl KafkaBroker {
+    /// Stops the broker (`kill -9`) and starts it again on the same port and storage.
+    pub fn restart(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &self.pid.to_string()])
+            .status();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let port = self.bootstrap.rsplit(':').next().unwrap().to_owned();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka-broker");
+        let out = std::process::Command::new(script)
+            .args(["start", &port, self._dir.path().to_str().unwrap()])
+            .output()
+            .expect("run scripts/kafka-broker");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        self.pid = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    }
+}
+
+/// A MariaDB server of the test's own (its data directory and port), that the test may stop and
+/// start; root without a password over TCP. `None` (skip) when MariaDB is not installed, except
+/// under CI.
+pub struct PrivateMariaDb {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateMariaDb {
+    pub fn start() -> Option<PrivateMariaDb> {
+        if !Path::new("/usr/sbin/mariadbd").exists() {
+            assert!(!services_required(), "MariaDB is required under CI");
+            eprintln!("skipping: /usr/sbin/mariadbd is not installed");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mariadb-install-db")
+            .args(["--no-defaults", "--user=root", "--skip-test-db"])
+            .arg("--auth-root-authentication-method=normal")
+            .arg(format!("--datadir={}", dir.path().join("data").display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("mariadb-install-db");
+        assert!(status.success());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut db = PrivateMariaDb {
+            port,
+            dir,
+            child: None,
+        };
+        db.up();
+        Some(db)
+    }
+
+    /// Starts the server and waits until it answers.
+    pub fn up(&mut self) {
+        let dir = self.dir.path();
+        self.child = Some(
+            std::process::Command::new("/usr/sbin/mariadbd")
+                .arg("--no-defaults")
+                .arg(format!("--datadir={}", dir.join("data").display()))
+                .arg(format!("--port={}", self.port))
+                .arg(format!("--socket={}", dir.join("sock").display()))
+                .args(["--bind-address=127.0.0.1", "--user=root", "--skip-log-bin"])
+                .arg("--innodb-buffer-pool-size=128M")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(dir.join("server.log")).unwrap())
+                .spawn()
+                .expect("start mariadbd"),
+        );
+        let url = format!("mysql://root@127.0.0.1:{}/mysql", self.port);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while mysql::Conn::new(mysql::Opts::from_url(&url).unwrap()).is_err() {
+            assert!(std::time::Instant::now() < deadline, "the private MariaDB did not start");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the server (SIGTERM, as an operator would) and waits until it is gone.
+    pub fn down(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateMariaDb {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
