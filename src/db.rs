@@ -285,7 +285,18 @@ impl Db {
         let result = match &mut self.conn {
             Conn::Mysql(conn) => {
                 use mysql::prelude::Queryable;
-                conn.query_drop(sql).map_err(|e| e.to_string())
+                // Every statement's result is read: an error in a later statement of the
+                // script is reported, not dropped with the unread results.
+                conn.query_iter(sql)
+                    .and_then(|mut results| {
+                        while let Some(set) = results.iter() {
+                            for row in set {
+                                row?;
+                            }
+                        }
+                        Ok(())
+                    })
+                    .map_err(|e| e.to_string())
             }
             Conn::Sqlite(conn) => conn.execute_batch(sql).map_err(|e| e.to_string()),
         };

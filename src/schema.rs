@@ -94,8 +94,9 @@ pub fn wide_table_ddl(dialect: Dialect, table: &str) -> String {
         })
         .collect();
     format!(
-        "CREATE TABLE IF NOT EXISTS {table} (\n{}\n);\n",
-        columns.join(",\n")
+        "CREATE TABLE IF NOT EXISTS {table} (\n{}\n){};\n",
+        columns.join(",\n"),
+        table_options(dialect)
     )
 }
 
@@ -156,7 +157,15 @@ CREATE TABLE IF NOT EXISTS tower_teaching_type (
 "
         ),
     };
-    format!("{dims}{routing}")
+    format!("{dims}{routing}").replace(");\n", &format!("){};\n", table_options(dialect)))
+}
+
+/// Table options: on MySQL, utf8mb4 whatever the server's default (names are Chinese).
+fn table_options(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Mysql => " DEFAULT CHARSET=utf8mb4",
+        Dialect::Sqlite => "",
+    }
 }
 
 /// Formats seconds since the epoch as `YYYY-MM-DD HH:MM:SS` (UTC), the TIMESTAMP text form.

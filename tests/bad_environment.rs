@@ -102,3 +102,17 @@ fn wrong_database_credentials_are_named_without_the_password() {
     assert_clear_failure(&out, &["127.0.0.1:3306", "Access denied", "nobody_here"]);
     assert!(!stderr(&out).contains("s3cret-pw"));
 }
+
+#[test]
+fn an_error_in_a_later_statement_of_a_script_is_reported() {
+    for db in [TestDatabase::sqlite()]
+        .into_iter()
+        .chain(TestDatabase::mariadb())
+    {
+        let mut conn = init_db(&db.config, None).unwrap();
+        let error = conn
+            .execute_script("DELETE FROM tower_pattern;\nINSERT INTO no_such_table VALUES (1);")
+            .expect_err("the second statement fails");
+        assert!(error.to_string().contains("no_such_table"), "{error}");
+    }
+}

@@ -30,9 +30,11 @@ fn kills_database_and_broker_restarts_during_a_stream_end_exact() {
     // Kept only for its temporary directory.
     let scratch = TestDatabase::sqlite();
     let url = format!("mysql://127.0.0.1:{}/wrongbook", mariadb.port);
-    mysql::Conn::new(mysql::Opts::from_url(&format!("mysql://root@127.0.0.1:{}/mysql", mariadb.port)).unwrap())
-        .and_then(|mut c| mysql::prelude::Queryable::query_drop(&mut c, "CREATE DATABASE wrongbook"))
-        .unwrap();
+    mysql::Conn::new(
+        mysql::Opts::from_url(&format!("mysql://root@127.0.0.1:{}/mysql", mariadb.port)).unwrap(),
+    )
+    .and_then(|mut c| mysql::prelude::Queryable::query_drop(&mut c, "CREATE DATABASE wrongbook"))
+    .unwrap();
     let path = scratch.dir().join("job.toml");
     std::fs::write(
         &path,
@@ -79,6 +81,7 @@ fn kills_database_and_broker_restarts_during_a_stream_end_exact() {
 
     let log = scratch.dir().join("run.log");
     let mut job: Job = start_job(&path, &log);
+    let mut current_log = log.clone();
     let mut rng = Rng::new(7);
     let mut kills = 0;
     for round in 0..14 {
@@ -106,13 +109,19 @@ fn kills_database_and_broker_restarts_during_a_stream_end_exact() {
                 job.child().kill().unwrap();
                 job.child().wait().unwrap();
                 kills += 1;
-                job = start_job(&path, &log.with_extension(format!("{round}.log")));
+                current_log = log.with_extension(format!("{round}.log"));
+                job = start_job(&path, &current_log);
             }
         }
     }
     assert!(kills >= 10);
     producer.join().unwrap();
-    wait_for_table(&scratch_table(&url), &expected, Duration::from_secs(240), &log);
+    wait_for_table(
+        &scratch_table(&url),
+        &expected,
+        Duration::from_secs(240),
+        &current_log,
+    );
     let _ = terminate(job);
 
     // The job said it was retrying while the database was down.
@@ -136,7 +145,11 @@ fn kills_database_and_broker_restarts_during_a_stream_end_exact() {
             )
         })
         .collect();
-    assert_eq!(positions.len(), model.dead, "each dead letter, none invented");
+    assert_eq!(
+        positions.len(),
+        model.dead,
+        "each dead letter, none invented"
+    );
     eprintln!(
         "{EVENTS} events, {kills} kills, one database restart, one broker restart: exact; {} dead letters ({} records)",
         model.dead,

@@ -336,7 +336,11 @@ impl KafkaBroker {
             .args(["start", &port, self._dir.path().to_str().unwrap()])
             .output()
             .expect("run scripts/kafka-broker");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         self.pid = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     }
 }
@@ -400,7 +404,10 @@ impl PrivateMariaDb {
         let url = format!("mysql://root@127.0.0.1:{}/mysql", self.port);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while mysql::Conn::new(mysql::Opts::from_url(&url).unwrap()).is_err() {
-            assert!(std::time::Instant::now() < deadline, "the private MariaDB did not start");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the private MariaDB did not start"
+            );
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
     }
