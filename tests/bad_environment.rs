@@ -32,6 +32,22 @@ fn assert_clear_failure(out: &Output, needles: &[&str]) {
     }
 }
 
+/// `replay` of a one-line file with the configuration `config`.
+fn replay_with(db: &TestDatabase, config: &str) -> Output {
+    let path = db.dir().join("job.toml");
+    std::fs::write(&path, config).unwrap();
+    let input = db.dir().join("in.jsonl");
+    std::fs::write(&input, "{}\n").unwrap();
+    let (out, _) = wrongbook(&[
+        "replay",
+        "-c",
+        path.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ]);
+    out
+}
+
 #[test]
 fn an_unreachable_broker_is_named_within_seconds() {
     let db = TestDatabase::sqlite();
@@ -57,21 +73,10 @@ fn a_missing_routing_table_is_named() {
         .unwrap()
         .execute_script("DROP TABLE flink_routing_config")
         .unwrap();
-    let config = db.dir().join("job.toml");
-    std::fs::write(
-        &config,
-        format!("[mysql]\nurl = \"{}\"\n", db.config.mysql.url),
-    )
-    .unwrap();
-    let input = db.dir().join("in.jsonl");
-    std::fs::write(&input, "{}\n").unwrap();
-    let (out, _) = wrongbook(&[
-        "replay",
-        "-c",
-        config.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-    ]);
+    let out = replay_with(
+        &db,
+        &format!("[mysql]\nurl = \"{}\"\n", db.config.mysql.url),
+    );
     assert_clear_failure(&out, &["flink_routing_config"]);
 }
 
@@ -81,24 +86,13 @@ fn wrong_database_credentials_are_named_without_the_password() {
         assert!(!services_required());
         return;
     };
-    let config = db.dir().join("job.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let out = replay_with(
+        &db,
+        &format!(
             "[mysql]\nurl = \"{}\"\nusername = \"nobody_here\"\npassword = \"s3cret-pw\"\n",
             db.config.mysql.url
         ),
-    )
-    .unwrap();
-    let input = db.dir().join("in.jsonl");
-    std::fs::write(&input, "{}\n").unwrap();
-    let (out, _) = wrongbook(&[
-        "replay",
-        "-c",
-        config.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-    ]);
+    );
     assert_clear_failure(&out, &["127.0.0.1:3306", "Access denied", "nobody_here"]);
     assert!(!stderr(&out).contains("s3cret-pw"));
 }

@@ -308,14 +308,17 @@ struct KafkaJob {
     kafka: wrongbook::config::KafkaConfig,
 }
 
-fn kafka_job(broker: &KafkaBroker, topic: &str, seed: u64) -> KafkaJob {
+/// The broker and the job, or `None` (skip) without the services, except under CI.
+fn kafka_job(topic: &str, seed: u64) -> Option<(KafkaBroker, KafkaJob)> {
+    let broker = KafkaBroker::start()?;
+    TestDatabase::mariadb()?;
     let generated = generate(&GenOptions {
         events: 9_000,
         seed,
         ..GenOptions::default()
     });
     let (_, expected) = reference(&generated.messages, &generated.dims);
-    let (db, job) = database(&generated, Some(broker), topic);
+    let (db, job) = database(&generated, Some(&broker), topic);
     let kafka = wrongbook::config::KafkaConfig {
         bootstrap_servers: broker.bootstrap.clone(),
         topic: topic.into(),
@@ -323,30 +326,28 @@ fn kafka_job(broker: &KafkaBroker, topic: &str, seed: u64) -> KafkaJob {
     };
     wrongbook::source::kafka::ensure_topic(&kafka, topic, 4).unwrap();
     produce_messages(&kafka, &generated.messages[..5_000]).unwrap();
-    KafkaJob {
+    let job = KafkaJob {
         generated,
         expected,
         db,
         job,
         kafka,
-    }
+    };
+    Some((broker, job))
 }
 
 #[test]
 fn killing_one_process_and_restarting_both_ends_exact() {
-    let Some(broker) = KafkaBroker::start() else {
+    let Some((_broker, job)) = kafka_job("cluster-kill", 93) else {
         return;
     };
-    if TestDatabase::mariadb().is_none() {
-        return;
-    }
     let KafkaJob {
         generated,
         expected,
         db,
         job,
         kafka,
-    } = kafka_job(&broker, "cluster-kill", 93);
+    } = job;
     let (_, second) = generated.messages.split_at(5_000);
 
     let logs = db.dir().join("logs-1");
@@ -550,19 +551,16 @@ fn a_mismatched_process_count_is_a_clear_error() {
 
 #[test]
 fn a_2x2_checkpoint_restores_into_1x4() {
-    let Some(broker) = KafkaBroker::start() else {
+    let Some((_broker, job)) = kafka_job("cluster-layout", 94) else {
         return;
     };
-    if TestDatabase::mariadb().is_none() {
-        return;
-    }
     let KafkaJob {
         generated,
         expected,
         db,
         job,
         kafka,
-    } = kafka_job(&broker, "cluster-layout", 94);
+    } = job;
     let (_, second) = generated.messages.split_at(5_000);
     let args = ["run", "-c", job.to_str().unwrap(), "--until-caught-up"];
     let output = run_layout(2, 2, &args, &db.dir().join("logs-2x2"));
