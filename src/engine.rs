@@ -1150,6 +1150,7 @@ impl WorkerLoop<'_> {
 
     /// Feeds dimension changes from the periodic refresh into the dataflow (worker 0).
     fn apply_dim_updates(&mut self) {
+        let rows_before = self.rows_written();
         let (Some(updates), Some(dims)) = (&self.dim_updates, self.dims.as_mut()) else {
             return;
         };
@@ -1157,11 +1158,6 @@ impl WorkerLoop<'_> {
             let epoch = dims.epoch();
             dims.apply(&diff);
             dims.flush();
-            let rows_before = {
-                let stats = &self.shared.sink_stats;
-                stats.rows_upserted.load(Ordering::Relaxed)
-                    + stats.rows_deleted.load(Ordering::Relaxed)
-            };
             self.corrections
                 .push((epoch, Instant::now(), rows_before, diff.len()));
         }

@@ -265,7 +265,9 @@ impl JoinState {
                 LookupChange::Pattern(pattern, lookup) => {
                     lookup_changes.push((pattern, lookup, diff))
                 }
-                LookupChange::Table(table, row) => table_changes.push((table, row, diff)),
+                LookupChange::Table(table, row) => {
+                    table_changes.push(((table, row.key), row.values, diff))
+                }
             }
         }
         let keyed = !self.shape.is_empty();
@@ -315,28 +317,11 @@ impl JoinState {
             }
         }
 
-        // Lookup-table rows, negative changes first as for patterns.
-        table_changes.sort_by(|a, b| (a.0, &a.1.key, a.2).cmp(&(b.0, &b.1.key, b.2)));
-        let mut rows = table_changes.into_iter().peekable();
-        while let Some((table, row, diff)) = rows.next() {
-            let key = row.key.clone();
-            let old = self.tables.get(&table).and_then(|t| t.get(&key)).cloned();
-            let mut new = old.clone();
-            for (values, diff) in
-                std::iter::once((row.values, diff)).chain(std::iter::from_fn(|| {
-                    rows.next_if(|(t, r, _)| *t == table && r.key == key)
-                        .map(|(_, r, d)| (r.values, d))
-                }))
-            {
-                if diff > 0 {
-                    new = Some(values);
-                } else if new.as_ref() == Some(&values) {
-                    new = None;
-                }
-            }
-            if old == new {
-                continue;
-            }
+        // Lookup-table rows.
+        let tables = &self.tables;
+        for ((table, key), _, new) in settle(table_changes, |(table, key)| {
+            tables.get(table).and_then(|t| t.get(key)).cloned()
+        }) {
             let entries = self.tables.entry(table).or_default();
             match new {
                 Some(values) => entries.insert(key.clone(), values),
@@ -347,26 +332,8 @@ impl JoinState {
             }
         }
 
-        // Negative changes first, so a (-old, +new) pair leaves the new lookup in place.
-        lookup_changes.sort_by(|a, b| (&a.0, a.2).cmp(&(&b.0, b.2)));
-        let mut changes = lookup_changes.into_iter().peekable();
-        while let Some((pattern, lookup, diff)) = changes.next() {
-            let old = self.lookups.get(&pattern).cloned();
-            let mut new = old.clone();
-            for (lookup, diff) in std::iter::once((lookup, diff)).chain(std::iter::from_fn(|| {
-                changes
-                    .next_if(|(p, _, _)| *p == pattern)
-                    .map(|(_, l, d)| (l, d))
-            })) {
-                if diff > 0 {
-                    new = Some(lookup);
-                } else if new.as_ref() == Some(&lookup) {
-                    new = None;
-                }
-            }
-            if old == new {
-                continue;
-            }
+        let lookups = &self.lookups;
+        for (pattern, old, new) in settle(lookup_changes, |p| lookups.get(p).cloned()) {
             match &new {
                 Some(lookup) => self.lookups.insert(pattern.clone(), lookup.clone()),
                 None => self.lookups.remove(&pattern),
@@ -406,6 +373,38 @@ impl JoinState {
             })
             .collect()
     }
+}
+
+/// Folds the changes of one time to keyed lookups into each key's value before and after,
+/// keeping the keys whose value changed. Retractions go first, so a (-old, +new) pair leaves
+/// the new value in place.
+fn settle<K: Ord, V: PartialEq + Clone>(
+    mut changes: Vec<(K, V, isize)>,
+    current: impl Fn(&K) -> Option<V>,
+) -> Vec<(K, Option<V>, Option<V>)> {
+    changes.sort_by(|a, b| (&a.0, a.2).cmp(&(&b.0, b.2)));
+    let mut settled = Vec::new();
+    let mut changes = changes.into_iter().peekable();
+    while let Some((key, value, diff)) = changes.next() {
+        let old = current(&key);
+        let mut new = old.clone();
+        let same_key = std::iter::from_fn(|| {
+            changes
+                .next_if(|(k, _, _)| *k == key)
+                .map(|(_, v, d)| (v, d))
+        });
+        for (value, diff) in std::iter::once((value, diff)).chain(same_key) {
+            if diff > 0 {
+                new = Some(value);
+            } else if new.as_ref() == Some(&value) {
+                new = None;
+            }
+        }
+        if old != new {
+            settled.push((key, old, new));
+        }
+    }
+    settled
 }
 
 /// The epoch a checkpoint taken at the end of input is labelled with: every worker's join

@@ -299,15 +299,57 @@ pub struct DimStats {
 impl DimStats {
     /// Records a good snapshot of every table.
     pub fn loaded(&self, snapshot: &DimSnapshot, dims: &Dimensions) {
+        for table in DimTable::all(dims) {
+            self.refreshed(
+                dims,
+                table,
+                snapshot.rows_of(table),
+                0,
+                table.refresh_interval(dims),
+            );
+        }
+    }
+
+    /// Records a good read of `table`: `rows` rows, `changed` of them different.
+    pub fn refreshed(
+        &self,
+        dims: &Dimensions,
+        table: DimTable,
+        rows: usize,
+        changed: usize,
+        next_in: Duration,
+    ) {
+        self.update(dims, table, next_in, |status, now| {
+            status.rows = rows;
+            status.last_refresh_ms = now;
+            status.last_error = None;
+            if changed > 0 {
+                status.last_diff_rows = changed;
+            }
+        });
+    }
+
+    /// Records a failed read of `table`.
+    pub fn failed(&self, dims: &Dimensions, table: DimTable, error: String, next_in: Duration) {
+        self.update(dims, table, next_in, |status, _| {
+            status.failures += 1;
+            status.last_error = Some(error);
+        });
+    }
+
+    fn update(
+        &self,
+        dims: &Dimensions,
+        table: DimTable,
+        next_in: Duration,
+        change: impl FnOnce(&mut DimTableStatus, i64),
+    ) {
         let now = crate::source::routing::now_ms();
         let mut tables = self.tables.lock().expect("dim stats lock");
-        for table in DimTable::all(dims) {
-            let status = tables.entry(table).or_default();
-            status.table = table.table(dims).to_owned();
-            status.rows = snapshot.rows_of(table);
-            status.last_refresh_ms = now;
-            status.next_refresh_ms = now + table.refresh_interval(dims).as_millis() as i64;
-        }
+        let status = tables.entry(table).or_default();
+        status.table = table.table(dims).to_owned();
+        status.next_refresh_ms = now + next_in.as_millis() as i64;
+        change(status, now);
     }
 }
 
@@ -371,7 +413,13 @@ impl DimRefresher {
                     }
                     due.insert(table, Instant::now() + interval);
                     let diff = self.snapshot.diff(&next);
-                    self.record(table, &next, diff.len(), interval, None);
+                    self.stats.refreshed(
+                        &self.dims,
+                        table,
+                        next.rows_of(table),
+                        diff.len(),
+                        interval,
+                    );
                     if diff.is_empty() {
                         tracing::debug!(dimension = name.as_str(), "dimension refresh: no change");
                         continue;
@@ -405,7 +453,7 @@ impl DimRefresher {
                         .min(Duration::from_secs(300));
                     backoff.insert(table, wait);
                     due.insert(table, Instant::now() + wait);
-                    self.record(table, &self.snapshot.clone(), 0, wait, Some(e.to_string()));
+                    self.stats.failed(&self.dims, table, e.to_string(), wait);
                     tracing::warn!(dimension = name.as_str(), error = %e, retry_in = ?wait, "dimension refresh failed; the last good snapshot stays in force");
                     if first {
                         let notice = Notice {
@@ -419,35 +467,6 @@ impl DimRefresher {
                             tracing::warn!(error = %e, "cannot send the alert to the alerts topic");
                         }
                     }
-                }
-            }
-        }
-    }
-
-    fn record(
-        &self,
-        table: DimTable,
-        snapshot: &DimSnapshot,
-        changed: usize,
-        next_in: Duration,
-        error: Option<String>,
-    ) {
-        let now = crate::source::routing::now_ms();
-        let mut tables = self.stats.tables.lock().expect("dim stats lock");
-        let status = tables.entry(table).or_default();
-        status.table = table.table(&self.dims).to_owned();
-        status.next_refresh_ms = now + next_in.as_millis() as i64;
-        match error {
-            Some(error) => {
-                status.failures += 1;
-                status.last_error = Some(error);
-            }
-            None => {
-                status.rows = snapshot.rows_of(table);
-                status.last_refresh_ms = now;
-                status.last_error = None;
-                if changed > 0 {
-                    status.last_diff_rows = changed;
                 }
             }
         }
