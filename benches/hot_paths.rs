@@ -1,6 +1,7 @@
 //! Criterion benches of the hot paths, on generated data:
 //!
-//! - `ingest`: parse + validate + route + process one message;
+//! - `ingest`: the envelope alone, JSON validation alone, and parse + validate + route +
+//!   process one message;
 //! - `join/records`: record-state update and row assembly for a batch of operations;
 //! - `join/dim_change`: a pattern lookup change correcting the rows that use it;
 //! - `dims/initial_load` and `dims/load_then_change`: the differential dimension chain;
@@ -22,6 +23,7 @@ use wrongbook::dataflow::ingest::{Ingestor, Outcome};
 use wrongbook::dataflow::join::{JoinState, LookupChange};
 use wrongbook::dataflow::process::KeyedOp;
 use wrongbook::dataflow::route::RouteTable;
+use wrongbook::event::parse_envelope;
 use wrongbook::schema::Dialect;
 use wrongbook::sink::batch_of;
 use wrongbook::sink::statements::{row_params, upsert_sql, WideTable};
@@ -57,6 +59,24 @@ fn bench_ingest(c: &mut Criterion) {
     let (ingestor, routes) = ingestor();
     let mut group = c.benchmark_group("ingest");
     group.throughput(Throughput::Elements(generated.messages.len() as u64));
+    group.bench_function("parse_envelope", |b| {
+        b.iter(|| {
+            generated
+                .messages
+                .iter()
+                .filter(|m| parse_envelope(m, 1 << 20).is_ok())
+                .count()
+        })
+    });
+    group.bench_function("validate_json_only", |b| {
+        b.iter(|| {
+            generated
+                .messages
+                .iter()
+                .filter(|m| std::str::from_utf8(m).is_ok_and(wrongbook::json::is_valid))
+                .count()
+        })
+    });
     group.bench_function("parse_validate_route_process", |b| {
         b.iter(|| {
             let mut accepted = 0;

@@ -166,6 +166,12 @@ pub enum Command {
         /// Configuration for --sink db.
         #[arg(short, long)]
         config: Option<PathBuf>,
+        /// With --sink db, skip measuring the database's own limit. By default the final rows
+        /// are then loaded again into a scratch copy of the table (`<table>_db_limit`, dropped
+        /// afterwards) by the `mariadb` command-line client in 1000-row upserts, on one and on
+        /// two connections, and the engine's rate is reported as a share of that limit.
+        #[arg(long)]
+        no_db_limit: bool,
         /// After the events, rename this share of patterns (most used first) and time the
         /// corrections (0 = no change).
         #[arg(long, default_value_t = 0.0)]

@@ -1,17 +1,14 @@
 //! `BusinessEvent` parsing and validation (SPEC §2): raw message bytes become a typed envelope
 //! and schema-checked payload fields, or a [`Rejection`] with a reason class.
 //!
-//! Parsing borrows from the message: field values are slices of the input unless they carry
-//! escapes, and unknown fields are skipped without building a JSON tree. Nothing a message holds
-//! can panic this module; every failure is a value.
+//! Parsing borrows from the message ([`crate::json::Scanner`]): field values are slices of the
+//! input unless they carry escapes, and unknown fields are skipped without building a JSON tree.
+//! Nothing a message holds can panic this module; every failure is a value.
 
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{self, Deserializer, MapAccess, Visitor};
-use serde::Deserialize;
-use serde_json::value::RawValue;
-
+use crate::json::{Scanner, SyntaxError, Value};
 use crate::spec::{EventSchema, FieldType};
 
 /// Why a message is a dead letter. The names are stable: they appear in the dead-letter output,
@@ -113,7 +110,9 @@ pub struct Envelope<'a> {
     /// Event time, ms since the epoch.
     pub timestamp: i64,
     pub event_id: Cow<'a, str>,
-    pub payload: &'a RawValue,
+    /// The payload object's text, validated JSON (its fields are checked by
+    /// [`validate_payload`]).
+    pub payload: &'a str,
 }
 
 /// A validated payload value.
@@ -128,6 +127,10 @@ pub type Fields<'a> = Vec<Option<FieldValue<'a>>>;
 
 /// Parses the envelope of a message: UTF-8, RFC 8259 JSON, an object, the four envelope fields
 /// typed per SPEC §2 and a payload object (its fields are checked by [`validate_payload`]).
+///
+/// The whole message is validated in one pass. A syntax error or a duplicate key anywhere in it
+/// outranks a wrong field: the first found of those is the reason, else the first wrong field
+/// in message order, else the first missing field.
 pub fn parse_envelope(raw: &[u8], max_bytes: usize) -> Result<Envelope<'_>, Rejection> {
     if raw.len() > max_bytes {
         return Err(Rejection::new(
@@ -141,32 +144,63 @@ pub fn parse_envelope(raw: &[u8], max_bytes: usize) -> Result<Envelope<'_>, Reje
             format!("invalid UTF-8 at byte {}", e.valid_up_to()),
         )
     })?;
-    let object = parse_object(text, true)?;
+    let mut scanner = Scanner::new(text);
+    if !matches!(scanner.peek(), Some(b'{') | None) {
+        return Err(match scanner.skip_value().and_then(|_| scanner.end()) {
+            Ok(()) => Rejection::new(Reason::NotAnObject, "the message is not a JSON object"),
+            Err(e) => syntax(e),
+        });
+    }
     let mut domain = None;
     let mut event_type = None;
     let mut timestamp = None;
     let mut event_id = None;
     let mut payload = None;
-    for (key, value) in object {
-        match key.as_ref() {
-            "domain" => domain = string_field(value, FieldPath::envelope("domain"))?,
-            "type" => event_type = string_field(value, FieldPath::envelope("type"))?,
-            "timestamp" => {
-                timestamp = long_field(value, FieldPath::envelope("timestamp"), FieldType::Long)?
-            }
-            "eventId" => event_id = string_field(value, FieldPath::envelope("eventId"))?,
-            "payload" => payload = (value.get() != "null").then_some(value),
-            _ => {}
+    let mut wrong_field: Option<Rejection> = None;
+    let mut keys = KeySet::default();
+    scanner.begin_object().map_err(syntax)?;
+    while let Some(key) = scanner.next_key().map_err(syntax)? {
+        let known = match key.as_ref() {
+            "domain" => Some(0),
+            "type" => Some(1),
+            "timestamp" => Some(2),
+            "eventId" => Some(3),
+            "payload" => Some(4),
+            _ => None,
+        };
+        keys.insert(known, key)?;
+        let Some(slot) = known else {
+            scanner.skip_value().map_err(syntax)?;
+            continue;
+        };
+        let value = scanner.value().map_err(syntax)?;
+        if wrong_field.is_some() {
+            continue;
         }
+        let checked = match slot {
+            0 => string_field(value, FieldPath::envelope("domain")).map(|v| domain = v),
+            1 => string_field(value, FieldPath::envelope("type")).map(|v| event_type = v),
+            2 => long_field(value, FieldPath::envelope("timestamp"), FieldType::Long)
+                .map(|v| timestamp = v),
+            3 => string_field(value, FieldPath::envelope("eventId")).map(|v| event_id = v),
+            _ => {
+                payload = (value != Value::Null).then_some(value);
+                Ok(())
+            }
+        };
+        wrong_field = checked.err();
+    }
+    scanner.end().map_err(syntax)?;
+    if let Some(rejection) = wrong_field {
+        return Err(rejection);
     }
     let missing = |name: &str| Rejection::new(Reason::MissingField, format!("`{name}` is missing"));
-    let payload = payload.ok_or_else(|| missing("payload"))?;
-    if !payload.get().starts_with('{') {
+    let Value::Object(payload) = payload.ok_or_else(|| missing("payload"))? else {
         return Err(Rejection::new(
             Reason::InvalidField,
             "`payload` is not an object",
         ));
-    }
+    };
     Ok(Envelope {
         domain: domain.ok_or_else(|| missing("domain"))?,
         event_type: event_type.ok_or_else(|| missing("type"))?,
@@ -180,16 +214,22 @@ pub fn parse_envelope(raw: &[u8], max_bytes: usize) -> Result<Envelope<'_>, Reje
 /// Fields the schema does not name are ignored.
 pub fn validate_payload<'a>(
     schema: &EventSchema,
-    payload: &'a RawValue,
+    payload: &'a str,
 ) -> Result<Fields<'a>, Rejection> {
-    let object = parse_object(payload.get(), false)?;
-    let mut fields: Fields<'a> = vec![None; schema.fields.len()];
-    for (key, value) in object {
-        let Some(index) = schema.field_index(&key) else {
+    let mut scanner = Scanner::new(payload);
+    let mut fields: Fields<'a> = vec![None; schema.fields().len()];
+    let mut keys = KeySet::default();
+    scanner.begin_object().map_err(syntax)?;
+    while let Some(key) = scanner.next_key().map_err(syntax)? {
+        let index = schema.field_index(&key);
+        keys.insert(index, key)?;
+        let Some(index) = index else {
+            scanner.skip_value().map_err(syntax)?;
             continue;
         };
-        let spec = &schema.fields[index];
+        let spec = &schema.fields()[index];
         let path = FieldPath::payload(&spec.name);
+        let value = scanner.value().map_err(syntax)?;
         fields[index] = match spec.ty {
             FieldType::String => string_field(value, path)?.map(FieldValue::Text),
             FieldType::Long | FieldType::Integer => {
@@ -197,7 +237,7 @@ pub fn validate_payload<'a>(
             }
         };
     }
-    for (spec, value) in schema.fields.iter().zip(&fields) {
+    for (spec, value) in schema.fields().iter().zip(&fields) {
         if spec.required && value.is_none() {
             return Err(Rejection::new(
                 Reason::MissingField,
@@ -208,114 +248,56 @@ pub fn validate_payload<'a>(
     Ok(fields)
 }
 
-/// The entries of a JSON object, values left raw. `top_level` decides how a non-object is
-/// classified: a whole message that is not an object is `not_an_object`.
-fn parse_object(text: &str, top_level: bool) -> Result<Vec<(Cow<'_, str>, &RawValue)>, Rejection> {
-    match serde_json::from_str::<RawObject<'_>>(text) {
-        Ok(object) => {
-            if top_level && text.contains("\\u") && has_lone_surrogate(text) {
-                return Err(Rejection::new(
-                    Reason::InvalidJson,
-                    "a \\u escape is a lone surrogate",
-                ));
-            }
-            Ok(object.0)
-        }
-        Err(e) => {
-            let message = e.to_string();
-            if let Some(key) = message.strip_prefix(DUPLICATE_KEY) {
-                let key: String = key.chars().take(80).collect();
-                return Err(Rejection::new(Reason::DuplicateKey, format!("key {key}")));
-            }
-            match e.classify() {
-                serde_json::error::Category::Data if top_level => {
-                    Err(Rejection::new(Reason::NotAnObject, message))
-                }
-                serde_json::error::Category::Data => {
-                    Err(Rejection::new(Reason::InvalidField, message))
-                }
-                _ => Err(Rejection::new(Reason::InvalidJson, message)),
-            }
-        }
-    }
+fn syntax(e: SyntaxError) -> Rejection {
+    Rejection::new(Reason::InvalidJson, e.to_string())
 }
 
-const DUPLICATE_KEY: &str = "duplicate key ";
+/// The keys of one object seen so far, to refuse a key seen twice: the keys a reader knows by
+/// index (in a bit set), the others by name (the first few inline, so that the usual message
+/// allocates nothing here).
+#[derive(Default)]
+struct KeySet<'a> {
+    known: u64,
+    inline: [&'a str; 8],
+    inline_len: usize,
+    spilled: Vec<Cow<'a, str>>,
+}
 
-/// A JSON object whose values stay unparsed, rejecting duplicate keys.
-struct RawObject<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
-
-impl<'de> Deserialize<'de> for RawObject<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct ObjectVisitor;
-        impl<'de> Visitor<'de> for ObjectVisitor {
-            type Value = RawObject<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
+impl<'a> KeySet<'a> {
+    fn insert(&mut self, index: Option<usize>, key: Cow<'a, str>) -> Result<(), Rejection> {
+        let fresh = match index {
+            Some(i) if i < 64 => {
+                let fresh = self.known & (1 << i) == 0;
+                self.known |= 1 << i;
+                fresh
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut entries: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::with_capacity(12);
-                while let Some(BorrowedStr(key)) = map.next_key()? {
-                    let value: &'de RawValue = map.next_value()?;
-                    if entries.iter().any(|(k, _)| *k == key) {
-                        return Err(de::Error::custom(format_args!("{DUPLICATE_KEY}`{key}`")));
+            _ => {
+                let seen = self.inline[..self.inline_len].contains(&key.as_ref())
+                    || self.spilled.contains(&key);
+                if !seen {
+                    match key {
+                        Cow::Borrowed(k) if self.inline_len < self.inline.len() => {
+                            self.inline[self.inline_len] = k;
+                            self.inline_len += 1;
+                        }
+                        key => self.spilled.push(key),
                     }
-                    entries.push((key, value));
+                    return Ok(());
                 }
-                Ok(RawObject(entries))
+                false
             }
+        };
+        if fresh {
+            return Ok(());
         }
-        d.deserialize_map(ObjectVisitor)
+        let shown: String = key.chars().take(80).collect();
+        Err(Rejection::new(
+            Reason::DuplicateKey,
+            format!("key `{shown}`"),
+        ))
     }
 }
 
-/// A JSON string, borrowed when it has no escapes.
-struct BorrowedStr<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for BorrowedStr<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct StrVisitor;
-        impl<'de> Visitor<'de> for StrVisitor {
-            type Value = BorrowedStr<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(BorrowedStr(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(BorrowedStr(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(BorrowedStr(Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(StrVisitor)
-    }
-}
-
-fn json_kind(raw: &str) -> &'static str {
-    match raw.as_bytes().first() {
-        Some(b'{') => "an object",
-        Some(b'[') => "an array",
-        Some(b't' | b'f') => "a boolean",
-        Some(b'"') => "a string",
-        _ => "a number",
-    }
-}
-
-fn is_integer_literal(raw: &str) -> bool {
-    let digits = raw.strip_prefix('-').unwrap_or(raw);
-    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
-}
-
-fn parse_json_string(raw: &RawValue) -> Result<Cow<'_, str>, String> {
-    serde_json::from_str::<BorrowedStr<'_>>(raw.get())
-        .map(|s| s.0)
-        .map_err(|e| e.to_string())
-}
-
-/// The String rule: a JSON string, or a number as its decimal text; null is absent.
 /// Where a field is, for messages: formatted only when a message is needed.
 #[derive(Clone, Copy)]
 struct FieldPath<'s> {
@@ -348,27 +330,28 @@ impl fmt::Display for FieldPath<'_> {
     }
 }
 
+/// The String rule: a JSON string, or a number as its decimal text; null is absent.
 fn string_field<'a>(
-    raw: &'a RawValue,
+    value: Value<'a>,
     path: FieldPath<'_>,
 ) -> Result<Option<Cow<'a, str>>, Rejection> {
-    let text = raw.get();
-    match text.as_bytes().first() {
-        Some(b'n') => Ok(None),
-        Some(b'"') => parse_json_string(raw)
-            .map(Some)
-            .map_err(|e| Rejection::new(Reason::InvalidField, format!("`{path}`: {e}"))),
-        Some(b'-' | b'0'..=b'9') if is_integer_literal(text) => Ok(Some(Cow::Borrowed(text))),
-        Some(b'-' | b'0'..=b'9') => match text.parse::<f64>() {
+    match value {
+        Value::Null => Ok(None),
+        Value::String(s) => Ok(Some(s)),
+        Value::Number {
+            text,
+            integer: true,
+        } => Ok(Some(Cow::Borrowed(text))),
+        Value::Number { text, .. } => match text.parse::<f64>() {
             Ok(f) if f.is_finite() => Ok(Some(Cow::Owned(f.to_string()))),
             _ => Err(Rejection::new(
                 Reason::InvalidField,
                 format!("`{path}`: number `{text}` has no finite decimal form"),
             )),
         },
-        _ => Err(Rejection::new(
+        other => Err(Rejection::new(
             Reason::InvalidField,
-            format!("`{path}`: expected a string, got {}", json_kind(text)),
+            format!("`{path}`: expected a string, got {}", other.kind()),
         )),
     }
 }
@@ -376,11 +359,10 @@ fn string_field<'a>(
 /// The Long and Integer rules: a JSON integer, or a string of decimal digits, within range;
 /// null is absent.
 fn long_field(
-    raw: &RawValue,
+    value: Value<'_>,
     path: FieldPath<'_>,
     ty: FieldType,
 ) -> Result<Option<i64>, Rejection> {
-    let text = raw.get();
     let (min, max, name) = match ty {
         FieldType::Integer => (i64::from(i32::MIN), i64::from(i32::MAX), "Integer"),
         _ => (i64::MIN, i64::MAX, "Long"),
@@ -393,10 +375,9 @@ fn long_field(
             .filter(|v| (min..=max).contains(v))
             .ok_or_else(|| invalid(format!("{digits} is out of range for {name}")))
     };
-    match text.as_bytes().first() {
-        Some(b'n') => Ok(None),
-        Some(b'"') => {
-            let s = parse_json_string(raw).map_err(invalid)?;
+    match value {
+        Value::Null => Ok(None),
+        Value::String(s) => {
             if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
                 let shown: String = s.chars().take(40).collect();
                 return Err(invalid(format!(
@@ -405,54 +386,15 @@ fn long_field(
             }
             in_range(&s).map(Some)
         }
-        Some(b'-' | b'0'..=b'9') if is_integer_literal(text) => in_range(text).map(Some),
-        _ => Err(invalid(format!(
-            "expected {name}, got {}",
-            if text.starts_with(['-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']) {
-                "a non-integer number"
-            } else {
-                json_kind(text)
-            }
+        Value::Number {
+            text,
+            integer: true,
+        } => in_range(text).map(Some),
+        Value::Number { .. } => Err(invalid(format!(
+            "expected {name}, got a non-integer number"
         ))),
+        other => Err(invalid(format!("expected {name}, got {}", other.kind()))),
     }
-}
-
-/// Whether valid JSON text holds a `\u` escape of a surrogate that is not half of a pair.
-/// serde_json checks escapes only in the strings it decodes; RFC 8259 text has none anywhere.
-fn has_lone_surrogate(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    let hex = |at: usize| -> Option<u16> {
-        let digits = bytes.get(at..at + 4)?;
-        u16::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
-    };
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] != b'\\' {
-            i += 1;
-            continue;
-        }
-        if bytes.get(i + 1) != Some(&b'u') {
-            i += 2;
-            continue;
-        }
-        let Some(unit) = hex(i + 2) else {
-            return true;
-        };
-        match unit {
-            0xD800..=0xDBFF => {
-                let low = (bytes.get(i + 6) == Some(&b'\\') && bytes.get(i + 7) == Some(&b'u'))
-                    .then(|| hex(i + 8))
-                    .flatten();
-                match low {
-                    Some(0xDC00..=0xDFFF) => i += 12,
-                    _ => return true,
-                }
-            }
-            0xDC00..=0xDFFF => return true,
-            _ => i += 6,
-        }
-    }
-    false
 }
 
 #[cfg(test)]
@@ -468,8 +410,7 @@ mod tests {
 
     fn fix_fields(payload: &str) -> Result<Vec<Option<FieldValue<'_>>>, Rejection> {
         let spec = Spec::builtin();
-        let raw: &RawValue = serde_json::from_str(payload).unwrap();
-        validate_payload(&spec.event_types["wrongbook_fix"], raw).map(|f| {
+        validate_payload(&spec.event_types["wrongbook_fix"], payload).map(|f| {
             f.into_iter()
                 .map(|v| {
                     v.map(|v| match v {

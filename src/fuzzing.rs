@@ -34,6 +34,7 @@ fn ingestor() -> &'static (Ingestor, RouteTable, HashMap<i64, String>) {
 /// wide-row assembly and statement parameters: one outcome, the same each time; every value
 /// fits its column; one parameter per column.
 pub fn message(data: &[u8]) {
+    json_validity(data);
     let (ingestor, routes, desc) = ingestor();
     let (label, outcome) = ingestor.ingest(data, routes);
     let (again_label, again) = ingestor.ingest(data, routes);
@@ -66,6 +67,27 @@ pub fn message(data: &[u8]) {
     }
     let sql = upsert_sql(Dialect::Mysql, &WideTable::plain("t"), 1);
     assert_eq!(sql.matches('?').count(), params.len());
+}
+
+/// The message scanner ([`crate::json`]) accepts exactly the RFC 8259 texts serde_json accepts
+/// (serde_json decodes every string of a `Value`, so it refuses lone surrogates too). serde_json
+/// stops at 128 levels of nesting, the scanner does not: deeper texts are not compared.
+pub fn json_validity(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let ours = crate::json::is_valid(text);
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(_) => assert!(
+            ours,
+            "serde_json accepts what the scanner refuses: {text:?}"
+        ),
+        Err(e) if e.to_string().contains("recursion limit") => {}
+        Err(e) => assert!(
+            !ours,
+            "the scanner accepts what serde_json refuses ({e}): {text:?}"
+        ),
+    }
 }
 
 /// Configuration and dataflow-spec text: parsed or refused with an error that names what is

@@ -32,6 +32,7 @@ pub mod engine;
 pub mod event;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod json;
 pub mod ops;
 pub mod schema;
 pub mod sink;

@@ -187,6 +187,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             sink,
             config,
             rename_share,
+            no_db_limit,
             json,
         } => {
             for (name, share) in [
@@ -228,6 +229,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 rename_share,
                 engine: wrongbook::config::EngineConfig::default(),
                 progress: !json,
+                db_limit: !no_db_limit,
             })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

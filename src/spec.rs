@@ -54,13 +54,33 @@ pub struct FieldSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventSchema {
     pub event_type: String,
-    pub fields: Vec<FieldSpec>,
+    fields: Vec<FieldSpec>,
+    /// Field name → index in `fields`: looked up for every key of every payload.
+    by_name: crate::dataflow::FastMap<String, usize>,
 }
 
 impl EventSchema {
+    pub fn new(event_type: String, fields: Vec<FieldSpec>) -> EventSchema {
+        let by_name = fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.name.clone(), i))
+            .collect();
+        EventSchema {
+            event_type,
+            fields,
+            by_name,
+        }
+    }
+
+    /// The fields, in payload-value order.
+    pub fn fields(&self) -> &[FieldSpec] {
+        &self.fields
+    }
+
     /// The index of the field called `name`, if the schema has one.
     pub fn field_index(&self, name: &str) -> Option<usize> {
-        self.fields.iter().position(|f| f.name == name)
+        self.by_name.get(name).copied()
     }
 }
 
@@ -384,7 +404,7 @@ impl RawSpec {
                     required: f.required,
                 })
                 .collect();
-            event_types.insert(event_type.clone(), EventSchema { event_type, fields });
+            event_types.insert(event_type.clone(), EventSchema::new(event_type, fields));
         }
 
         let mut processors = BTreeMap::new();

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use proptest::prelude::*;
-use wrongbook::fuzzing::{config_and_spec, message};
+use wrongbook::fuzzing::{config_and_spec, json_validity, message};
 
 fn files(dir: &str) -> Vec<Vec<u8>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
@@ -57,6 +57,51 @@ fn mutated(seeds: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
+/// JSON texts, most of them valid, some with the mistakes a scanner could let through: leading
+/// zeros, bare dots and exponents, bad escapes, lone surrogates, trailing commas, missing colons.
+fn nearly_json() -> impl Strategy<Value = String> {
+    let number = r"-?(0|[1-9][0-9]{0,3}|0[0-9])(\.[0-9]{0,2})?([eE][+-]?[0-9]{0,2})?";
+    let string = r#""([a-z é]|\\["\\/bfnrtux]|\\u[0-9a-fA-F]{4}|\\u[dD][89abAB][0-9a-f]{2}|\\u[dD][c-fC-F][0-9a-f]{2}){0,6}""#;
+    let leaf = prop_oneof![
+        Just("null".to_owned()),
+        Just("true".to_owned()),
+        Just("fals".to_owned()),
+        number,
+        string,
+    ];
+    let separator = prop_oneof![8 => Just(","), 1 => Just(" , "), 1 => Just(",,")];
+    leaf.prop_recursive(4, 32, 4, move |inner| {
+        let key = r#""[a-z]{0,3}""#;
+        let colon = prop_oneof![10 => Just(":"), 1 => Just(""), 1 => Just(" :\n")];
+        prop_oneof![
+            (
+                prop::collection::vec(inner.clone(), 0..4),
+                separator.clone(),
+                any::<bool>()
+            )
+                .prop_map(|(items, sep, trailing)| {
+                    let comma = if trailing && !items.is_empty() {
+                        ","
+                    } else {
+                        ""
+                    };
+                    format!("[{}{comma}]", items.join(sep))
+                }),
+            (
+                prop::collection::vec((key, colon, inner), 0..4),
+                separator.clone()
+            )
+                .prop_map(|(entries, sep)| {
+                    let entries: Vec<String> = entries
+                        .into_iter()
+                        .map(|(k, c, v)| format!("{k}{c}{v}"))
+                        .collect();
+                    format!("{{{}}}", entries.join(sep))
+                }),
+        ]
+    })
+}
+
 #[test]
 fn seeds_and_regressions_pass() {
     for input in seeds("message")
@@ -84,6 +129,16 @@ proptest! {
     #[test]
     fn mutated_messages(data in mutated(seeds("message"))) {
         message(&data);
+    }
+
+    #[test]
+    fn json_made_of_json_tokens(text in r#"([\[\]{}",:. \\/a-fnrtu0-9eE+-]|\\u[dD][89aAbBcCdDeEfF]00|true|null){0,40}"#) {
+        json_validity(text.as_bytes());
+    }
+
+    #[test]
+    fn json_nearly_valid(text in nearly_json()) {
+        json_validity(text.as_bytes());
     }
 }
 

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::commands::db_limit::{self, DbLimit, DbLimitError};
 use crate::commands::gen::{generate_into, routing_rows, GenOptions};
 use crate::commands::progress::ProgressDisplay;
 use crate::config::{Config, EngineConfig};
@@ -65,6 +66,8 @@ pub struct BenchOptions {
     pub rename_share: f64,
     pub engine: EngineConfig,
     pub progress: bool,
+    /// With a database sink: also measure the database's own limit (see [`db_limit`]).
+    pub db_limit: bool,
 }
 
 /// One stage's throughput.
@@ -102,6 +105,18 @@ pub struct BenchReport {
     pub sink_write_seconds: f64,
     pub stages: Vec<StageFigure>,
     pub dim_change: Option<DimChangeFigure>,
+    pub db_limit: Option<DbLimitFigure>,
+}
+
+/// The engine against the database's own limit, in rows of the final table per second.
+#[derive(Debug, Clone, Serialize)]
+pub struct DbLimitFigure {
+    pub limit: DbLimit,
+    /// Rows of the final table per second of the whole run (parse to commit).
+    pub engine_rows_per_second: f64,
+    /// The engine's figure as a share of the limit on as many connections as it used (one per
+    /// worker, two at most).
+    pub share_of_limit: f64,
 }
 
 /// The corrections of the dimension change.
@@ -121,6 +136,8 @@ pub enum BenchError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Db(#[from] crate::db::DbError),
+    #[error(transparent)]
+    DbLimit(#[from] DbLimitError),
 }
 
 /// Memory figures from /proc (Linux): (current RSS, peak RSS), bytes.
@@ -253,6 +270,14 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         progress.finish();
     }
     let summary = result?;
+    let limit = match &opts.sink {
+        BenchSink::Database(config) if opts.db_limit => {
+            eprintln!("measuring the database's own limit with the same rows (mariadb client, 1000-row upserts, 1 and 2 connections)…");
+            let table = crate::sink::statements::WideTable::plain(config.sink.table.clone());
+            Some(db_limit::measure(&config.database(), &table, &dir)?)
+        }
+        _ => None,
+    };
     let _ = std::fs::remove_dir_all(&dir);
     // Peak memory is read before the stage measurements, which hold data of their own.
     let after = rss();
@@ -292,6 +317,19 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             .as_secs_f64(),
         sink_write_seconds: Duration::from_micros(summary.write_micros).as_secs_f64(),
         stages,
+        db_limit: limit.map(|limit| {
+            let engine = live as f64 / seconds.max(1e-9);
+            let reference = if opts.workers > 1 {
+                limit.two_connections
+            } else {
+                limit.one_connection
+            };
+            DbLimitFigure {
+                engine_rows_per_second: engine,
+                share_of_limit: engine / reference.max(1e-9),
+                limit,
+            }
+        }),
         dim_change: summary.dim_change.map(|c| DimChangeFigure {
             patterns_renamed: renamed_count,
             rows_corrected: c.rows_written,
@@ -531,6 +569,20 @@ pub fn format_report(r: &BenchReport) -> String {
         mb(r.state_bytes),
         r.state_bytes_per_live_record
     ));
+    if let Some(d) = &r.db_limit {
+        out.push_str(&format!(
+            "\ndatabase limit ({} client, 1000-row upserts of the {} final rows):\n  \
+             one connection {:>10.0} rows/s\n  two connections {:>9.0} rows/s\n  \
+             engine, end to end {:>7.0} rows/s = {:.0} % of the limit on {} connection(s)\n",
+            d.limit.client,
+            d.limit.rows,
+            d.limit.one_connection,
+            d.limit.two_connections,
+            d.engine_rows_per_second,
+            d.share_of_limit * 100.0,
+            r.workers.min(2)
+        ));
+    }
     if let Some(c) = &r.dim_change {
         out.push_str(&format!(
             "\ndimension change: {} patterns renamed, {} rows corrected in {:.3}s\n",

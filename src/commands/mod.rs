@@ -2,6 +2,7 @@
 //! these.
 
 pub mod bench;
+pub mod db_limit;
 pub mod demo;
 pub mod gen;
 pub mod init_db;

@@ -54,7 +54,8 @@ impl Ingestor {
             Ok(envelope) => envelope,
             Err(rejection) => return (Cow::Borrowed(UNPARSED), Outcome::DeadLetter(rejection)),
         };
-        let label = if routes.knows(&envelope.event_type)
+        let route = routes.route(&envelope.event_type);
+        let label = if route.is_some()
             || self
                 .spec
                 .event_types
@@ -67,7 +68,7 @@ impl Ingestor {
         if envelope.domain != self.spec.domain {
             return (label, Outcome::Skipped(SkipReason::Domain));
         }
-        let outcome = match routes.route(&envelope.event_type) {
+        let outcome = match route {
             None => Outcome::DeadLetter(Rejection::new(
                 Reason::UnknownType,
                 format!(

@@ -15,12 +15,13 @@
 //! no retractions because the sink writes rows by id.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
@@ -34,7 +35,7 @@ use crate::dataflow::dims::{DimLookup, PatternLookup};
 use crate::dataflow::process::KeyedOp;
 use crate::dataflow::records::{Applied, Record, RecordStore};
 use crate::dataflow::wide::{RowUpdate, WideRow};
-use crate::dataflow::DataflowStats;
+use crate::dataflow::{DataflowStats, FastMap, FastSet};
 use crate::source::dims::LookupRow;
 use crate::spec::KeyField;
 
@@ -98,7 +99,7 @@ pub fn lookup_for<'a>(
         .add
         .pattern_id
         .as_ref()
-        .and_then(|p| lookups.get(p))
+        .and_then(|p| lookups.get(p.as_str()))
         .map(|l| l.resolve(record.add.chapter_id.as_deref()))
         .unwrap_or_default()
 }
@@ -109,11 +110,11 @@ pub struct JoinState {
     pub records: RecordStore,
     lookups: HashMap<String, PatternLookup>,
     /// pattern → the ids of visible records with that pattern.
-    ids_by_pattern: HashMap<String, HashSet<u64>>,
+    ids_by_pattern: FastMap<CompactString, FastSet<u64>>,
     /// Per lookup table: key → its values.
     tables: HashMap<u16, HashMap<String, Vec<Option<String>>>>,
     /// (lookup table, key) → the ids of visible records with that key.
-    ids_by_key: HashMap<(u16, String), HashSet<u64>>,
+    ids_by_key: FastMap<(u16, String), FastSet<u64>>,
     shape: LookupShape,
     /// The number of visible records.
     pub live: i64,
@@ -121,7 +122,7 @@ pub struct JoinState {
     restored: bool,
     /// When set, only rows of ids some writing operation touched are emitted (a replay of a
     /// range), and these are the ids.
-    written: Option<HashSet<u64>>,
+    written: Option<FastSet<u64>>,
 }
 
 impl JoinState {
@@ -159,7 +160,7 @@ impl JoinState {
                 state.tables = part.tables;
             }
         }
-        let visible: Vec<(u64, Option<String>)> = state
+        let visible: Vec<(u64, Option<CompactString>)> = state
             .records
             .visible_records()
             .map(|(id, record)| (id, record.add.pattern_id.clone()))
@@ -230,7 +231,7 @@ impl JoinState {
         values
     }
 
-    fn index(&mut self, pattern: Option<Option<String>>, id: u64, add: bool) {
+    fn index(&mut self, pattern: Option<Option<CompactString>>, id: u64, add: bool) {
         let Some(Some(pattern)) = pattern else {
             return;
         };
@@ -246,18 +247,20 @@ impl JoinState {
 
     /// Emits only the rows of ids that operations with `write` touch (from now on).
     pub fn write_only_touched(&mut self) {
-        self.written = Some(HashSet::new());
+        self.written = Some(FastSet::default());
     }
 
     /// Applies one time's record operations and lookup changes; returns the rows of the ids
     /// whose row may have changed, sorted by id.
     pub fn advance(
         &mut self,
-        mut ops: Vec<KeyedOp>,
+        ops: Vec<KeyedOp>,
         changes: Vec<(LookupChange, isize)>,
         fix_result_desc: &HashMap<i64, String>,
     ) -> Vec<RowUpdate> {
-        let mut touched: Vec<u64> = Vec::new();
+        // (id, order touched, whether it had a row before this time): an id whose record
+        // appears and disappears within one time had no row and gets none.
+        let mut touched: Vec<(u64, usize, bool)> = Vec::new();
         let mut lookup_changes = Vec::new();
         let mut table_changes = Vec::new();
         for (change, diff) in changes {
@@ -272,22 +275,15 @@ impl JoinState {
         }
         let keyed = !self.shape.is_empty();
 
-        ops.sort_by_key(|op| op.id);
-        let mut ops = ops.into_iter().peekable();
-        while let Some(first) = ops.next() {
-            let id = first.id;
-            let writes = std::cell::Cell::new(first.write);
-            let group = std::iter::once(first.op).chain(std::iter::from_fn(|| {
-                ops.next_if(|op| op.id == id).map(|op| {
-                    writes.set(writes.get() | op.write);
-                    op.op
-                })
-            }));
+        // Operations apply one at a time in arrival order: the winners are maxima, so order
+        // does not matter, and rows are emitted once per touched id below.
+        for op in ops {
+            let id = op.id;
             let keys_before = keyed
                 .then(|| self.records.visible(id).map(|r| self.keys_of(r)))
                 .flatten();
-            let applied = self.records.apply(id, group);
-            if let (true, Some(written)) = (writes.get(), self.written.as_mut()) {
+            let applied = self.records.apply(id, std::iter::once(op.op));
+            if let (true, Some(written)) = (op.write, self.written.as_mut()) {
                 written.insert(id);
             }
             if let Applied::Changed { before } = applied {
@@ -296,7 +292,7 @@ impl JoinState {
                 // then the run that checkpointed it may have written one for events after the
                 // checkpoint (an add whose delete it never got to), which these events undo.
                 if before.is_some() || after.is_some() || self.restored {
-                    touched.push(id);
+                    touched.push((id, touched.len(), before.is_some() || self.restored));
                 }
                 self.live += i64::from(after.is_some()) - i64::from(before.is_some());
                 if before != after {
@@ -328,7 +324,7 @@ impl JoinState {
                 None => entries.remove(&key),
             };
             if let Some(ids) = self.ids_by_key.get(&(table, key)) {
-                touched.extend(ids.iter().copied());
+                touched.extend(ids.iter().map(|&id| (id, usize::MAX, true)));
             }
         }
 
@@ -338,7 +334,7 @@ impl JoinState {
                 Some(lookup) => self.lookups.insert(pattern.clone(), lookup.clone()),
                 None => self.lookups.remove(&pattern),
             };
-            if let Some(ids) = self.ids_by_pattern.get(&pattern) {
+            if let Some(ids) = self.ids_by_pattern.get(pattern.as_str()) {
                 let none = PatternLookup::default();
                 let (old, new) = (old.as_ref().unwrap_or(&none), new.as_ref().unwrap_or(&none));
                 for &id in ids {
@@ -347,20 +343,21 @@ impl JoinState {
                         .visible(id)
                         .and_then(|r| r.add.chapter_id.as_deref());
                     if old.resolve(chapter) != new.resolve(chapter) {
-                        touched.push(id);
+                        touched.push((id, usize::MAX, true));
                     }
                 }
             }
         }
 
-        touched.sort_unstable();
-        touched.dedup();
+        touched.sort_unstable_by_key(|&(id, order, _)| (id, order));
+        touched.dedup_by_key(|(id, _, _)| *id);
         if let Some(written) = &self.written {
-            touched.retain(|id| written.contains(id));
+            touched.retain(|(id, _, _)| written.contains(id));
         }
         touched
             .into_iter()
-            .map(|id| {
+            .filter(|&(id, _, had_row)| had_row || self.records.visible(id).is_some())
+            .map(|(id, _, _)| {
                 let row = self.records.visible(id).map(|record| {
                     let mut row =
                         WideRow::assemble(id, record, &self.lookup_of(record), fix_result_desc);
@@ -583,7 +580,7 @@ mod tests {
     fn ops(id: u64) -> Vec<KeyedOp> {
         let stamp = |ts: i64| EventStamp {
             timestamp: ts,
-            event_id: format!("e{ts}"),
+            event_id: format!("e{ts}").into(),
         };
         vec![
             KeyedOp {
@@ -592,7 +589,7 @@ mod tests {
                 op: RecordOp::Add(AddEvent {
                     stamp: stamp(1),
                     event_type: "wrongbook_add".into(),
-                    wrong_id: id.to_string(),
+                    wrong_id: id.to_string().into(),
                     user_id: "u".into(),
                     question_id: "q".into(),
                     subject: None,
@@ -608,7 +605,7 @@ mod tests {
                 write: true,
                 op: RecordOp::Delete(DeleteEvent {
                     stamp: stamp(2),
-                    wrong_id: id.to_string(),
+                    wrong_id: id.to_string().into(),
                 }),
             },
         ]

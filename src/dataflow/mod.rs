@@ -32,6 +32,13 @@ use crate::source::dims::{
 };
 use process::KeyedOp;
 
+/// A hash map for the hot path: foldhash, with a fixed seed so that runs are repeatable. Keys
+/// are ids and names of the job's own data, hashed many times per event; SipHash's resistance
+/// to chosen keys costs several times more and buys nothing behind a per-worker state.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
+/// The set of [`FastMap`].
+pub type FastSet<K> = std::collections::HashSet<K, foldhash::fast::FixedState>;
+
 /// What the workers did and what their state holds, summed over the workers of a process.
 #[derive(Debug, Default)]
 pub struct DataflowStats {

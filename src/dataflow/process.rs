@@ -7,6 +7,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::dataflow::route::CompiledRoute;
@@ -18,7 +19,7 @@ use crate::spec::{ProcessorKind, Slot, Spec};
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct EventStamp {
     pub timestamp: i64,
-    pub event_id: String,
+    pub event_id: CompactString,
 }
 
 /// A record as its add describes it.
@@ -27,15 +28,15 @@ pub struct AddEvent {
     pub stamp: EventStamp,
     /// Shared by every event of the type (interned by the route).
     pub event_type: Arc<str>,
-    pub wrong_id: String,
-    pub user_id: String,
-    pub question_id: String,
-    pub subject: Option<String>,
+    pub wrong_id: CompactString,
+    pub user_id: CompactString,
+    pub question_id: CompactString,
+    pub subject: Option<CompactString>,
     /// The add's `subjectName`, else the spec's name for `subject`.
-    pub subject_name: Option<String>,
-    pub pattern_id: Option<String>,
-    pub chapter_id: Option<String>,
-    pub question: Option<String>,
+    pub subject_name: Option<CompactString>,
+    pub pattern_id: Option<CompactString>,
+    pub chapter_id: Option<CompactString>,
+    pub question: Option<CompactString>,
     /// `wrongTime`, else `createTime`, else the event time; whole seconds.
     pub collect_time: i64,
 }
@@ -48,9 +49,9 @@ pub struct FixEvent {
     pub stamp: EventStamp,
     /// Shared by every event of the type (interned by the route).
     pub event_type: Arc<str>,
-    pub wrong_id: String,
+    pub wrong_id: CompactString,
     /// `fixId`, else the event id.
-    pub fix_id: String,
+    pub fix_id: CompactString,
     pub fix_result: i64,
 }
 
@@ -65,7 +66,7 @@ impl FixEvent {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct DeleteEvent {
     pub stamp: EventStamp,
-    pub wrong_id: String,
+    pub wrong_id: CompactString,
 }
 
 /// One event's effect on a record.
@@ -138,11 +139,11 @@ pub fn process(
             };
             let subject = slots.text(Slot::Subject)?;
             let subject_name = match slots.text(Slot::SubjectName)? {
-                Some(name) => Some(name.into_owned()),
+                Some(name) => Some(name),
                 None => subject
                     .as_deref()
                     .and_then(|s| spec.subject_names.get(s))
-                    .cloned(),
+                    .map(|name| Cow::Borrowed(name.as_str())),
             };
             let collect_ms = match slots.time(Slot::WrongTime)? {
                 Some(t) => t,
@@ -153,9 +154,11 @@ pub fn process(
                 user_id: fitting("user_id", &slots.required_text(Slot::UserId)?)?,
                 question_id: fitting("question_id", &slots.required_text(Slot::QuestionId)?)?,
                 subject: optional_fitting("subject", subject)?,
-                subject_name: optional_fitting("subject_name", subject_name.map(Cow::Owned))?,
+                subject_name: optional_fitting("subject_name", subject_name)?,
                 pattern_id: optional_fitting("pattern_id", slots.text(Slot::PatternId)?)?,
-                chapter_id: slots.text(Slot::ChapterId)?.map(Cow::into_owned),
+                chapter_id: slots
+                    .text(Slot::ChapterId)?
+                    .map(|c| CompactString::from(c.as_ref())),
                 question: optional_fitting("question", slots.text(Slot::Question)?)?,
                 collect_time: timestamp_seconds("collect_time", collect_ms)?,
                 stamp,
@@ -190,7 +193,7 @@ pub fn process(
             })
         }
         ProcessorKind::Delete => RecordOp::Delete(DeleteEvent {
-            wrong_id: slots.required_text(Slot::WrongRecordId)?.into_owned(),
+            wrong_id: CompactString::from(slots.required_text(Slot::WrongRecordId)?.as_ref()),
             stamp,
         }),
     };
@@ -225,7 +228,7 @@ impl<'a> SlotValues<'_, '_, 'a> {
 
     fn route_field(&self, slot: Slot) -> String {
         self.route.slots[slot as usize]
-            .map(|i| self.route.schema.fields[i].name.clone())
+            .map(|i| self.route.schema.fields()[i].name.clone())
             .unwrap_or_else(|| format!("<{slot:?} not in the {} schema>", self.route.event_type))
     }
 
@@ -255,15 +258,15 @@ impl<'a> SlotValues<'_, '_, 'a> {
     }
 }
 
-fn fitting(column: &str, value: &str) -> Result<String, Rejection> {
+fn fitting(column: &str, value: &str) -> Result<CompactString, Rejection> {
     check_fits(column, value).map_err(|e| Rejection::new(Reason::ValueTooLong, e))?;
-    Ok(value.to_owned())
+    Ok(CompactString::from(value))
 }
 
 fn optional_fitting(
     column: &str,
     value: Option<Cow<'_, str>>,
-) -> Result<Option<String>, Rejection> {
+) -> Result<Option<CompactString>, Rejection> {
     value.map(|v| fitting(column, &v)).transpose()
 }
 

@@ -12,11 +12,11 @@
 //! holds one row per id, so the row shown is that of the live record with the least wrong id:
 //! deterministic, and independent of arrival order.
 
-use std::collections::HashMap;
-
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::dataflow::process::{AddEvent, EventStamp, FixEvent, RecordOp};
+use crate::dataflow::FastMap;
 
 /// A live record: its add and its latest fix, borrowed from the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +47,7 @@ impl Lifecycle {
 /// Everything known about one wrong id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct WrongRecord {
-    wrong_id: String,
+    wrong_id: CompactString,
     lifecycle: Option<Lifecycle>,
     fix: Option<FixEvent>,
 }
@@ -94,7 +94,7 @@ impl WrongRecord {
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct RecordStore {
     /// Per wide-table id, its wrong records (almost always exactly one).
-    by_id: HashMap<u64, Vec<WrongRecord>>,
+    by_id: FastMap<u64, Vec<WrongRecord>>,
 }
 
 /// What applying a group of operations did to an id's visible record.
@@ -104,7 +104,9 @@ pub enum Applied {
     Unchanged,
     /// Some operation won. `before` is the pattern of the record visible before (`None` when
     /// none was); the visible record now is [`RecordStore::visible`].
-    Changed { before: Option<Option<String>> },
+    Changed {
+        before: Option<Option<CompactString>>,
+    },
 }
 
 impl RecordStore {
@@ -136,7 +138,7 @@ impl RecordStore {
                     // (a default Vec would reserve four, ~1.7 KB).
                     records.reserve_exact(1);
                     records.push(WrongRecord {
-                        wrong_id: op.wrong_id().to_owned(),
+                        wrong_id: op.wrong_id().into(),
                         lifecycle: None,
                         fix: None,
                     });
@@ -178,8 +180,15 @@ impl RecordStore {
     }
 
     pub fn heap_bytes(&self) -> usize {
-        let string = |s: &String| s.capacity();
-        let optional = |s: &Option<String>| s.as_ref().map_or(0, String::capacity);
+        // Short strings live inline: only longer ones hold heap.
+        let string = |s: &CompactString| {
+            if s.is_heap_allocated() {
+                s.capacity()
+            } else {
+                0
+            }
+        };
+        let optional = |s: &Option<CompactString>| s.as_ref().map_or(0, string);
         let add_bytes = |a: &AddEvent| {
             string(&a.stamp.event_id)
                 + string(&a.wrong_id)
@@ -262,7 +271,7 @@ mod tests {
     }
 
     fn user(store: &RecordStore, id: u64) -> Option<String> {
-        store.visible(id).map(|r| r.add.user_id.clone())
+        store.visible(id).map(|r| r.add.user_id.to_string())
     }
 
     #[test]

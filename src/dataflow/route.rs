@@ -44,7 +44,7 @@ pub enum Route {
 /// The routing table as applied: event type → route. Types without a row are unknown.
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
-    routes: HashMap<String, Route>,
+    routes: crate::dataflow::FastMap<String, Route>,
     /// The rows it was built from, for logs and comparisons.
     pub rows: Vec<RoutingRow>,
 }
@@ -53,7 +53,7 @@ impl RouteTable {
     /// Builds the table from routing rows, resolving processors through `spec`.
     pub fn build(rows: Vec<RoutingRow>, spec: &Spec) -> RouteTable {
         let mut winners: HashMap<&str, &RoutingRow> = HashMap::new();
-        let mut routes = HashMap::new();
+        let mut routes = crate::dataflow::FastMap::default();
         for row in &rows {
             routes
                 .entry(row.event_type.clone())

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::dataflow::dims::DimLookup;
@@ -16,23 +17,23 @@ use crate::dataflow::records::Record;
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct WideRow {
     pub id: u64,
-    pub wrong_id: String,
-    pub user_id: String,
-    pub subject: Option<String>,
-    pub subject_name: Option<String>,
-    pub question_id: String,
-    pub question: Option<String>,
-    pub pattern_id: Option<String>,
-    pub pattern_name: Option<String>,
-    pub teach_type_id: Option<String>,
-    pub teach_type_name: Option<String>,
+    pub wrong_id: CompactString,
+    pub user_id: CompactString,
+    pub subject: Option<CompactString>,
+    pub subject_name: Option<CompactString>,
+    pub question_id: CompactString,
+    pub question: Option<CompactString>,
+    pub pattern_id: Option<CompactString>,
+    pub pattern_name: Option<CompactString>,
+    pub teach_type_id: Option<CompactString>,
+    pub teach_type_name: Option<CompactString>,
     pub collect_time: i64,
-    pub fix_id: Option<String>,
+    pub fix_id: Option<CompactString>,
     pub fix_time: Option<i64>,
     pub fix_result: Option<i64>,
-    pub fix_result_desc: Option<String>,
-    pub event_id: String,
-    pub event_type: String,
+    pub fix_result_desc: Option<CompactString>,
+    pub event_id: CompactString,
+    pub event_type: CompactString,
     /// The columns lookup tables fill, in the spec's order (empty without lookup tables).
     pub extra: Vec<Option<String>>,
 }
@@ -63,16 +64,22 @@ impl WideRow {
             question_id: add.question_id.clone(),
             question: add.question.clone(),
             pattern_id: add.pattern_id.clone(),
-            pattern_name: lookup.pattern_name.map(str::to_owned),
-            teach_type_id: lookup.teach_type.map(|(tt_id, _)| tt_id.to_string()),
-            teach_type_name: lookup.teach_type.and_then(|(_, name)| name.clone()),
+            pattern_name: lookup.pattern_name.map(CompactString::from),
+            teach_type_id: lookup
+                .teach_type
+                .map(|(tt_id, _)| compact_str::format_compact!("{tt_id}")),
+            teach_type_name: lookup
+                .teach_type
+                .and_then(|(_, name)| name.as_deref().map(CompactString::from)),
             collect_time: add.collect_time,
             fix_id: fix.map(|f| f.fix_id.clone()),
             fix_time: fix.map(|f| f.fix_time_ms.div_euclid(1000)),
             fix_result: fix.map(|f| f.fix_result),
-            fix_result_desc: fix.and_then(|f| fix_result_desc.get(&f.fix_result).cloned()),
+            fix_result_desc: fix
+                .and_then(|f| fix_result_desc.get(&f.fix_result))
+                .map(|d| CompactString::from(d.as_str())),
             event_id: event_id.clone(),
-            event_type: event_type.to_string(),
+            event_type: CompactString::from(event_type.as_ref()),
             extra: Vec::new(),
         }
     }

@@ -388,7 +388,7 @@ mod tests {
     fn row(id: u64, user: &str) -> WideRow {
         WideRow {
             id,
-            wrong_id: id.to_string(),
+            wrong_id: id.to_string().into(),
             user_id: user.into(),
             subject: None,
             subject_name: None,

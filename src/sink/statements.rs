@@ -22,6 +22,14 @@ pub struct WideTable {
 }
 
 impl WideTable {
+    /// Its columns: the seed's, then the lookup tables'.
+    pub fn columns(&self) -> impl Iterator<Item = &str> {
+        WIDE_COLUMNS
+            .iter()
+            .map(|(name, _)| *name)
+            .chain(self.extra_columns.iter().map(String::as_str))
+    }
+
     /// The seed's columns only.
     pub fn plain(name: impl Into<String>) -> WideTable {
         WideTable {
@@ -34,14 +42,15 @@ impl WideTable {
 /// `INSERT … VALUES (…),… ON DUPLICATE KEY UPDATE` (MySQL) or `ON CONFLICT(id) DO UPDATE`
 /// (SQLite) for `rows` rows.
 pub fn upsert_sql(dialect: Dialect, table: &WideTable, rows: usize) -> String {
-    let columns: Vec<&str> = WIDE_COLUMNS
-        .iter()
-        .map(|(name, _)| *name)
-        .chain(table.extra_columns.iter().map(String::as_str))
-        .collect();
-    let table = &table.name;
-    let one = format!("({})", vec!["?"; columns.len()].join(","));
+    let (head, tail) = upsert_clauses(dialect, table);
+    let one = format!("({})", vec!["?"; table.columns().count()].join(","));
     let values = vec![one.as_str(); rows].join(",");
+    format!("{head} {values} {tail}")
+}
+
+/// The parts of an upsert around its rows: `INSERT INTO t (…) VALUES` and the conflict clause.
+pub fn upsert_clauses(dialect: Dialect, table: &WideTable) -> (String, String) {
+    let columns: Vec<&str> = table.columns().collect();
     let updates: Vec<String> = columns[1..]
         .iter()
         .map(|c| match dialect {
@@ -53,10 +62,9 @@ pub fn upsert_sql(dialect: Dialect, table: &WideTable, rows: usize) -> String {
         Dialect::Mysql => "ON DUPLICATE KEY UPDATE",
         Dialect::Sqlite => "ON CONFLICT(id) DO UPDATE SET",
     };
-    format!(
-        "INSERT INTO {table} ({}) VALUES {values} {conflict} {}",
-        columns.join(","),
-        updates.join(",")
+    (
+        format!("INSERT INTO {} ({}) VALUES", table.name, columns.join(",")),
+        format!("{conflict} {}", updates.join(",")),
     )
 }
 
@@ -74,8 +82,10 @@ pub fn owned_ids_sql(table: &str) -> String {
     format!("SELECT id FROM {table} WHERE (id >= 0 AND id % ? = ?) OR (id < 0 AND ? = 0)")
 }
 
-fn text(value: &Option<String>) -> Param<'_> {
-    value.as_deref().map_or(Param::Null, Param::Text)
+fn text<S: AsRef<str>>(value: &Option<S>) -> Param<'_> {
+    value
+        .as_ref()
+        .map_or(Param::Null, |v| Param::Text(v.as_ref()))
 }
 
 fn time(seconds: Option<i64>) -> Param<'static> {

@@ -26,14 +26,14 @@ pub use reference::{reference, Row};
 
 /// A wide row of the engine as the model's comparable row.
 pub fn row_of(row: &WideRow) -> Row {
-    let text = |v: &Option<String>| v.clone();
+    let text = |v: &Option<compact_str::CompactString>| v.as_ref().map(|v| v.to_string());
     vec![
         Some(row.id.to_string()),
-        Some(row.wrong_id.clone()),
-        Some(row.user_id.clone()),
+        Some(row.wrong_id.to_string()),
+        Some(row.user_id.to_string()),
         text(&row.subject),
         text(&row.subject_name),
-        Some(row.question_id.clone()),
+        Some(row.question_id.to_string()),
         text(&row.question),
         text(&row.pattern_id),
         text(&row.pattern_name),
@@ -44,8 +44,8 @@ pub fn row_of(row: &WideRow) -> Row {
         row.fix_time.map(|t| t.to_string()),
         row.fix_result.map(|r| r.to_string()),
         text(&row.fix_result_desc),
-        Some(row.event_id.clone()),
-        Some(row.event_type.clone()),
+        Some(row.event_id.to_string()),
+        Some(row.event_type.to_string()),
     ]
 }
 

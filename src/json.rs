@@ -1,0 +1,599 @@
+//! A strict RFC 8259 JSON scanner over borrowed text, for messages on the hot path.
+//!
+//! An object is walked one entry at a time: keys and string values come back borrowed from the
+//! input unless they hold escapes, numbers as their literal text, and nested objects and arrays
+//! as raw slices, skipped without building a tree. Everything scanned is validated, including
+//! what nobody reads: string escapes (a `\u` escape must not be a lone surrogate), control
+//! characters, number syntax, and nesting at any depth (skipped iteratively, so deep input
+//! cannot overflow the stack). No value is parsed twice and nothing is allocated unless a
+//! string holds an escape or containers nest.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// Why text is not RFC 8259 JSON, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyntaxError {
+    /// Byte offset of the problem.
+    pub at: usize,
+    pub what: &'static str,
+}
+
+impl fmt::Display for SyntaxError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} at byte {}", self.what, self.at)
+    }
+}
+
+impl std::error::Error for SyntaxError {}
+
+/// One JSON value, as much of it as the scanner decodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value<'a> {
+    Null,
+    Bool(bool),
+    /// The literal, validated; `integer` when it has no fraction and no exponent.
+    Number {
+        text: &'a str,
+        integer: bool,
+    },
+    /// The decoded string.
+    String(Cow<'a, str>),
+    /// The raw text of an object, validated.
+    Object(&'a str),
+    /// The raw text of an array, validated.
+    Array(&'a str),
+}
+
+impl Value<'_> {
+    /// What kind of value this is, for messages ("a string", "an array", …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Number { .. } => "a number",
+            Value::String(_) => "a string",
+            Value::Object(_) => "an object",
+            Value::Array(_) => "an array",
+        }
+    }
+}
+
+/// A cursor over JSON text.
+pub struct Scanner<'a> {
+    text: &'a str,
+    bytes: &'a [u8],
+    pos: usize,
+    /// Inside an object: whether an entry has been read (so the next needs a comma).
+    entries: bool,
+}
+
+type Result<T> = std::result::Result<T, SyntaxError>;
+
+impl<'a> Scanner<'a> {
+    pub fn new(text: &'a str) -> Scanner<'a> {
+        Scanner {
+            text,
+            bytes: text.as_bytes(),
+            pos: 0,
+            entries: false,
+        }
+    }
+
+    fn error<T>(&self, what: &'static str) -> Result<T> {
+        Err(SyntaxError { at: self.pos, what })
+    }
+
+    fn skip_whitespace(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.bytes.get(self.pos) {
+            self.pos += 1;
+        }
+    }
+
+    /// The next byte that is not whitespace, not consumed.
+    pub fn peek(&mut self) -> Option<u8> {
+        self.skip_whitespace();
+        self.bytes.get(self.pos).copied()
+    }
+
+    /// Consumes the `{` that opens an object.
+    pub fn begin_object(&mut self) -> Result<()> {
+        match self.peek() {
+            Some(b'{') => {
+                self.pos += 1;
+                self.entries = false;
+                Ok(())
+            }
+            None => self.error("EOF while parsing a value"),
+            Some(_) => self.error("expected an object"),
+        }
+    }
+
+    /// The key of the object's next entry, its colon consumed; `None` after the closing `}`.
+    /// Call [`Scanner::value`] (or [`Scanner::skip_value`]) before asking again.
+    pub fn next_key(&mut self) -> Result<Option<Cow<'a, str>>> {
+        match self.peek() {
+            Some(b'}') => {
+                self.pos += 1;
+                return Ok(None);
+            }
+            Some(b',') if self.entries => {
+                self.pos += 1;
+                if self.peek() != Some(b'"') {
+                    return self.error("expected a key after a comma");
+                }
+            }
+            Some(b'"') if !self.entries => {}
+            None => return self.error("EOF while parsing an object"),
+            Some(_) if self.entries => return self.error("expected `,` or `}`"),
+            Some(_) => return self.error("expected a key or `}`"),
+        }
+        self.entries = true;
+        let key = self.string()?;
+        if self.peek() != Some(b':') {
+            return self.error("expected `:` after a key");
+        }
+        self.pos += 1;
+        Ok(Some(key))
+    }
+
+    /// The next value, decoded (objects and arrays as validated raw text).
+    pub fn value(&mut self) -> Result<Value<'a>> {
+        match self.peek() {
+            Some(b'"') => self.string().map(Value::String),
+            Some(b'{') => {
+                let start = self.pos;
+                self.skip_container()?;
+                Ok(Value::Object(&self.text[start..self.pos]))
+            }
+            Some(b'[') => {
+                let start = self.pos;
+                self.skip_container()?;
+                Ok(Value::Array(&self.text[start..self.pos]))
+            }
+            Some(b't') => self.literal("true", Value::Bool(true)),
+            Some(b'f') => self.literal("false", Value::Bool(false)),
+            Some(b'n') => self.literal("null", Value::Null),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            None => self.error("EOF while parsing a value"),
+            Some(_) => self.error("expected a value"),
+        }
+    }
+
+    /// Skips the next value, validating it.
+    pub fn skip_value(&mut self) -> Result<()> {
+        match self.peek() {
+            Some(b'{' | b'[') => self.skip_container(),
+            Some(b'"') => self.skip_string(),
+            _ => self.value().map(drop),
+        }
+    }
+
+    /// Succeeds when only whitespace is left.
+    pub fn end(&mut self) -> Result<()> {
+        match self.peek() {
+            None => Ok(()),
+            Some(_) => self.error("trailing characters"),
+        }
+    }
+
+    fn literal(&mut self, word: &'static str, value: Value<'a>) -> Result<Value<'a>> {
+        if self.bytes[self.pos..].starts_with(word.as_bytes()) {
+            self.pos += word.len();
+            Ok(value)
+        } else {
+            self.error("expected a value")
+        }
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.pos;
+        while let Some(b'0'..=b'9') = self.bytes.get(self.pos) {
+            self.pos += 1;
+        }
+        self.pos - start
+    }
+
+    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
+    fn number(&mut self) -> Result<Value<'a>> {
+        let start = self.pos;
+        if self.bytes[self.pos] == b'-' {
+            self.pos += 1;
+        }
+        match self.bytes.get(self.pos) {
+            Some(b'0') => self.pos += 1,
+            Some(b'1'..=b'9') => {
+                self.digits();
+            }
+            _ => return self.error("invalid number"),
+        }
+        let mut integer = true;
+        if self.bytes.get(self.pos) == Some(&b'.') {
+            integer = false;
+            self.pos += 1;
+            if self.digits() == 0 {
+                return self.error("invalid number");
+            }
+        }
+        if let Some(b'e' | b'E') = self.bytes.get(self.pos) {
+            integer = false;
+            self.pos += 1;
+            if let Some(b'+' | b'-') = self.bytes.get(self.pos) {
+                self.pos += 1;
+            }
+            if self.digits() == 0 {
+                return self.error("invalid number");
+            }
+        }
+        Ok(Value::Number {
+            text: &self.text[start..self.pos],
+            integer,
+        })
+    }
+
+    /// Advances over string bytes that need no attention; stops at `"`, `\\` or a control
+    /// character. Eight bytes at a time: for a word `x`, `(x - 0x01…) & !x & 0x80…` flags its
+    /// zero bytes, exactly up to the first one, so the lowest flag is the first byte to stop at.
+    fn plain_run(&mut self) {
+        const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+        const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+        let bytes = self.bytes;
+        let mut i = self.pos;
+        while let Some(chunk) = bytes.get(i..i + 8) {
+            let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+            let quote = word ^ (ONES * u64::from(b'"'));
+            let backslash = word ^ (ONES * u64::from(b'\\'));
+            let flags = (quote.wrapping_sub(ONES) & !quote)
+                | (backslash.wrapping_sub(ONES) & !backslash)
+                | (word.wrapping_sub(ONES * 0x20) & !word);
+            let flags = flags & HIGH;
+            if flags != 0 {
+                self.pos = i + (flags.trailing_zeros() / 8) as usize;
+                return;
+            }
+            i += 8;
+        }
+        while let Some(&b) = bytes.get(i) {
+            if b == b'"' || b == b'\\' || b < 0x20 {
+                break;
+            }
+            i += 1;
+        }
+        self.pos = i;
+    }
+
+    /// A string at the cursor (at its opening quote), decoded; borrowed without escapes.
+    fn string(&mut self) -> Result<Cow<'a, str>> {
+        self.pos += 1;
+        let start = self.pos;
+        self.plain_run();
+        match self.bytes.get(self.pos) {
+            Some(b'"') => {
+                self.pos += 1;
+                return Ok(Cow::Borrowed(&self.text[start..self.pos - 1]));
+            }
+            Some(b'\\') => {}
+            Some(_) => return self.error("control character in a string"),
+            None => return self.error("EOF while parsing a string"),
+        }
+        let mut decoded = String::with_capacity(self.pos - start + 16);
+        decoded.push_str(&self.text[start..self.pos]);
+        loop {
+            match self.bytes.get(self.pos) {
+                Some(b'"') => {
+                    self.pos += 1;
+                    return Ok(Cow::Owned(decoded));
+                }
+                Some(b'\\') => decoded.push(self.escape()?),
+                Some(_) => return self.error("control character in a string"),
+                None => return self.error("EOF while parsing a string"),
+            }
+            let run = self.pos;
+            self.plain_run();
+            decoded.push_str(&self.text[run..self.pos]);
+        }
+    }
+
+    /// Validates a string at the cursor without decoding it.
+    fn skip_string(&mut self) -> Result<()> {
+        self.pos += 1;
+        loop {
+            self.plain_run();
+            match self.bytes.get(self.pos) {
+                Some(b'"') => {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                Some(b'\\') => {
+                    self.escape()?;
+                }
+                Some(_) => return self.error("control character in a string"),
+                None => return self.error("EOF while parsing a string"),
+            }
+        }
+    }
+
+    /// An escape at the cursor (at its backslash), as the character it stands for.
+    fn escape(&mut self) -> Result<char> {
+        let Some(&kind) = self.bytes.get(self.pos + 1) else {
+            return self.error("EOF while parsing a string");
+        };
+        self.pos += 2;
+        Ok(match kind {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let unit = self.hex4()?;
+                match unit {
+                    0xD800..=0xDBFF => {
+                        if self.bytes.get(self.pos) != Some(&b'\\')
+                            || self.bytes.get(self.pos + 1) != Some(&b'u')
+                        {
+                            return self.error("a \\u escape is a lone surrogate");
+                        }
+                        self.pos += 2;
+                        let low = self.hex4()?;
+                        if !(0xDC00..=0xDFFF).contains(&low) {
+                            return self.error("a \\u escape is a lone surrogate");
+                        }
+                        let code = 0x10000
+                            + ((u32::from(unit) - 0xD800) << 10)
+                            + (u32::from(low) - 0xDC00);
+                        char::from_u32(code).expect("a surrogate pair is a scalar value")
+                    }
+                    0xDC00..=0xDFFF => return self.error("a \\u escape is a lone surrogate"),
+                    _ => char::from_u32(u32::from(unit)).expect("not a surrogate"),
+                }
+            }
+            _ => {
+                self.pos -= 1;
+                return self.error("invalid escape");
+            }
+        })
+    }
+
+    fn hex4(&mut self) -> Result<u16> {
+        let mut unit = 0u16;
+        for _ in 0..4 {
+            let digit = match self.bytes.get(self.pos) {
+                Some(b @ b'0'..=b'9') => b - b'0',
+                Some(b @ b'a'..=b'f') => b - b'a' + 10,
+                Some(b @ b'A'..=b'F') => b - b'A' + 10,
+                None => return self.error("EOF while parsing a string"),
+                Some(_) => return self.error("invalid \\u escape"),
+            };
+            unit = unit << 4 | u16::from(digit);
+            self.pos += 1;
+        }
+        Ok(unit)
+    }
+
+    /// Skips an object or array at the cursor, at any depth, without recursion.
+    fn skip_container(&mut self) -> Result<()> {
+        let mut open = OpenContainers::default();
+        // Whether the cursor is just inside a container (so it may close at once).
+        let mut fresh;
+        'value: loop {
+            // At a value's first byte (a container's, on the first round).
+            match self.peek() {
+                Some(b'{') => {
+                    self.pos += 1;
+                    open.push(true);
+                    fresh = true;
+                }
+                Some(b'[') => {
+                    self.pos += 1;
+                    open.push(false);
+                    fresh = true;
+                }
+                Some(b'"') => {
+                    self.skip_string()?;
+                    fresh = false;
+                }
+                _ => {
+                    self.value()?;
+                    fresh = false;
+                }
+            }
+            // After a value, or just inside a container: close, or go on to the next value.
+            loop {
+                let Some(object) = open.innermost() else {
+                    return Ok(());
+                };
+                let closer = if object { b'}' } else { b']' };
+                let next = self.peek();
+                if next == Some(closer) {
+                    self.pos += 1;
+                    open.pop();
+                    fresh = false;
+                    continue;
+                }
+                if !fresh {
+                    match next {
+                        Some(b',') => self.pos += 1,
+                        None => return self.error("EOF while parsing a container"),
+                        Some(_) if object => return self.error("expected `,` or `}`"),
+                        Some(_) => return self.error("expected `,` or `]`"),
+                    }
+                }
+                if object {
+                    if self.peek() != Some(b'"') {
+                        return self.error("expected a key");
+                    }
+                    self.skip_string()?;
+                    if self.peek() != Some(b':') {
+                        return self.error("expected `:` after a key");
+                    }
+                    self.pos += 1;
+                } else if fresh && next.is_none() {
+                    return self.error("EOF while parsing a container");
+                }
+                continue 'value;
+            }
+        }
+    }
+}
+
+/// The kinds of the containers open while skipping, innermost last: a bit per level (set for an
+/// object), in a word for the first 64 levels, so that the usual shallow message allocates
+/// nothing.
+#[derive(Default)]
+struct OpenContainers {
+    depth: usize,
+    shallow: u64,
+    deep: Vec<bool>,
+}
+
+impl OpenContainers {
+    fn push(&mut self, object: bool) {
+        if self.depth < 64 {
+            self.shallow = self.shallow & !(1 << self.depth) | u64::from(object) << self.depth;
+        } else {
+            self.deep.push(object);
+        }
+        self.depth += 1;
+    }
+
+    fn pop(&mut self) {
+        self.depth -= 1;
+        if self.depth >= 64 {
+            self.deep.pop();
+        }
+    }
+
+    /// Whether the innermost open container is an object; `None` when none is open.
+    fn innermost(&self) -> Option<bool> {
+        match self.depth {
+            0 => None,
+            d if d <= 64 => Some(self.shallow >> (d - 1) & 1 == 1),
+            _ => self.deep.last().copied(),
+        }
+    }
+}
+
+/// Whether `text` is one RFC 8259 JSON value and nothing else.
+pub fn is_valid(text: &str) -> bool {
+    let mut scanner = Scanner::new(text);
+    scanner.skip_value().and_then(|_| scanner.end()).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_what_rfc_8259_accepts() {
+        for text in [
+            "{}",
+            " {\"a\" : [1, -0.5e+3, true, false, null, {\"b\": []}], \"c\": \"\\u00e9\\ud83d\\ude00\"} ",
+            "[]",
+            "[[[]]]",
+            "\"x\"",
+            "0",
+            "-12.5E-3",
+            "{\"a\":{\"b\":{\"c\":[{}]}}}",
+        ] {
+            assert!(is_valid(text), "{text}");
+        }
+    }
+
+    #[test]
+    fn refuses_what_it_does_not() {
+        for text in [
+            "",
+            "{",
+            "{\"a\"}",
+            "{\"a\":1,}",
+            "[1,]",
+            "[,1]",
+            "{,}",
+            "[1 2]",
+            "{\"a\":1 \"b\":2}",
+            "01",
+            "1.",
+            ".5",
+            "1e",
+            "+1",
+            "NaN",
+            "tru",
+            "\"a\tb\"",
+            "\"\\x\"",
+            "\"\\u12\"",
+            "\"\\ud800\"",
+            "\"\\udc00\\ud800\"",
+            "\"\\ud800\\u0041\"",
+            "{} x",
+            "[\"a\" /*c*/]",
+            "{'a':1}",
+            "[",
+            "[1",
+            "{\"a\":",
+        ] {
+            assert!(!is_valid(text), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn walks_an_object_borrowing_plain_strings() {
+        let mut s = Scanner::new(r#"{"a":"x","b\n":"y\u00e9","c":{"d":[1]},"e":12,"f":1.5}"#);
+        s.begin_object().unwrap();
+        let mut seen = Vec::new();
+        while let Some(key) = s.next_key().unwrap() {
+            seen.push((key, s.value().unwrap()));
+        }
+        s.end().unwrap();
+        assert!(matches!(seen[0].1, Value::String(Cow::Borrowed("x"))));
+        assert_eq!(seen[1].0, "b\n");
+        assert_eq!(seen[1].1, Value::String(Cow::Owned("yé".into())));
+        assert_eq!(seen[2].1, Value::Object(r#"{"d":[1]}"#));
+        assert_eq!(
+            seen[3].1,
+            Value::Number {
+                text: "12",
+                integer: true
+            }
+        );
+        assert_eq!(
+            seen[4].1,
+            Value::Number {
+                text: "1.5",
+                integer: false
+            }
+        );
+    }
+
+    #[test]
+    fn plain_runs_stop_at_the_first_quote_backslash_or_control_character() {
+        let fillers = ["a", "é", " ", "~", "\u{7f}", "中"];
+        let stops = ['"', '\\', '\u{0}', '\u{1f}', '\n'];
+        for len in 0..24 {
+            for filler in fillers {
+                for stop in stops {
+                    for tail in ["", "xyz", "\"\"\"\"\"\"\"\""] {
+                        let text = format!("{}{stop}{tail}", filler.repeat(len));
+                        let mut scanner = Scanner::new(&text);
+                        scanner.plain_run();
+                        assert_eq!(scanner.pos, filler.len() * len, "{text:?}");
+                    }
+                }
+                let text = filler.repeat(len);
+                let mut scanner = Scanner::new(&text);
+                scanner.plain_run();
+                assert_eq!(scanner.pos, text.len());
+            }
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_skipped_without_recursion() {
+        let deep = format!("{}1{}", "[{\"a\":".repeat(200_000), "}]".repeat(200_000));
+        assert!(is_valid(&deep));
+        assert!(!is_valid(&deep[..deep.len() - 1]));
+    }
+}
