@@ -160,7 +160,9 @@ pub enum Command {
         /// Share of exact duplicates.
         #[arg(long, default_value_t = 0.03)]
         duplicate_share: f64,
-        /// Where rows go: memory, none, or db (the database of --config).
+        /// Where rows go: memory, none, or db (the database of --config, into a table of its
+        /// own: the configured wide table's name with `_bench` appended, created empty before
+        /// the run and dropped after it).
         #[arg(long, value_enum, default_value_t = BenchSinkArg::Memory)]
         sink: BenchSinkArg,
         /// Configuration for --sink db.

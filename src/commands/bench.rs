@@ -218,11 +218,12 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         ),
         BenchSink::Database(config) => {
             let settings = config.database();
-            let target = settings.target();
+            let target = format!("{} table {}", settings.target(), bench_table(config).name);
+            fresh_bench_table(config)?;
             (
                 SinkTarget::Database {
                     settings,
-                    table: crate::sink::statements::WideTable::plain(config.sink.table.clone()),
+                    table: bench_table(config),
                     batch_rows: config.sink.batch_rows,
                 },
                 target,
@@ -271,10 +272,23 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     }
     let summary = result?;
     let limit = match &opts.sink {
-        BenchSink::Database(config) if opts.db_limit => {
-            eprintln!("measuring the database's own limit with the same rows (mariadb client, 1000-row upserts, 1 and 2 connections)…");
-            let table = crate::sink::statements::WideTable::plain(config.sink.table.clone());
-            Some(db_limit::measure(&config.database(), &table, &dir)?)
+        BenchSink::Database(config) => {
+            let settings = config.database();
+            let measured = (opts.db_limit && matches!(settings.url, crate::db::DbUrl::Mysql(_)))
+                .then(|| {
+                    eprintln!("measuring the database's own limit with the same rows (mariadb client, 1000-row upserts, 1 and 2 connections)…");
+                    db_limit::measure(&settings, &bench_table(config), &dir)
+                })
+                .transpose();
+            let dropped = settings.connect().and_then(|mut db| {
+                db.execute_script(&format!(
+                    "DROP TABLE IF EXISTS {}",
+                    bench_table(config).name
+                ))
+            });
+            let measured = measured?;
+            dropped?;
+            measured
         }
         _ => None,
     };
@@ -336,6 +350,27 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             seconds: c.elapsed.as_secs_f64(),
         }),
     })
+}
+
+/// The table a bench writes: the configuration's wide table name with `_bench` appended, so
+/// that a bench never touches the job's own rows. Created empty before the run, dropped after.
+fn bench_table(config: &Config) -> crate::sink::statements::WideTable {
+    crate::sink::statements::WideTable::plain(format!("{}_bench", config.sink.table))
+}
+
+fn fresh_bench_table(config: &Config) -> Result<(), BenchError> {
+    let mut db = config.database().connect()?;
+    let dialect = if db.is_sqlite() {
+        crate::schema::Dialect::Sqlite
+    } else {
+        crate::schema::Dialect::Mysql
+    };
+    let name = bench_table(config).name;
+    db.execute_script(&format!(
+        "DROP TABLE IF EXISTS {name};\n{}",
+        crate::schema::wide_table_ddl(dialect, &name)
+    ))?;
+    Ok(())
 }
 
 fn tempfile_dir() -> Result<PathBuf, BenchError> {

@@ -15,7 +15,7 @@
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
-use crate::dataflow::process::{AddEvent, EventStamp, FixEvent, RecordOp};
+use crate::dataflow::process::{AddEvent, DeleteEvent, EventStamp, FixEvent, RecordOp};
 use crate::dataflow::FastMap;
 
 /// A live record: its add and its latest fix, borrowed from the store.
@@ -29,30 +29,40 @@ pub struct Record<'a> {
 // Live records (`Added`) are the common case: boxing them would add a pointer and an
 // allocation to nearly every record to save space on the few deleted ones.
 #[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Lifecycle {
     Added(AddEvent),
-    Deleted(EventStamp),
+    Deleted(DeleteEvent),
 }
 
 impl Lifecycle {
     fn stamp(&self) -> &EventStamp {
         match self {
             Lifecycle::Added(add) => &add.stamp,
-            Lifecycle::Deleted(stamp) => stamp,
+            Lifecycle::Deleted(delete) => &delete.stamp,
         }
     }
 }
 
-/// Everything known about one wrong id.
+/// Everything known about one wrong id. Its wrong id is that of its winners (every winner
+/// holds it), not a copy of its own: state is most of the memory, and ids are in every event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "StoredRecord", from = "StoredRecord")]
 struct WrongRecord {
-    wrong_id: CompactString,
     lifecycle: Option<Lifecycle>,
     fix: Option<FixEvent>,
 }
 
 impl WrongRecord {
+    fn wrong_id(&self) -> &str {
+        match (&self.lifecycle, &self.fix) {
+            (Some(Lifecycle::Added(add)), _) => &add.wrong_id,
+            (Some(Lifecycle::Deleted(delete)), _) => &delete.wrong_id,
+            (None, Some(fix)) => &fix.wrong_id,
+            (None, None) => "",
+        }
+    }
+
     /// Whether `op` would replace a winner (so the visible record may change).
     fn is_won_by(&self, op: &RecordOp) -> bool {
         match op {
@@ -77,7 +87,7 @@ impl WrongRecord {
         }
         match op {
             RecordOp::Add(add) => self.lifecycle = Some(Lifecycle::Added(add)),
-            RecordOp::Delete(del) => self.lifecycle = Some(Lifecycle::Deleted(del.stamp)),
+            RecordOp::Delete(del) => self.lifecycle = Some(Lifecycle::Deleted(del)),
             RecordOp::Fix(fix) => self.fix = Some(fix),
         }
     }
@@ -90,11 +100,55 @@ impl WrongRecord {
     }
 }
 
+/// A [`WrongRecord`] as checkpoints store it (the layout checkpoints have always had): the
+/// wrong id once, and a delete as its stamp.
+#[derive(Serialize, Deserialize)]
+struct StoredRecord {
+    wrong_id: CompactString,
+    lifecycle: Option<StoredLifecycle>,
+    fix: Option<FixEvent>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)]
+enum StoredLifecycle {
+    Added(AddEvent),
+    Deleted(EventStamp),
+}
+
+impl From<WrongRecord> for StoredRecord {
+    fn from(record: WrongRecord) -> StoredRecord {
+        StoredRecord {
+            wrong_id: record.wrong_id().into(),
+            lifecycle: record.lifecycle.map(|l| match l {
+                Lifecycle::Added(add) => StoredLifecycle::Added(add),
+                Lifecycle::Deleted(delete) => StoredLifecycle::Deleted(delete.stamp),
+            }),
+            fix: record.fix,
+        }
+    }
+}
+
+impl From<StoredRecord> for WrongRecord {
+    fn from(stored: StoredRecord) -> WrongRecord {
+        WrongRecord {
+            lifecycle: stored.lifecycle.map(|l| match l {
+                StoredLifecycle::Added(add) => Lifecycle::Added(add),
+                StoredLifecycle::Deleted(stamp) => Lifecycle::Deleted(DeleteEvent {
+                    stamp,
+                    wrong_id: stored.wrong_id.clone(),
+                }),
+            }),
+            fix: stored.fix,
+        }
+    }
+}
+
 /// The record state of the ids one worker owns.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct RecordStore {
-    /// Per wide-table id, its wrong records (almost always exactly one).
-    by_id: FastMap<u64, Vec<WrongRecord>>,
+    /// Per wide-table id, its wrong records (almost always exactly one), sized exactly.
+    by_id: FastMap<u64, Box<[WrongRecord]>>,
 }
 
 /// What applying a group of operations did to an id's visible record.
@@ -119,7 +173,7 @@ impl RecordStore {
         records
             .iter()
             .filter_map(|r| r.live_add().map(|add| (r, add)))
-            .min_by(|a, b| a.0.wrong_id.cmp(&b.0.wrong_id))
+            .min_by(|a, b| a.0.wrong_id().cmp(b.0.wrong_id()))
             .map(|(r, add)| Record {
                 add,
                 fix: r.fix.as_ref(),
@@ -131,17 +185,18 @@ impl RecordStore {
         let records = self.by_id.entry(id).or_default();
         let mut applied = Applied::Unchanged;
         for op in ops {
-            let index = match records.iter().position(|r| r.wrong_id == op.wrong_id()) {
+            let index = match records.iter().position(|r| r.wrong_id() == op.wrong_id()) {
                 Some(index) => index,
                 None => {
-                    // Almost every id has one wrong record: no room for more until needed
-                    // (a default Vec would reserve four, ~1.7 KB).
-                    records.reserve_exact(1);
-                    records.push(WrongRecord {
-                        wrong_id: op.wrong_id().into(),
+                    // A new wrong id of this id (the first, almost always): the slice grows by
+                    // exactly one.
+                    let mut grown = std::mem::take(records).into_vec();
+                    grown.reserve_exact(1);
+                    grown.push(WrongRecord {
                         lifecycle: None,
                         fix: None,
                     });
+                    *records = grown.into_boxed_slice();
                     records.len() - 1
                 }
             };
@@ -202,22 +257,22 @@ impl RecordStore {
         };
         let fix_bytes =
             |f: &FixEvent| string(&f.stamp.event_id) + string(&f.wrong_id) + string(&f.fix_id);
-        let slots = self.by_id.capacity() * (std::mem::size_of::<(u64, Vec<WrongRecord>)>() + 1);
+        let slots = self.by_id.capacity() * (std::mem::size_of::<(u64, Box<[WrongRecord]>)>() + 1);
         let records: usize = self
             .by_id
             .values()
             .map(|records| {
-                records.capacity() * std::mem::size_of::<WrongRecord>()
+                std::mem::size_of_val::<[WrongRecord]>(records)
                     + records
                         .iter()
                         .map(|r| {
-                            string(&r.wrong_id)
-                                + match &r.lifecycle {
-                                    Some(Lifecycle::Added(add)) => add_bytes(add),
-                                    Some(Lifecycle::Deleted(stamp)) => string(&stamp.event_id),
-                                    None => 0,
+                            (match &r.lifecycle {
+                                Some(Lifecycle::Added(add)) => add_bytes(add),
+                                Some(Lifecycle::Deleted(delete)) => {
+                                    string(&delete.stamp.event_id) + string(&delete.wrong_id)
                                 }
-                                + r.fix.as_ref().map_or(0, fix_bytes)
+                                None => 0,
+                            }) + r.fix.as_ref().map_or(0, fix_bytes)
                         })
                         .sum::<usize>()
             })
@@ -238,7 +293,6 @@ impl RecordStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataflow::process::DeleteEvent;
 
     fn stamp(timestamp: i64, event_id: &str) -> EventStamp {
         EventStamp {
@@ -295,10 +349,61 @@ mod tests {
     }
 
     #[test]
+    fn checkpoints_keep_their_layout_and_round_trip() {
+        let mut store = RecordStore::default();
+        store.apply(
+            7,
+            [
+                add("7", 1, "plain"),
+                add("007", 1, "padded"),
+                delete("007", 2),
+            ],
+        );
+        store.apply(8, [add("8", 5, "u8")]);
+        let bytes = postcard::to_stdvec(&store).unwrap();
+        let back: RecordStore = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back.by_id, store.by_id);
+        assert_eq!(
+            back.by_id[&7][1].wrong_id(),
+            "007",
+            "a delete keeps its wrong id"
+        );
+
+        // The layout checkpoints were written in before records stopped copying their id.
+        #[derive(Serialize)]
+        #[allow(dead_code, clippy::large_enum_variant)]
+        enum OldLifecycle {
+            Added(AddEvent),
+            Deleted(EventStamp),
+        }
+        #[derive(Serialize)]
+        struct OldRecord {
+            wrong_id: String,
+            lifecycle: Option<OldLifecycle>,
+            fix: Option<FixEvent>,
+        }
+        let old: std::collections::HashMap<u64, Vec<OldRecord>> = [(
+            9,
+            vec![OldRecord {
+                wrong_id: "9".into(),
+                lifecycle: Some(OldLifecycle::Deleted(stamp(3, "d3"))),
+                fix: None,
+            }],
+        )]
+        .into_iter()
+        .collect();
+        let restored: RecordStore =
+            postcard::from_bytes(&postcard::to_stdvec(&old).unwrap()).unwrap();
+        assert_eq!(restored.by_id[&9][0].wrong_id(), "9");
+        assert!(restored.visible(9).is_none());
+    }
+
+    #[test]
     fn a_shared_id_shows_the_least_live_wrong_id() {
         let mut store = RecordStore::default();
         store.apply(7, [add("7", 1, "plain"), add("007", 1, "padded")]);
         assert_eq!(store.visible(7).unwrap().add.wrong_id, "007");
+        assert_eq!(store.by_id[&7].len(), 2);
         store.apply(7, [delete("007", 2)]);
         assert_eq!(store.visible(7).unwrap().add.wrong_id, "7");
     }
