@@ -239,3 +239,59 @@ fn bench_reports_every_figure_as_json() {
     let change = &report["dim_change"];
     assert!(change["rows_corrected"].as_u64().unwrap() > 0, "{change}");
 }
+
+#[test]
+fn bench_into_mariadb_measures_the_database_limit_beside_the_jobs_table() {
+    let Some(db) = common::TestDatabase::mariadb() else {
+        return;
+    };
+    let job_table = "dwd_wrong_record_wide_delta";
+    db.connect()
+        .execute_script(&format!(
+            "{}INSERT INTO {job_table} (id, wrong_id, user_id, question_id, collect_time, \
+             event_id, event_type, process_time) VALUES (424242, 'mine', 'u', 'q', \
+             '2024-01-01 00:00:00', 'e', 'wrongbook_add', '2024-01-01 00:00:00');",
+            wrongbook::schema::wide_table_ddl(wrongbook::schema::Dialect::Mysql, job_table)
+        ))
+        .unwrap();
+    let config = db.dir().join("bench.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[mysql]\nurl = \"{}\"\nusername = \"root\"\n",
+            db.config.mysql.url
+        ),
+    )
+    .unwrap();
+    let out = wrongbook(&[
+        "--log",
+        "warn",
+        "bench",
+        "--events",
+        "20000",
+        "--sink",
+        "db",
+        "-c",
+        config.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let limit = &report["db_limit"];
+    assert_eq!(limit["limit"]["rows"], report["live_records"], "{limit}");
+    for figure in ["one_connection", "two_connections"] {
+        assert!(limit["limit"][figure].as_f64().unwrap() > 0.0, "{limit}");
+    }
+    assert!(limit["share_of_limit"].as_f64().unwrap() > 0.0, "{limit}");
+
+    // The job's own table is untouched, and the bench's tables are gone.
+    let mine = db.read_table(job_table);
+    assert_eq!(mine.keys().copied().collect::<Vec<_>>(), vec![424242]);
+    let tables = db.connect().query("SHOW TABLES").unwrap();
+    let names: Vec<String> = tables
+        .rows
+        .into_iter()
+        .filter_map(|row| row.into_iter().next()?.into_text())
+        .collect();
+    assert_eq!(names, vec![job_table.to_owned()]);
+}
