@@ -260,8 +260,8 @@ pub struct Spec {
     pub event_types: BTreeMap<String, EventSchema>,
     pub processors: BTreeMap<String, ProcessorSpec>,
     aliases: HashMap<String, String>,
-    pub subject_names: HashMap<String, String>,
-    pub fix_results: HashMap<String, i64>,
+    pub subject_names: crate::dataflow::FastMap<String, String>,
+    pub fix_results: crate::dataflow::FastMap<String, i64>,
     pub fix_result_desc: HashMap<i64, String>,
     pub dimensions: Dimensions,
 }
@@ -566,8 +566,8 @@ impl RawSpec {
             event_types,
             processors,
             aliases,
-            subject_names: self.subject_names,
-            fix_results: self.fix_results,
+            subject_names: self.subject_names.into_iter().collect(),
+            fix_results: self.fix_results.into_iter().collect(),
             fix_result_desc,
             dimensions: Dimensions {
                 pattern: dimension(dims.pattern),

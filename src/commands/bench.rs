@@ -13,7 +13,6 @@
 //! comes before the stage measurements, so their data does not count), and as the record
 //! state's own estimate of its heap, each per live record.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -520,7 +519,7 @@ fn measure_stages(messages: &[Vec<u8>], dims: &DimSnapshot) -> Vec<StageFigure> 
 }
 
 /// The pattern lookups of `dims`, computed by the dataflow's own dimension chain.
-pub fn pattern_lookups_of(dims: &DimSnapshot) -> HashMap<String, PatternLookup> {
+pub fn pattern_lookups_of(dims: &DimSnapshot) -> crate::dataflow::FastMap<String, PatternLookup> {
     use differential_dataflow::input::Input;
     use std::cell::RefCell;
     use std::rc::Rc;
@@ -529,7 +528,7 @@ pub fn pattern_lookups_of(dims: &DimSnapshot) -> HashMap<String, PatternLookup> 
 
     let dims = dims.clone();
     timely::execute_directly(move |worker| {
-        let found = Rc::new(RefCell::new(HashMap::new()));
+        let found = Rc::new(RefCell::new(crate::dataflow::FastMap::default()));
         let probe = Handle::new();
         let sink = found.clone();
         let (mut p, mut pt, mut tt) = worker.dataflow::<u64, _, _>(|scope| {

@@ -47,7 +47,7 @@ const CENSUS_INTERVAL: Duration = Duration::from_secs(5);
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct JoinSnapshot {
     pub records: RecordStore,
-    pub lookups: HashMap<String, PatternLookup>,
+    pub lookups: FastMap<String, PatternLookup>,
     pub tables: HashMap<u16, HashMap<String, Vec<Option<String>>>>,
 }
 
@@ -57,7 +57,7 @@ impl JoinSnapshot {
         #[derive(Deserialize)]
         struct WithoutTables {
             records: RecordStore,
-            lookups: HashMap<String, PatternLookup>,
+            lookups: FastMap<String, PatternLookup>,
         }
         postcard::from_bytes::<JoinSnapshot>(bytes).or_else(|e| {
             postcard::from_bytes::<WithoutTables>(bytes)
@@ -92,7 +92,7 @@ pub struct RowSpec {
 /// What `record`'s pattern and chapter resolve to among `lookups` (nothing when its pattern
 /// is unknown: the left join keeps the row with empty dimension columns).
 pub fn lookup_for<'a>(
-    lookups: &'a HashMap<String, PatternLookup>,
+    lookups: &'a FastMap<String, PatternLookup>,
     record: Record<'a>,
 ) -> DimLookup<'a> {
     record
@@ -108,7 +108,7 @@ pub fn lookup_for<'a>(
 #[derive(Default)]
 pub struct JoinState {
     pub records: RecordStore,
-    lookups: HashMap<String, PatternLookup>,
+    lookups: FastMap<String, PatternLookup>,
     /// pattern → the ids of visible records with that pattern.
     ids_by_pattern: FastMap<CompactString, FastSet<u64>>,
     /// Per lookup table: key → its values.
@@ -131,7 +131,7 @@ impl JoinState {
         #[derive(Serialize)]
         struct Borrowed<'a> {
             records: &'a RecordStore,
-            lookups: &'a HashMap<String, PatternLookup>,
+            lookups: &'a FastMap<String, PatternLookup>,
             tables: &'a HashMap<u16, HashMap<String, Vec<Option<String>>>>,
         }
         postcard::to_stdvec(&Borrowed {
