@@ -254,7 +254,7 @@ impl JoinState {
     /// whose row may have changed, sorted by id.
     pub fn advance(
         &mut self,
-        ops: Vec<KeyedOp>,
+        ops: impl IntoIterator<Item = KeyedOp>,
         changes: Vec<(LookupChange, isize)>,
         fix_result_desc: &HashMap<i64, String>,
     ) -> Vec<RowUpdate> {
@@ -417,7 +417,16 @@ pub struct CheckpointHooks {
 }
 
 /// Ops and lookup changes waiting for their time to complete, with the time's capability.
-type PendingTimes = BTreeMap<u64, (Capability<u64>, Vec<KeyedOp>, Vec<(LookupChange, isize)>)>;
+/// Per time not yet complete: its capability, the containers of record operations received
+/// (kept whole, not copied op by op), and its lookup changes.
+type PendingTimes = BTreeMap<
+    u64,
+    (
+        Capability<u64>,
+        Vec<Vec<KeyedOp>>,
+        Vec<(LookupChange, isize)>,
+    ),
+>;
 
 /// The join operator: record operations (exchanged to the worker owning their id) and pattern
 /// lookups (broadcast to every worker) in; each completed time's row updates out, on the
@@ -494,7 +503,7 @@ pub fn join_records_with_dims<'scope>(
                             .expect("a message with a time has a capability");
                         (cap, Vec::new(), Vec::new())
                     });
-                    entry.1.append(data);
+                    entry.1.push(std::mem::take(data));
                 });
                 lookups.for_each(|cap, data| {
                     for (change, time, diff) in data.drain(..) {
@@ -515,7 +524,11 @@ pub fn join_records_with_dims<'scope>(
                     dirty = true;
                     let started = Instant::now();
                     let live_before = state.live;
-                    let updates = state.advance(time_ops, time_lookups, &fix_result_desc);
+                    let mut updates = state.advance(
+                        time_ops.into_iter().flatten(),
+                        time_lookups,
+                        &fix_result_desc,
+                    );
                     stats
                         .join_nanos
                         .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -528,7 +541,7 @@ pub fn join_records_with_dims<'scope>(
                         .fetch_add(keys.wrapping_sub(reported_keys), Ordering::Relaxed);
                     reported_keys = keys;
                     if !updates.is_empty() {
-                        output.session(&cap).give_iterator(updates.into_iter());
+                        output.session(&cap).give_container(&mut updates);
                     }
                 }
                 let frontier = ops_frontier
