@@ -417,6 +417,34 @@ pub struct CheckpointHooks {
 }
 
 /// Ops and lookup changes waiting for their time to complete, with the time's capability.
+/// A worker's join state, freed on a thread of its own when the dataflow ends: freeing millions
+/// of records is a noticeable share of a bounded run (a replay), and nothing waits for it.
+struct FreedElsewhere(Option<JoinState>);
+
+impl std::ops::Deref for FreedElsewhere {
+    type Target = JoinState;
+    fn deref(&self) -> &JoinState {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl std::ops::DerefMut for FreedElsewhere {
+    fn deref_mut(&mut self) -> &mut JoinState {
+        self.0.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for FreedElsewhere {
+    fn drop(&mut self) {
+        if let Some(state) = self.0.take() {
+            // Should the thread not start, the closure, and the state with it, is dropped here.
+            let _ = std::thread::Builder::new()
+                .name("wrongbook-free".into())
+                .spawn(move || drop(state));
+        }
+    }
+}
+
 /// Per time not yet complete: its capability, the containers of record operations received
 /// (kept whole, not copied op by op), and its lookup changes.
 type PendingTimes = BTreeMap<
@@ -451,7 +479,7 @@ pub fn join_records_with_dims<'scope>(
                 fix_result_desc,
                 lookups: shape,
             } = rows;
-            let mut state = restored.unwrap_or_default().with_shape(shape);
+            let mut state = FreedElsewhere(Some(restored.unwrap_or_default().with_shape(shape)));
             if write_only_touched {
                 state.write_only_touched();
             }
