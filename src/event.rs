@@ -110,9 +110,28 @@ pub struct Envelope<'a> {
     /// Event time, ms since the epoch.
     pub timestamp: i64,
     pub event_id: Cow<'a, str>,
-    /// The payload object's text, validated JSON (its fields are checked by
+    /// The payload object's entries, read in the same pass (their fields are checked by
     /// [`validate_payload`]).
-    pub payload: &'a str,
+    pub payload: Payload<'a>,
+}
+
+/// The entries of a payload object, in message order, values decoded (nested objects and
+/// arrays as raw text). Duplicate keys are refused by [`validate_payload`], once the event is
+/// known to be routed.
+#[derive(Debug, Default)]
+pub struct Payload<'a> {
+    entries: Vec<(Cow<'a, str>, Value<'a>)>,
+}
+
+impl<'a> Payload<'a> {
+    /// Reads a payload object from its text.
+    pub fn parse(text: &'a str) -> Result<Payload<'a>, Rejection> {
+        let mut scanner = Scanner::new(text);
+        let mut entries = Vec::new();
+        scanner.object_entries(&mut entries).map_err(syntax)?;
+        scanner.end().map_err(syntax)?;
+        Ok(Payload { entries })
+    }
 }
 
 /// A validated payload value.
@@ -155,7 +174,9 @@ pub fn parse_envelope(raw: &[u8], max_bytes: usize) -> Result<Envelope<'_>, Reje
     let mut event_type = None;
     let mut timestamp = None;
     let mut event_id = None;
-    let mut payload = None;
+    // Whether the payload is an object (its entries in `entries`); `None` when absent or null.
+    let mut payload_is_object: Option<bool> = None;
+    let mut entries = Vec::new();
     let mut wrong_field: Option<Rejection> = None;
     let mut keys = KeySet::default();
     scanner.begin_object().map_err(syntax)?;
@@ -173,6 +194,12 @@ pub fn parse_envelope(raw: &[u8], max_bytes: usize) -> Result<Envelope<'_>, Reje
             scanner.skip_value().map_err(syntax)?;
             continue;
         };
+        if slot == 4 && scanner.peek() == Some(b'{') {
+            entries.reserve(16);
+            scanner.object_entries(&mut entries).map_err(syntax)?;
+            payload_is_object = Some(true);
+            continue;
+        }
         let value = scanner.value().map_err(syntax)?;
         if wrong_field.is_some() {
             continue;
@@ -184,7 +211,7 @@ pub fn parse_envelope(raw: &[u8], max_bytes: usize) -> Result<Envelope<'_>, Reje
                 .map(|v| timestamp = v),
             3 => string_field(value, FieldPath::envelope("eventId")).map(|v| event_id = v),
             _ => {
-                payload = (value != Value::Null).then_some(value);
+                payload_is_object = (value != Value::Null).then_some(false);
                 Ok(())
             }
         };
@@ -195,18 +222,18 @@ pub fn parse_envelope(raw: &[u8], max_bytes: usize) -> Result<Envelope<'_>, Reje
         return Err(rejection);
     }
     let missing = |name: &str| Rejection::new(Reason::MissingField, format!("`{name}` is missing"));
-    let Value::Object(payload) = payload.ok_or_else(|| missing("payload"))? else {
+    if !payload_is_object.ok_or_else(|| missing("payload"))? {
         return Err(Rejection::new(
             Reason::InvalidField,
             "`payload` is not an object",
         ));
-    };
+    }
     Ok(Envelope {
         domain: domain.ok_or_else(|| missing("domain"))?,
         event_type: event_type.ok_or_else(|| missing("type"))?,
         timestamp: timestamp.ok_or_else(|| missing("timestamp"))?,
         event_id: event_id.ok_or_else(|| missing("eventId"))?,
-        payload,
+        payload: Payload { entries },
     })
 }
 
@@ -214,22 +241,18 @@ pub fn parse_envelope(raw: &[u8], max_bytes: usize) -> Result<Envelope<'_>, Reje
 /// Fields the schema does not name are ignored.
 pub fn validate_payload<'a>(
     schema: &EventSchema,
-    payload: &'a str,
+    payload: Payload<'a>,
 ) -> Result<Fields<'a>, Rejection> {
-    let mut scanner = Scanner::new(payload);
     let mut fields: Fields<'a> = vec![None; schema.fields().len()];
     let mut keys = KeySet::default();
-    scanner.begin_object().map_err(syntax)?;
-    while let Some(key) = scanner.next_key().map_err(syntax)? {
+    for (key, value) in payload.entries {
         let index = schema.field_index(&key);
         keys.insert(index, key)?;
         let Some(index) = index else {
-            scanner.skip_value().map_err(syntax)?;
             continue;
         };
         let spec = &schema.fields()[index];
         let path = FieldPath::payload(&spec.name);
-        let value = scanner.value().map_err(syntax)?;
         fields[index] = match spec.ty {
             FieldType::String => string_field(value, path)?.map(FieldValue::Text),
             FieldType::Long | FieldType::Integer => {
@@ -410,7 +433,7 @@ mod tests {
 
     fn fix_fields(payload: &str) -> Result<Vec<Option<FieldValue<'_>>>, Rejection> {
         let spec = Spec::builtin();
-        validate_payload(&spec.event_types["wrongbook_fix"], payload).map(|f| {
+        validate_payload(&spec.event_types["wrongbook_fix"], Payload::parse(payload)?).map(|f| {
             f.into_iter()
                 .map(|v| {
                     v.map(|v| match v {

@@ -160,6 +160,19 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// The entries of the object at the cursor, appended to `into` (nested objects and arrays
+    /// as raw text), its closing `}` consumed. Usable inside another object's walk.
+    pub fn object_entries(&mut self, into: &mut Vec<(Cow<'a, str>, Value<'a>)>) -> Result<()> {
+        let outer = self.entries;
+        self.begin_object()?;
+        while let Some(key) = self.next_key()? {
+            let value = self.value()?;
+            into.push((key, value));
+        }
+        self.entries = outer;
+        Ok(())
+    }
+
     /// Skips the next value, validating it.
     pub fn skip_value(&mut self) -> Result<()> {
         match self.peek() {
@@ -588,6 +601,21 @@ mod tests {
                 assert_eq!(scanner.pos, text.len());
             }
         }
+    }
+
+    #[test]
+    fn an_object_inside_a_walk_is_read_whole_and_the_walk_goes_on() {
+        let mut s = Scanner::new(r#"{"a":{"x":1,"y":[2,{"z":3}]},"b":true}"#);
+        s.begin_object().unwrap();
+        assert_eq!(s.next_key().unwrap().unwrap(), "a");
+        let mut inner = Vec::new();
+        s.object_entries(&mut inner).unwrap();
+        assert_eq!(inner.len(), 2);
+        assert_eq!(inner[1].1, Value::Array(r#"[2,{"z":3}]"#));
+        assert_eq!(s.next_key().unwrap().unwrap(), "b");
+        assert_eq!(s.value().unwrap(), Value::Bool(true));
+        assert_eq!(s.next_key().unwrap(), None);
+        s.end().unwrap();
     }
 
     #[test]

@@ -392,11 +392,13 @@ fn measure_stages(messages: &[Vec<u8>], dims: &DimSnapshot) -> Vec<StageFigure> 
     let started = Instant::now();
     let mut parsed = Vec::with_capacity(messages.len());
     for message in messages {
-        let Ok(envelope) = parse_envelope(message, max) else {
+        let Ok(mut envelope) = parse_envelope(message, max) else {
             continue;
         };
         if let Some(Route::Process(route)) = routes.route(&envelope.event_type) {
-            if let Ok(fields) = validate_payload(&route.schema, envelope.payload) {
+            if let Ok(fields) =
+                validate_payload(&route.schema, std::mem::take(&mut envelope.payload))
+            {
                 parsed.push((envelope, fields, route.clone()));
             }
         }

@@ -50,7 +50,7 @@ impl Ingestor {
     /// Ingests `raw` with the routing table `routes`: returns the label to count it under and
     /// its outcome.
     pub fn ingest<'a>(&self, raw: &'a [u8], routes: &RouteTable) -> (Cow<'a, str>, Outcome) {
-        let envelope = match parse_envelope(raw, self.max_message_bytes) {
+        let mut envelope = match parse_envelope(raw, self.max_message_bytes) {
             Ok(envelope) => envelope,
             Err(rejection) => return (Cow::Borrowed(UNPARSED), Outcome::DeadLetter(rejection)),
         };
@@ -87,12 +87,14 @@ impl Ingestor {
                 Reason::NoSchema,
                 format!("the dataflow spec has no payload schema for `{label}`"),
             )),
-            Some(Route::Process(route)) => match validate_payload(&route.schema, envelope.payload)
-                .and_then(|fields| process(route, &envelope, &fields, &self.spec))
-            {
-                Ok(op) => Outcome::Accepted(op),
-                Err(rejection) => Outcome::DeadLetter(rejection),
-            },
+            Some(Route::Process(route)) => {
+                match validate_payload(&route.schema, std::mem::take(&mut envelope.payload))
+                    .and_then(|fields| process(route, &envelope, &fields, &self.spec))
+                {
+                    Ok(op) => Outcome::Accepted(op),
+                    Err(rejection) => Outcome::DeadLetter(rejection),
+                }
+            }
         };
         (label, outcome)
     }
