@@ -399,7 +399,7 @@ fn measure_stages(messages: &[Vec<u8>], dims: &DimSnapshot) -> Vec<StageFigure> 
             if let Ok(fields) =
                 validate_payload(&route.schema, std::mem::take(&mut envelope.payload))
             {
-                parsed.push((envelope, fields, route.clone()));
+                parsed.push((envelope, fields));
             }
         }
     }
@@ -408,7 +408,7 @@ fn measure_stages(messages: &[Vec<u8>], dims: &DimSnapshot) -> Vec<StageFigure> 
     // Route + process: routing lookup and the processor, on parsed events.
     let started = Instant::now();
     let mut ops: Vec<KeyedOp> = Vec::with_capacity(parsed.len());
-    for (envelope, fields, _) in &parsed {
+    for (envelope, fields) in &parsed {
         if let Some(Route::Process(route)) = routes.route(&envelope.event_type) {
             if let Ok(op) = process(route, envelope, fields, &spec) {
                 ops.push(op);
