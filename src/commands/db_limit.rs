@@ -15,7 +15,7 @@ use crate::db::{DbSettings, DbUrl, SqlValue};
 use crate::schema::Dialect;
 use crate::sink::statements::{upsert_clauses, WideTable};
 
-/// Rows per statement, as the issue that defines the limit says.
+/// Rows per statement of the reference load (the fastest plain client path).
 const ROWS_PER_STATEMENT: usize = 1000;
 
 /// The limit, measured.
