@@ -41,7 +41,7 @@ pub struct AddEvent {
     pub collect_time: i64,
 }
 
-/// A fix of a record.
+/// A fix of a record (whose wrong id the operation carries: a stored fix does not repeat it).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct FixEvent {
     /// `fix_time` (ms) first: the latest fix is the greatest by (`fixTime`, `eventId`).
@@ -49,7 +49,6 @@ pub struct FixEvent {
     pub stamp: EventStamp,
     /// Shared by every event of the type (interned by the route).
     pub event_type: Arc<str>,
-    pub wrong_id: CompactString,
     /// `fixId`, else the event id.
     pub fix_id: CompactString,
     pub fix_result: i64,
@@ -73,7 +72,10 @@ pub struct DeleteEvent {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum RecordOp {
     Add(AddEvent),
-    Fix(FixEvent),
+    Fix {
+        wrong_id: CompactString,
+        fix: FixEvent,
+    },
     Delete(DeleteEvent),
 }
 
@@ -81,7 +83,7 @@ impl RecordOp {
     pub fn wrong_id(&self) -> &str {
         match self {
             RecordOp::Add(a) => &a.wrong_id,
-            RecordOp::Fix(f) => &f.wrong_id,
+            RecordOp::Fix { wrong_id, .. } => wrong_id,
             RecordOp::Delete(d) => &d.wrong_id,
         }
     }
@@ -183,14 +185,16 @@ pub fn process(
                 Some(id) => id,
                 None => Cow::Borrowed(envelope.event_id.as_ref()),
             };
-            RecordOp::Fix(FixEvent {
-                fix_time_ms,
-                fix_id: fitting("fix_id", &fix_id)?,
-                fix_result,
+            RecordOp::Fix {
                 wrong_id,
-                stamp,
-                event_type,
-            })
+                fix: FixEvent {
+                    fix_time_ms,
+                    fix_id: fitting("fix_id", &fix_id)?,
+                    fix_result,
+                    stamp,
+                    event_type,
+                },
+            }
         }
         ProcessorKind::Delete => RecordOp::Delete(DeleteEvent {
             wrong_id: CompactString::from(slots.required_text(Slot::WrongRecordId)?.as_ref()),

@@ -25,7 +25,8 @@ pub struct Record<'a> {
     pub fix: Option<&'a FixEvent>,
 }
 
-/// The lifecycle winner of one wrong id.
+/// The lifecycle winner of one wrong id, or, before any add or delete arrived, the wrong id
+/// alone.
 // Live records (`Added`) are the common case: boxing them would add a pointer and an
 // allocation to nearly every record to save space on the few deleted ones.
 #[allow(clippy::large_enum_variant)]
@@ -33,48 +34,49 @@ pub struct Record<'a> {
 enum Lifecycle {
     Added(AddEvent),
     Deleted(DeleteEvent),
+    /// Only fixes so far (they arrive before their add).
+    Pending(CompactString),
 }
 
 impl Lifecycle {
-    fn stamp(&self) -> &EventStamp {
+    /// The winner's stamp; `None` while no add or delete has arrived.
+    fn stamp(&self) -> Option<&EventStamp> {
         match self {
-            Lifecycle::Added(add) => &add.stamp,
-            Lifecycle::Deleted(delete) => &delete.stamp,
+            Lifecycle::Added(add) => Some(&add.stamp),
+            Lifecycle::Deleted(delete) => Some(&delete.stamp),
+            Lifecycle::Pending(_) => None,
+        }
+    }
+
+    fn wrong_id(&self) -> &str {
+        match self {
+            Lifecycle::Added(add) => &add.wrong_id,
+            Lifecycle::Deleted(delete) => &delete.wrong_id,
+            Lifecycle::Pending(wrong_id) => wrong_id,
         }
     }
 }
 
-/// Everything known about one wrong id. Its wrong id is that of its winners (every winner
-/// holds it), not a copy of its own: state is most of the memory, and ids are in every event.
+/// Everything known about one wrong id. Its wrong id is stored once, in its lifecycle: state
+/// is most of the memory, and ids are in every event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(into = "StoredRecord", from = "StoredRecord")]
 struct WrongRecord {
-    lifecycle: Option<Lifecycle>,
+    lifecycle: Lifecycle,
     fix: Option<FixEvent>,
 }
 
 impl WrongRecord {
     fn wrong_id(&self) -> &str {
-        match (&self.lifecycle, &self.fix) {
-            (Some(Lifecycle::Added(add)), _) => &add.wrong_id,
-            (Some(Lifecycle::Deleted(delete)), _) => &delete.wrong_id,
-            (None, Some(fix)) => &fix.wrong_id,
-            (None, None) => "",
-        }
+        self.lifecycle.wrong_id()
     }
 
     /// Whether `op` would replace a winner (so the visible record may change).
     fn is_won_by(&self, op: &RecordOp) -> bool {
         match op {
-            RecordOp::Add(add) => self
-                .lifecycle
-                .as_ref()
-                .is_none_or(|l| add.stamp > *l.stamp()),
-            RecordOp::Delete(del) => self
-                .lifecycle
-                .as_ref()
-                .is_none_or(|l| del.stamp > *l.stamp()),
-            RecordOp::Fix(fix) => self
+            RecordOp::Add(add) => self.lifecycle.stamp().is_none_or(|s| add.stamp > *s),
+            RecordOp::Delete(del) => self.lifecycle.stamp().is_none_or(|s| del.stamp > *s),
+            RecordOp::Fix { fix, .. } => self
                 .fix
                 .as_ref()
                 .is_none_or(|f| fix.order_key() > f.order_key()),
@@ -86,27 +88,27 @@ impl WrongRecord {
             return;
         }
         match op {
-            RecordOp::Add(add) => self.lifecycle = Some(Lifecycle::Added(add)),
-            RecordOp::Delete(del) => self.lifecycle = Some(Lifecycle::Deleted(del)),
-            RecordOp::Fix(fix) => self.fix = Some(fix),
+            RecordOp::Add(add) => self.lifecycle = Lifecycle::Added(add),
+            RecordOp::Delete(del) => self.lifecycle = Lifecycle::Deleted(del),
+            RecordOp::Fix { fix, .. } => self.fix = Some(fix),
         }
     }
 
     fn live_add(&self) -> Option<&AddEvent> {
         match &self.lifecycle {
-            Some(Lifecycle::Added(add)) => Some(add),
+            Lifecycle::Added(add) => Some(add),
             _ => None,
         }
     }
 }
 
 /// A [`WrongRecord`] as checkpoints store it (the layout checkpoints have always had): the
-/// wrong id once, and a delete as its stamp.
+/// wrong id first, a delete as its stamp, and a fix with the wrong id in it.
 #[derive(Serialize, Deserialize)]
 struct StoredRecord {
     wrong_id: CompactString,
     lifecycle: Option<StoredLifecycle>,
-    fix: Option<FixEvent>,
+    fix: Option<StoredFix>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -116,15 +118,34 @@ enum StoredLifecycle {
     Deleted(EventStamp),
 }
 
+#[derive(Serialize, Deserialize)]
+struct StoredFix {
+    fix_time_ms: i64,
+    stamp: EventStamp,
+    event_type: std::sync::Arc<str>,
+    wrong_id: CompactString,
+    fix_id: CompactString,
+    fix_result: i64,
+}
+
 impl From<WrongRecord> for StoredRecord {
     fn from(record: WrongRecord) -> StoredRecord {
+        let wrong_id: CompactString = record.wrong_id().into();
         StoredRecord {
-            wrong_id: record.wrong_id().into(),
-            lifecycle: record.lifecycle.map(|l| match l {
-                Lifecycle::Added(add) => StoredLifecycle::Added(add),
-                Lifecycle::Deleted(delete) => StoredLifecycle::Deleted(delete.stamp),
+            fix: record.fix.map(|fix| StoredFix {
+                fix_time_ms: fix.fix_time_ms,
+                stamp: fix.stamp,
+                event_type: fix.event_type,
+                wrong_id: wrong_id.clone(),
+                fix_id: fix.fix_id,
+                fix_result: fix.fix_result,
             }),
-            fix: record.fix,
+            lifecycle: match record.lifecycle {
+                Lifecycle::Added(add) => Some(StoredLifecycle::Added(add)),
+                Lifecycle::Deleted(delete) => Some(StoredLifecycle::Deleted(delete.stamp)),
+                Lifecycle::Pending(_) => None,
+            },
+            wrong_id,
         }
     }
 }
@@ -132,14 +153,21 @@ impl From<WrongRecord> for StoredRecord {
 impl From<StoredRecord> for WrongRecord {
     fn from(stored: StoredRecord) -> WrongRecord {
         WrongRecord {
-            lifecycle: stored.lifecycle.map(|l| match l {
-                StoredLifecycle::Added(add) => Lifecycle::Added(add),
-                StoredLifecycle::Deleted(stamp) => Lifecycle::Deleted(DeleteEvent {
-                    stamp,
-                    wrong_id: stored.wrong_id.clone(),
-                }),
+            fix: stored.fix.map(|fix| FixEvent {
+                fix_time_ms: fix.fix_time_ms,
+                stamp: fix.stamp,
+                event_type: fix.event_type,
+                fix_id: fix.fix_id,
+                fix_result: fix.fix_result,
             }),
-            fix: stored.fix,
+            lifecycle: match stored.lifecycle {
+                Some(StoredLifecycle::Added(add)) => Lifecycle::Added(add),
+                Some(StoredLifecycle::Deleted(stamp)) => Lifecycle::Deleted(DeleteEvent {
+                    stamp,
+                    wrong_id: stored.wrong_id,
+                }),
+                None => Lifecycle::Pending(stored.wrong_id),
+            },
         }
     }
 }
@@ -193,7 +221,7 @@ impl RecordStore {
                     let mut grown = std::mem::take(records).into_vec();
                     grown.reserve_exact(1);
                     grown.push(WrongRecord {
-                        lifecycle: None,
+                        lifecycle: Lifecycle::Pending(op.wrong_id().into()),
                         fix: None,
                     });
                     *records = grown.into_boxed_slice();
@@ -255,8 +283,7 @@ impl RecordStore {
                 + optional(&a.chapter_id)
                 + optional(&a.question)
         };
-        let fix_bytes =
-            |f: &FixEvent| string(&f.stamp.event_id) + string(&f.wrong_id) + string(&f.fix_id);
+        let fix_bytes = |f: &FixEvent| string(&f.stamp.event_id) + string(&f.fix_id);
         let slots = self.by_id.capacity() * (std::mem::size_of::<(u64, Box<[WrongRecord]>)>() + 1);
         let records: usize = self
             .by_id
@@ -267,11 +294,11 @@ impl RecordStore {
                         .iter()
                         .map(|r| {
                             (match &r.lifecycle {
-                                Some(Lifecycle::Added(add)) => add_bytes(add),
-                                Some(Lifecycle::Deleted(delete)) => {
+                                Lifecycle::Added(add) => add_bytes(add),
+                                Lifecycle::Deleted(delete) => {
                                     string(&delete.stamp.event_id) + string(&delete.wrong_id)
                                 }
-                                None => 0,
+                                Lifecycle::Pending(wrong_id) => string(wrong_id),
                             }) + r.fix.as_ref().map_or(0, fix_bytes)
                         })
                         .sum::<usize>()
@@ -324,6 +351,19 @@ mod tests {
         })
     }
 
+    fn fix(wrong_id: &str, fix_time_ms: i64) -> RecordOp {
+        RecordOp::Fix {
+            wrong_id: wrong_id.into(),
+            fix: FixEvent {
+                fix_time_ms,
+                stamp: stamp(fix_time_ms, &format!("f{fix_time_ms}")),
+                event_type: "wrongbook_fix".into(),
+                fix_id: "fx".into(),
+                fix_result: 1,
+            },
+        }
+    }
+
     fn user(store: &RecordStore, id: u64) -> Option<String> {
         store.visible(id).map(|r| r.add.user_id.to_string())
     }
@@ -359,7 +399,8 @@ mod tests {
                 delete("007", 2),
             ],
         );
-        store.apply(8, [add("8", 5, "u8")]);
+        store.apply(8, [add("8", 5, "u8"), fix("8", 6)]);
+        store.apply(10, [fix("10", 4)]);
         let bytes = postcard::to_stdvec(&store).unwrap();
         let back: RecordStore = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back.by_id, store.by_id);
@@ -368,6 +409,9 @@ mod tests {
             "007",
             "a delete keeps its wrong id"
         );
+        assert_eq!(back.by_id[&10][0].wrong_id(), "10", "so does a fix alone");
+        assert!(back.visible(10).is_none());
+        assert_eq!(back.visible(8).unwrap().fix.unwrap().fix_time_ms, 6);
 
         // The layout checkpoints were written in before records stopped copying their id.
         #[derive(Serialize)]
@@ -377,17 +421,33 @@ mod tests {
             Deleted(EventStamp),
         }
         #[derive(Serialize)]
+        struct OldFix {
+            fix_time_ms: i64,
+            stamp: EventStamp,
+            event_type: String,
+            wrong_id: String,
+            fix_id: String,
+            fix_result: i64,
+        }
+        #[derive(Serialize)]
         struct OldRecord {
             wrong_id: String,
             lifecycle: Option<OldLifecycle>,
-            fix: Option<FixEvent>,
+            fix: Option<OldFix>,
         }
         let old: std::collections::HashMap<u64, Vec<OldRecord>> = [(
             9,
             vec![OldRecord {
                 wrong_id: "9".into(),
                 lifecycle: Some(OldLifecycle::Deleted(stamp(3, "d3"))),
-                fix: None,
+                fix: Some(OldFix {
+                    fix_time_ms: 7,
+                    stamp: stamp(7, "f7"),
+                    event_type: "wrongbook_fix".into(),
+                    wrong_id: "9".into(),
+                    fix_id: "fx9".into(),
+                    fix_result: 2,
+                }),
             }],
         )]
         .into_iter()
@@ -395,6 +455,7 @@ mod tests {
         let restored: RecordStore =
             postcard::from_bytes(&postcard::to_stdvec(&old).unwrap()).unwrap();
         assert_eq!(restored.by_id[&9][0].wrong_id(), "9");
+        assert_eq!(restored.by_id[&9][0].fix.as_ref().unwrap().fix_id, "fx9");
         assert!(restored.visible(9).is_none());
     }
 
