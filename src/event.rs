@@ -147,9 +147,10 @@ pub type Fields<'a> = Vec<Option<FieldValue<'a>>>;
 /// Parses the envelope of a message: UTF-8, RFC 8259 JSON, an object, the four envelope fields
 /// typed per SPEC §2 and a payload object (its fields are checked by [`validate_payload`]).
 ///
-/// The whole message is validated in one pass. A syntax error or a duplicate key anywhere in it
-/// outranks a wrong field: the first found of those is the reason, else the first wrong field
-/// in message order, else the first missing field.
+/// The whole message is validated in one pass, and the payload's entries read in it. A syntax
+/// error anywhere, or a key the envelope holds twice, outranks a wrong field: the first found of
+/// those is the reason, else the first wrong field in message order, else the first missing
+/// field. (Keys the payload holds twice are refused by [`validate_payload`].)
 pub fn parse_envelope(raw: &[u8], max_bytes: usize) -> Result<Envelope<'_>, Rejection> {
     if raw.len() > max_bytes {
         return Err(Rejection::new(
