@@ -3,8 +3,8 @@
 //! `i*w .. (i+1)*w`; the hostfile lists one `host:port` per process, in process order, where
 //! the processes connect to each other.
 //!
-//! Timely waits forever for a peer that never comes; [`Layout::start`] waits at most the
-//! configured time and then names the peers it cannot reach.
+//! Timely waits forever for a peer that never comes; the engine waits at most the
+//! configured time and then names the peers it cannot reach ([`Layout::unreachable_peers`]).
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
