@@ -70,8 +70,10 @@ pub fn message(data: &[u8]) {
 }
 
 /// The message scanner ([`crate::json`]) accepts exactly the RFC 8259 texts serde_json accepts
-/// (serde_json decodes every string of a `Value`, so it refuses lone surrogates too). serde_json
-/// stops at 128 levels of nesting, the scanner does not: deeper texts are not compared.
+/// (serde_json decodes every string of a `Value`, so it refuses lone surrogates too). Two limits
+/// of serde_json's `Value` are not the scanner's, and texts that hit them are not compared: 128
+/// levels of nesting, and numbers beyond f64 (`1e999`), which RFC 8259's grammar allows. The
+/// scanner keeps such a number as its text; a field whose type rule reads it refuses it there.
 pub fn json_validity(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -82,7 +84,9 @@ pub fn json_validity(data: &[u8]) {
             ours,
             "serde_json accepts what the scanner refuses: {text:?}"
         ),
-        Err(e) if e.to_string().contains("recursion limit") => {}
+        Err(e)
+            if e.to_string().contains("recursion limit")
+                || e.to_string().contains("number out of range") => {}
         Err(e) => assert!(
             !ours,
             "the scanner accepts what serde_json refuses ({e}): {text:?}"
