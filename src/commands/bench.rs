@@ -423,7 +423,7 @@ fn measure_stages(messages: &[Vec<u8>], dims: &DimSnapshot) -> Vec<StageFigure> 
     let count = ops.len();
     let started = Instant::now();
     for op in ops {
-        store.apply(op.id, std::iter::once(op.op));
+        store.apply(op.id, op.op);
     }
     let state = rate(count, started.elapsed());
 

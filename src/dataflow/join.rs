@@ -258,9 +258,9 @@ impl JoinState {
         changes: Vec<(LookupChange, isize)>,
         fix_result_desc: &HashMap<i64, String>,
     ) -> Vec<RowUpdate> {
-        // (id, order touched, whether it had a row before this time): an id whose record
+        // (id, whether it had a row before this time), in the order touched: an id whose record
         // appears and disappears within one time had no row and gets none.
-        let mut touched: Vec<(u64, usize, bool)> = Vec::new();
+        let mut touched: Vec<(u64, bool)> = Vec::new();
         let mut lookup_changes = Vec::new();
         let mut table_changes = Vec::new();
         for (change, diff) in changes {
@@ -282,7 +282,7 @@ impl JoinState {
             let keys_before = keyed
                 .then(|| self.records.visible(id).map(|r| self.keys_of(r)))
                 .flatten();
-            let applied = self.records.apply(id, std::iter::once(op.op));
+            let applied = self.records.apply(id, op.op);
             if let (true, Some(written)) = (op.write, self.written.as_mut()) {
                 written.insert(id);
             }
@@ -292,7 +292,7 @@ impl JoinState {
                 // then the run that checkpointed it may have written one for events after the
                 // checkpoint (an add whose delete it never got to), which these events undo.
                 if before.is_some() || after.is_some() || self.restored {
-                    touched.push((id, touched.len(), before.is_some() || self.restored));
+                    touched.push((id, before.is_some() || self.restored));
                 }
                 self.live += i64::from(after.is_some()) - i64::from(before.is_some());
                 if before != after {
@@ -324,7 +324,7 @@ impl JoinState {
                 None => entries.remove(&key),
             };
             if let Some(ids) = self.ids_by_key.get(&(table, key)) {
-                touched.extend(ids.iter().map(|&id| (id, usize::MAX, true)));
+                touched.extend(ids.iter().map(|&id| (id, true)));
             }
         }
 
@@ -343,21 +343,22 @@ impl JoinState {
                         .visible(id)
                         .and_then(|r| r.add.chapter_id.as_deref());
                     if old.resolve(chapter) != new.resolve(chapter) {
-                        touched.push((id, usize::MAX, true));
+                        touched.push((id, true));
                     }
                 }
             }
         }
 
-        touched.sort_unstable_by_key(|&(id, order, _)| (id, order));
-        touched.dedup_by_key(|(id, _, _)| *id);
+        // Stable: each id keeps its first entry, which says whether it had a row.
+        touched.sort_by_key(|&(id, _)| id);
+        touched.dedup_by_key(|(id, _)| *id);
         if let Some(written) = &self.written {
-            touched.retain(|(id, _, _)| written.contains(id));
+            touched.retain(|(id, _)| written.contains(id));
         }
         touched
             .into_iter()
-            .filter(|&(id, _, had_row)| had_row || self.records.visible(id).is_some())
-            .map(|(id, _, _)| {
+            .filter(|&(id, had_row)| had_row || self.records.visible(id).is_some())
+            .map(|(id, _)| {
                 let row = self.records.visible(id).map(|record| {
                     let mut row =
                         WideRow::assemble(id, record, &self.lookup_of(record), fix_result_desc);
@@ -416,7 +417,6 @@ pub struct CheckpointHooks {
     pub snapshots: Rc<RefCell<BTreeMap<u64, Arc<Vec<u8>>>>>,
 }
 
-/// Ops and lookup changes waiting for their time to complete, with the time's capability.
 /// A worker's join state, freed on a thread of its own when the dataflow ends: freeing millions
 /// of records is a noticeable share of a bounded run (a replay), and nothing waits for it.
 struct FreedElsewhere(Option<JoinState>);

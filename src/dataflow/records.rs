@@ -179,12 +179,12 @@ pub struct RecordStore {
     by_id: FastMap<u64, Box<[WrongRecord]>>,
 }
 
-/// What applying a group of operations did to an id's visible record.
+/// What applying an operation did to an id's visible record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
-    /// No operation won: the visible record is as it was.
+    /// The operation did not win: the visible record is as it was.
     Unchanged,
-    /// Some operation won. `before` is the pattern of the record visible before (`None` when
+    /// The operation won. `before` is the pattern of the record visible before (`None` when
     /// none was); the visible record now is [`RecordStore::visible`].
     Changed {
         before: Option<Option<CompactString>>,
@@ -208,35 +208,30 @@ impl RecordStore {
             })
     }
 
-    /// Applies the operations on `id`, in any order: the winners are maxima.
-    pub fn apply(&mut self, id: u64, ops: impl IntoIterator<Item = RecordOp>) -> Applied {
+    /// Applies an operation on `id`. Operations may come in any order: the winners are maxima.
+    pub fn apply(&mut self, id: u64, op: RecordOp) -> Applied {
         let records = self.by_id.entry(id).or_default();
-        let mut applied = Applied::Unchanged;
-        for op in ops {
-            let index = match records.iter().position(|r| r.wrong_id() == op.wrong_id()) {
-                Some(index) => index,
-                None => {
-                    // A new wrong id of this id (the first, almost always): the slice grows by
-                    // exactly one.
-                    let mut grown = std::mem::take(records).into_vec();
-                    grown.reserve_exact(1);
-                    grown.push(WrongRecord {
-                        lifecycle: Lifecycle::Pending(op.wrong_id().into()),
-                        fix: None,
-                    });
-                    *records = grown.into_boxed_slice();
-                    records.len() - 1
-                }
-            };
-            if records[index].is_won_by(&op) {
-                if applied == Applied::Unchanged {
-                    let before = Self::visible_of(records).map(|r| r.add.pattern_id.clone());
-                    applied = Applied::Changed { before };
-                }
-                records[index].apply(op);
+        let index = match records.iter().position(|r| r.wrong_id() == op.wrong_id()) {
+            Some(index) => index,
+            None => {
+                // A new wrong id of this id (the first, almost always): the slice grows by
+                // exactly one.
+                let mut grown = std::mem::take(records).into_vec();
+                grown.reserve_exact(1);
+                grown.push(WrongRecord {
+                    lifecycle: Lifecycle::Pending(op.wrong_id().into()),
+                    fix: None,
+                });
+                *records = grown.into_boxed_slice();
+                records.len() - 1
             }
+        };
+        if !records[index].is_won_by(&op) {
+            return Applied::Unchanged;
         }
-        applied
+        let before = Self::visible_of(records).map(|r| r.add.pattern_id.clone());
+        records[index].apply(op);
+        Applied::Changed { before }
     }
 
     /// Moves into this store the ids of `other` that `keep` accepts (restoring a checkpoint
@@ -364,6 +359,13 @@ mod tests {
         }
     }
 
+    /// Applies `ops` on `id` one after the other.
+    fn apply_all(store: &mut RecordStore, id: u64, ops: impl IntoIterator<Item = RecordOp>) {
+        for op in ops {
+            store.apply(id, op);
+        }
+    }
+
     fn user(store: &RecordStore, id: u64) -> Option<String> {
         store.visible(id).map(|r| r.add.user_id.to_string())
     }
@@ -373,16 +375,16 @@ mod tests {
         let mut forward = RecordStore::default();
         let mut backward = RecordStore::default();
         let ops = vec![add("1", 10, "u1"), delete("1", 20), add("1", 30, "u3")];
-        forward.apply(1, ops.clone());
-        backward.apply(1, ops.into_iter().rev());
+        apply_all(&mut forward, 1, ops.clone());
+        apply_all(&mut backward, 1, ops.into_iter().rev());
         assert_eq!(user(&forward, 1).as_deref(), Some("u3"));
         assert_eq!(user(&forward, 1), user(&backward, 1));
 
         let mut store = RecordStore::default();
-        store.apply(1, [add("1", 10, "u1"), delete("1", 20)]);
+        apply_all(&mut store, 1, [add("1", 10, "u1"), delete("1", 20)]);
         assert_eq!(user(&store, 1), None);
         assert_eq!(
-            store.apply(1, [add("1", 15, "late")]),
+            store.apply(1, add("1", 15, "late")),
             Applied::Unchanged,
             "an add older than the delete changes nothing"
         );
@@ -391,7 +393,8 @@ mod tests {
     #[test]
     fn checkpoints_keep_their_layout_and_round_trip() {
         let mut store = RecordStore::default();
-        store.apply(
+        apply_all(
+            &mut store,
             7,
             [
                 add("7", 1, "plain"),
@@ -399,8 +402,8 @@ mod tests {
                 delete("007", 2),
             ],
         );
-        store.apply(8, [add("8", 5, "u8"), fix("8", 6)]);
-        store.apply(10, [fix("10", 4)]);
+        apply_all(&mut store, 8, [add("8", 5, "u8"), fix("8", 6)]);
+        store.apply(10, fix("10", 4));
         let bytes = postcard::to_stdvec(&store).unwrap();
         let back: RecordStore = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back.by_id, store.by_id);
@@ -462,10 +465,14 @@ mod tests {
     #[test]
     fn a_shared_id_shows_the_least_live_wrong_id() {
         let mut store = RecordStore::default();
-        store.apply(7, [add("7", 1, "plain"), add("007", 1, "padded")]);
+        apply_all(
+            &mut store,
+            7,
+            [add("7", 1, "plain"), add("007", 1, "padded")],
+        );
         assert_eq!(store.visible(7).unwrap().add.wrong_id, "007");
         assert_eq!(store.by_id[&7].len(), 2);
-        store.apply(7, [delete("007", 2)]);
+        store.apply(7, delete("007", 2));
         assert_eq!(store.visible(7).unwrap().add.wrong_id, "7");
     }
 }
