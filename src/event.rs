@@ -123,17 +123,6 @@ pub struct Payload<'a> {
     entries: Vec<(Cow<'a, str>, Value<'a>)>,
 }
 
-impl<'a> Payload<'a> {
-    /// Reads a payload object from its text.
-    pub fn parse(text: &'a str) -> Result<Payload<'a>, Rejection> {
-        let mut scanner = Scanner::new(text);
-        let mut entries = Vec::new();
-        scanner.object_entries(&mut entries).map_err(syntax)?;
-        scanner.end().map_err(syntax)?;
-        Ok(Payload { entries })
-    }
-}
-
 /// A validated payload value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FieldValue<'a> {
@@ -432,9 +421,18 @@ mod tests {
         parse_envelope(raw, MAX).unwrap_err().reason
     }
 
+    /// A payload object read from its text, as the envelope pass reads it.
+    fn payload_of(text: &str) -> Result<Payload<'_>, Rejection> {
+        let mut scanner = Scanner::new(text);
+        let mut entries = Vec::new();
+        scanner.object_entries(&mut entries).map_err(syntax)?;
+        scanner.end().map_err(syntax)?;
+        Ok(Payload { entries })
+    }
+
     fn fix_fields(payload: &str) -> Result<Vec<Option<FieldValue<'_>>>, Rejection> {
         let spec = Spec::builtin();
-        validate_payload(&spec.event_types["wrongbook_fix"], Payload::parse(payload)?).map(|f| {
+        validate_payload(&spec.event_types["wrongbook_fix"], payload_of(payload)?).map(|f| {
             f.into_iter()
                 .map(|v| {
                     v.map(|v| match v {

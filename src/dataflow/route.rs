@@ -96,11 +96,6 @@ impl RouteTable {
     pub fn route(&self, event_type: &str) -> Option<&Route> {
         self.routes.get(event_type)
     }
-
-    /// Whether `event_type` has any routing row.
-    pub fn knows(&self, event_type: &str) -> bool {
-        self.routes.contains_key(event_type)
-    }
 }
 
 /// One routing table in force from a moment on.
