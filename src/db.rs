@@ -222,6 +222,15 @@ impl Db {
         matches!(self.conn, Conn::Sqlite(_))
     }
 
+    /// The SQL dialect this connection speaks.
+    pub fn dialect(&self) -> crate::schema::Dialect {
+        if self.is_sqlite() {
+            crate::schema::Dialect::Sqlite
+        } else {
+            crate::schema::Dialect::Mysql
+        }
+    }
+
     fn error(&self, what: &str, message: impl ToString) -> DbError {
         query_error(&self.target, what, message)
     }

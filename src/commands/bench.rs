@@ -273,17 +273,15 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let limit = match &opts.sink {
         BenchSink::Database(config) => {
             let settings = config.database();
+            let table = bench_table(config);
             let measured = (opts.db_limit && matches!(settings.url, crate::db::DbUrl::Mysql(_)))
                 .then(|| {
                     eprintln!("measuring the database's own limit with the same rows (mariadb client, 1000-row upserts, 1 and 2 connections)…");
-                    db_limit::measure(&settings, &bench_table(config), &dir)
+                    db_limit::measure(&settings, &table, &dir)
                 })
                 .transpose();
             let dropped = settings.connect().and_then(|mut db| {
-                db.execute_script(&format!(
-                    "DROP TABLE IF EXISTS {}",
-                    bench_table(config).name
-                ))
+                db.execute_script(&format!("DROP TABLE IF EXISTS {}", table.name))
             });
             let measured = measured?;
             dropped?;
@@ -359,15 +357,10 @@ fn bench_table(config: &Config) -> crate::sink::statements::WideTable {
 
 fn fresh_bench_table(config: &Config) -> Result<(), BenchError> {
     let mut db = config.database().connect()?;
-    let dialect = if db.is_sqlite() {
-        crate::schema::Dialect::Sqlite
-    } else {
-        crate::schema::Dialect::Mysql
-    };
     let name = bench_table(config).name;
     db.execute_script(&format!(
         "DROP TABLE IF EXISTS {name};\n{}",
-        crate::schema::wide_table_ddl(dialect, &name)
+        crate::schema::wide_table_ddl(db.dialect(), &name)
     ))?;
     Ok(())
 }

@@ -4,7 +4,7 @@
 
 use crate::config::Config;
 use crate::db::{Db, DbError};
-use crate::schema::{source_tables_ddl, wide_table_ddl, Dialect};
+use crate::schema::{source_tables_ddl, wide_table_ddl};
 
 /// Creates the missing tables in the configured database; `table` overrides the wide table.
 pub fn init_db(config: &Config, table: Option<&str>) -> Result<Db, DbError> {
@@ -18,11 +18,7 @@ pub fn init_db(config: &Config, table: Option<&str>) -> Result<Db, DbError> {
         }
     }
     let mut db = settings.connect()?;
-    let dialect = if db.is_sqlite() {
-        Dialect::Sqlite
-    } else {
-        Dialect::Mysql
-    };
+    let dialect = db.dialect();
     let table = table.unwrap_or(&config.sink.table);
     db.execute_script(&source_tables_ddl(dialect, &config.routing.table))?;
     db.execute_script(&wide_table_ddl(dialect, table))?;
