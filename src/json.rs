@@ -84,6 +84,7 @@ impl<'a> Scanner<'a> {
         Err(SyntaxError { at: self.pos, what })
     }
 
+    #[inline]
     fn skip_whitespace(&mut self) {
         while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.bytes.get(self.pos) {
             self.pos += 1;
@@ -91,6 +92,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// The next byte that is not whitespace, not consumed.
+    #[inline]
     pub fn peek(&mut self) -> Option<u8> {
         self.skip_whitespace();
         self.bytes.get(self.pos).copied()
@@ -162,12 +164,12 @@ impl<'a> Scanner<'a> {
 
     /// The entries of the object at the cursor, appended to `into` (nested objects and arrays
     /// as raw text), its closing `}` consumed. Usable inside another object's walk.
-    pub fn object_entries(&mut self, into: &mut Vec<(Cow<'a, str>, Value<'a>)>) -> Result<()> {
+    pub fn object_entries(&mut self, into: &mut impl Extend<(Cow<'a, str>, Value<'a>)>) -> Result<()> {
         let outer = self.entries;
         self.begin_object()?;
         while let Some(key) = self.next_key()? {
             let value = self.value()?;
-            into.push((key, value));
+            into.extend(Some((key, value)));
         }
         self.entries = outer;
         Ok(())
@@ -247,6 +249,7 @@ impl<'a> Scanner<'a> {
     /// Advances over string bytes that need no attention; stops at `"`, `\\` or a control
     /// character. Eight bytes at a time: for a word `x`, `(x - 0x01…) & !x & 0x80…` flags its
     /// zero bytes, exactly up to the first one, so the lowest flag is the first byte to stop at.
+    #[inline]
     fn plain_run(&mut self) {
         const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
         const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
@@ -276,15 +279,24 @@ impl<'a> Scanner<'a> {
     }
 
     /// A string at the cursor (at its opening quote), decoded; borrowed without escapes.
+    #[inline]
     fn string(&mut self) -> Result<Cow<'a, str>> {
         self.pos += 1;
         let start = self.pos;
         self.plain_run();
+        if self.bytes.get(self.pos) == Some(&b'"') {
+            self.pos += 1;
+            return Ok(Cow::Borrowed(&self.text[start..self.pos - 1]));
+        }
+        self.string_rest(start)
+    }
+
+    /// The rest of a string that does not end at its first stop (`start` is its first byte,
+    /// the cursor at that stop): decoded when it holds escapes, else an error.
+    #[cold]
+    #[inline(never)]
+    fn string_rest(&mut self, start: usize) -> Result<Cow<'a, str>> {
         match self.bytes.get(self.pos) {
-            Some(b'"') => {
-                self.pos += 1;
-                return Ok(Cow::Borrowed(&self.text[start..self.pos - 1]));
-            }
             Some(b'\\') => {}
             Some(_) => return self.error("control character in a string"),
             None => return self.error("EOF while parsing a string"),

@@ -57,6 +57,28 @@ pub struct EventSchema {
     fields: Vec<FieldSpec>,
     /// Field name → index in `fields`: looked up for every key of every payload.
     by_name: crate::dataflow::FastMap<String, usize>,
+    /// The fast way to `by_name`, by a hash of a name's length and three of its bytes: the
+    /// index of the one field with that hash, [`NO_FIELD`] or [`SEVERAL_FIELDS`].
+    by_shape: [u8; SHAPE_SLOTS],
+}
+
+const SHAPE_SLOTS: usize = 128;
+const NO_FIELD: u8 = u8::MAX;
+const SEVERAL_FIELDS: u8 = u8::MAX - 1;
+
+/// A hash of a name that costs a few instructions: its length and its first, middle and last
+/// bytes.
+fn shape(name: &str) -> usize {
+    let bytes = name.as_bytes();
+    let (first, middle, last) = match bytes {
+        [] => (0, 0, 0),
+        _ => (bytes[0], bytes[bytes.len() / 2], bytes[bytes.len() - 1]),
+    };
+    let mixed = (bytes.len() as u32).wrapping_mul(0x9E37)
+        ^ u32::from(first).wrapping_mul(0x85EB)
+        ^ u32::from(middle).wrapping_mul(0xC2B3)
+        ^ u32::from(last).wrapping_mul(0x27D5);
+    (mixed ^ mixed >> 7) as usize % SHAPE_SLOTS
 }
 
 impl EventSchema {
@@ -66,10 +88,19 @@ impl EventSchema {
             .enumerate()
             .map(|(i, f)| (f.name.clone(), i))
             .collect();
+        let mut by_shape = [NO_FIELD; SHAPE_SLOTS];
+        for (i, field) in fields.iter().enumerate() {
+            let slot = &mut by_shape[shape(&field.name)];
+            *slot = match (*slot, u8::try_from(i)) {
+                (NO_FIELD, Ok(i)) if i < SEVERAL_FIELDS => i,
+                _ => SEVERAL_FIELDS,
+            };
+        }
         EventSchema {
             event_type,
             fields,
             by_name,
+            by_shape,
         }
     }
 
@@ -80,7 +111,14 @@ impl EventSchema {
 
     /// The index of the field called `name`, if the schema has one.
     pub fn field_index(&self, name: &str) -> Option<usize> {
-        self.by_name.get(name).copied()
+        match self.by_shape[shape(name)] {
+            NO_FIELD => None,
+            SEVERAL_FIELDS => self.by_name.get(name).copied(),
+            i => {
+                let i = usize::from(i);
+                (self.fields[i].name == name).then_some(i)
+            }
+        }
     }
 }
 
@@ -590,6 +628,28 @@ fn slot_names(kind: ProcessorKind) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn field_index_finds_exactly_the_schema_fields_whatever_their_number() {
+        for count in [0, 1, 12, 300] {
+            let names: Vec<String> = (0..count).map(|i| format!("f{i}")).collect();
+            let fields = names
+                .iter()
+                .map(|name| FieldSpec {
+                    name: name.clone(),
+                    ty: FieldType::String,
+                    required: false,
+                })
+                .collect();
+            let schema = EventSchema::new("t".into(), fields);
+            for (i, name) in names.iter().enumerate() {
+                assert_eq!(schema.field_index(name), Some(i), "{name} of {count}");
+            }
+            for other in ["", "f", "F0", "f0 ", "g1", "f1000", "userId"] {
+                assert_eq!(schema.field_index(other), None, "{other} of {count}");
+            }
+        }
+    }
 
     #[test]
     fn builtin_spec_loads_with_the_seed_processors_and_aliases() {

@@ -286,8 +286,7 @@ impl JoinState {
             if let (true, Some(written)) = (op.write, self.written.as_mut()) {
                 written.insert(id);
             }
-            if let Applied::Changed { before } = applied {
-                let after = self.records.visible(id).map(|r| r.add.pattern_id.clone());
+            if let Applied::Changed { before, after } = applied {
                 // An id that was and stays invisible has no row, unless this state was restored:
                 // then the run that checkpointed it may have written one for events after the
                 // checkpoint (an add whose delete it never got to), which these events undo.
@@ -357,8 +356,7 @@ impl JoinState {
         }
         touched
             .into_iter()
-            .filter(|&(id, had_row)| had_row || self.records.visible(id).is_some())
-            .map(|(id, _)| {
+            .filter_map(|(id, had_row)| {
                 let row = self.records.visible(id).map(|record| {
                     let mut row =
                         WideRow::assemble(id, record, &self.lookup_of(record), fix_result_desc);
@@ -367,7 +365,7 @@ impl JoinState {
                     }
                     row
                 });
-                (id, row)
+                (had_row || row.is_some()).then_some((id, row))
             })
             .collect()
     }

@@ -184,10 +184,12 @@ pub struct RecordStore {
 pub enum Applied {
     /// The operation did not win: the visible record is as it was.
     Unchanged,
-    /// The operation won. `before` is the pattern of the record visible before (`None` when
-    /// none was); the visible record now is [`RecordStore::visible`].
+    /// The operation won. `before` and `after` are the pattern of the record visible before
+    /// and after it (`None` when none was or is); the visible record now is
+    /// [`RecordStore::visible`].
     Changed {
         before: Option<Option<CompactString>>,
+        after: Option<Option<CompactString>>,
     },
 }
 
@@ -231,7 +233,8 @@ impl RecordStore {
         }
         let before = Self::visible_of(records).map(|r| r.add.pattern_id.clone());
         records[index].apply(op);
-        Applied::Changed { before }
+        let after = Self::visible_of(records).map(|r| r.add.pattern_id.clone());
+        Applied::Changed { before, after }
     }
 
     /// Moves into this store the ids of `other` that `keep` accepts (restoring a checkpoint

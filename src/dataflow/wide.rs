@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use compact_str::CompactString;
+use compact_str::{CompactString, ToCompactString};
 use serde::{Deserialize, Serialize};
 
 use crate::dataflow::dims::DimLookup;
@@ -67,7 +67,7 @@ impl WideRow {
             pattern_name: lookup.pattern_name.map(CompactString::from),
             teach_type_id: lookup
                 .teach_type
-                .map(|(tt_id, _)| compact_str::format_compact!("{tt_id}")),
+                .map(|(tt_id, _)| tt_id.to_compact_string()),
             teach_type_name: lookup
                 .teach_type
                 .and_then(|(_, name)| name.as_deref().map(CompactString::from)),
