@@ -103,19 +103,30 @@ pub struct KeyedOp {
 /// in [0, 2^63) (ASCII digits, leading zeros allowed), else `xxh3_64(wrong_id) & (2^63 - 1)`.
 pub fn wide_id(wrong_id: &str) -> u64 {
     const MAX: u64 = (1 << 63) - 1;
-    if !wrong_id.is_empty() && wrong_id.bytes().all(|b| b.is_ascii_digit()) {
-        let digits = wrong_id.trim_start_matches('0');
-        if digits.len() <= 19 {
-            if let Ok(value) = digits.parse::<u64>() {
-                if value <= MAX {
-                    return value;
-                }
-            } else if digits.is_empty() {
-                return 0;
-            }
-        }
+    let hashed = || xxhash_rust::xxh3::xxh3_64(wrong_id.as_bytes()) & MAX;
+    if wrong_id.is_empty() {
+        return hashed();
     }
-    xxhash_rust::xxh3::xxh3_64(wrong_id.as_bytes()) & MAX
+    // One pass: a non-digit or a value past u64 (so past MAX) means the hash.
+    let mut value: u64 = 0;
+    for b in wrong_id.bytes() {
+        let digit = b.wrapping_sub(b'0');
+        if digit > 9 {
+            return hashed();
+        }
+        value = match value
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(u64::from(digit)))
+        {
+            Some(v) => v,
+            None => return hashed(),
+        };
+    }
+    if value <= MAX {
+        value
+    } else {
+        hashed()
+    }
 }
 
 /// Runs `route`'s processor on a validated event.
@@ -307,7 +318,17 @@ mod tests {
             wide_id("w-1"),
             xxhash_rust::xxh3::xxh3_64(b"w-1") & ((1 << 63) - 1)
         );
+        assert_eq!(
+            wide_id("00009223372036854775807"),
+            9_223_372_036_854_775_807
+        );
+        let past_u64 = "18446744073709551616";
+        assert_eq!(
+            wide_id(past_u64),
+            xxhash_rust::xxh3::xxh3_64(past_u64.as_bytes()) & ((1 << 63) - 1)
+        );
         assert_ne!(wide_id("+1"), 1);
+        assert_ne!(wide_id("1 "), 1);
         assert_ne!(wide_id("١٢"), 12);
         assert!(wide_id("") < 1 << 63);
     }

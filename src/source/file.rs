@@ -113,8 +113,13 @@ impl Dealer {
     fn deal(&mut self) -> Result<(), Closed> {
         let worker = (self.chunk_index % self.peers as u64) as usize;
         let mut next = SourceBatch::new(0, (self.make_positions)());
-        if let Positions::Indexed { first } = &mut next.positions {
-            *first = self.read;
+        // Sized like the chunk it follows, so that filling it does not grow it step by step.
+        next.data.reserve(self.chunk.data.len());
+        next.ends.reserve(self.chunk_messages);
+        match &mut next.positions {
+            Positions::Indexed { first } => *first = self.read,
+            Positions::Lines { lines, .. } => lines.reserve(self.chunk_messages),
+            Positions::Kafka { .. } => {}
         }
         let mut chunk = std::mem::replace(&mut self.chunk, next);
         chunk.epoch = self.epoch_of(self.chunk_index);
