@@ -292,7 +292,9 @@ pub fn batch_of(epoch: u64, mut updates: Vec<RowUpdate>) -> SinkBatch {
     updates.sort_by_key(|(id, _)| *id);
     let mut batch = SinkBatch {
         epoch,
-        ..SinkBatch::default()
+        // Rows are large: growing the vector step by step would copy them again and again.
+        upserts: Vec::with_capacity(updates.len()),
+        deletes: Vec::new(),
     };
     let mut updates = updates.into_iter().peekable();
     while let Some((id, mut row)) = updates.next() {
@@ -307,8 +309,9 @@ pub fn batch_of(epoch: u64, mut updates: Vec<RowUpdate>) -> SinkBatch {
     batch
 }
 
-/// Row updates waiting for their time to complete, with the capability that holds the time.
-type PendingTimes = BTreeMap<u64, (Capability<u64>, Vec<RowUpdate>)>;
+/// Row updates waiting for their time to complete (the containers as received), with the
+/// capability that holds the time.
+type PendingTimes = BTreeMap<u64, (Capability<u64>, Vec<Vec<RowUpdate>>)>;
 
 /// The sink operator: takes each completed time's row updates (already on the worker that owns
 /// their ids), hands them to the sink thread as one batch, and holds the time until the batch
@@ -343,13 +346,20 @@ pub fn sink_operator<'scope>(
                             (cap, Vec::new())
                         })
                         .1
-                        .append(data);
+                        .push(std::mem::take(data));
                 });
                 while let Some(entry) = pending.first_entry() {
                     if frontier.less_equal(entry.key()) {
                         break;
                     }
-                    let (time, (cap, updates)) = entry.remove_entry();
+                    let (time, (cap, mut containers)) = entry.remove_entry();
+                    // A time's rows come from one join step, so usually in one container, which
+                    // is then used as it is rather than copied.
+                    let updates = if containers.len() == 1 {
+                        containers.pop().unwrap_or_default()
+                    } else {
+                        containers.into_iter().flatten().collect()
+                    };
                     let batch = batch_of(time, updates);
                     if !batch.upserts.is_empty() || !batch.deletes.is_empty() {
                         unsent.push_back((cap, batch));
