@@ -12,7 +12,7 @@ use crate::dataflow::process::RecordOp;
 use crate::dataflow::records::Record;
 use crate::dataflow::route::RouteTable;
 use crate::dataflow::wide::WideRow;
-use crate::schema::{check_fits, Dialect, WIDE_COLUMNS};
+use crate::schema::{check_fits, format_timestamp, Dialect, WIDE_COLUMNS};
 use crate::sink::statements::{row_params, upsert_sql, Param, WideTable};
 use crate::spec::Spec;
 
@@ -55,9 +55,13 @@ pub fn message(data: &[u8]) {
     let params: Vec<Param<'_>> = row_params(&row, 1_700_000_000).collect();
     assert_eq!(params.len(), WIDE_COLUMNS.len());
     for ((column, _), param) in WIDE_COLUMNS.iter().zip(&params) {
+        let formatted;
         let text = match param {
             Param::Text(t) => *t,
-            Param::Owned(t) => t.as_str(),
+            Param::Time(seconds) => {
+                formatted = format_timestamp(*seconds);
+                formatted.as_str()
+            }
             Param::Null | Param::Int(_) => continue,
         };
         assert!(

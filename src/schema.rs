@@ -177,6 +177,26 @@ fn table_options(dialect: Dialect) -> &'static str {
 
 /// Formats seconds since the epoch as `YYYY-MM-DD HH:MM:SS` (UTC), the TIMESTAMP text form.
 pub fn format_timestamp(seconds: i64) -> String {
+    let t = civil_time(seconds);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
+    )
+}
+
+/// A moment as a UTC calendar date and time of day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CivilTime {
+    pub year: i64,
+    pub month: u8,
+    pub day: u8,
+    pub hour: u8,
+    pub minute: u8,
+    pub second: u8,
+}
+
+/// `seconds` since the epoch as a UTC calendar date and time of day.
+pub fn civil_time(seconds: i64) -> CivilTime {
     let days = seconds.div_euclid(86_400);
     let secs = seconds.rem_euclid(86_400);
     // Civil-from-days (H. Hinnant), valid for the whole i64 day range we can meet.
@@ -189,12 +209,15 @@ pub fn format_timestamp(seconds: i64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+    // Each is within its calendar range by construction.
+    CivilTime {
+        year,
+        month: month as u8,
+        day: day as u8,
+        hour: (secs / 3600) as u8,
+        minute: (secs % 3600 / 60) as u8,
+        second: (secs % 60) as u8,
+    }
 }
 
 #[cfg(test)]
@@ -218,6 +241,17 @@ mod tests {
         assert_eq!(format_timestamp(951_782_400), "2000-02-29 00:00:00");
         assert_eq!(format_timestamp(2_147_483_647), "2038-01-19 03:14:07");
         assert_eq!(format_timestamp(1_700_000_123), "2023-11-14 22:15:23");
+        assert_eq!(
+            civil_time(2_147_483_647),
+            CivilTime {
+                year: 2038,
+                month: 1,
+                day: 19,
+                hour: 3,
+                minute: 14,
+                second: 7
+            }
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use mysql::{Conn, TxOpts, Value};
 use super::statements::{delete_sql, owned_ids_sql, row_params, upsert_sql, Param, WideTable};
 use super::{SinkBatch, SinkError, TableWriter};
 use crate::db::DbSettings;
-use crate::schema::Dialect;
+use crate::schema::{civil_time, format_timestamp, Dialect};
 
 /// Writes a worker's share of the wide table in MySQL/MariaDB.
 pub struct MysqlWriter {
@@ -34,7 +34,15 @@ fn value(param: Param<'_>) -> Value {
         Param::Null => Value::NULL,
         Param::Int(i) => Value::Int(i),
         Param::Text(t) => Value::Bytes(t.as_bytes().to_vec()),
-        Param::Owned(t) => Value::Bytes(t.into_bytes()),
+        // As a date and time, which the server reads in the session's time zone (UTC) as it
+        // would the same text, without formatting or allocating one.
+        Param::Time(seconds) => {
+            let t = civil_time(seconds);
+            match u16::try_from(t.year) {
+                Ok(year) => Value::Date(year, t.month, t.day, t.hour, t.minute, t.second, 0),
+                Err(_) => Value::Bytes(format_timestamp(seconds).into_bytes()),
+            }
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use rusqlite::Connection;
 use super::statements::{delete_sql, owned_ids_sql, row_params, upsert_sql, Param, WideTable};
 use super::{SinkBatch, SinkError, TableWriter};
 use crate::db::{open_sqlite, DbSettings, DbUrl};
-use crate::schema::Dialect;
+use crate::schema::{format_timestamp, Dialect};
 
 /// Writes a worker's share of the wide table in an SQLite file.
 pub struct SqliteWriter {
@@ -31,7 +31,7 @@ fn value(param: Param<'_>) -> Value {
         Param::Null => Value::Null,
         Param::Int(i) => Value::Integer(i),
         Param::Text(t) => Value::Text(t.to_owned()),
-        Param::Owned(t) => Value::Text(t),
+        Param::Time(seconds) => Value::Text(format_timestamp(seconds)),
     }
 }
 

@@ -2,7 +2,7 @@
 //! parameters of a row. Table names are validated identifiers; values are never spliced.
 
 use crate::dataflow::wide::WideRow;
-use crate::schema::{format_timestamp, Dialect, WIDE_COLUMNS};
+use crate::schema::{Dialect, WIDE_COLUMNS};
 
 /// A statement parameter, converted to each driver's value type by its writer.
 #[derive(Debug, Clone, PartialEq)]
@@ -10,7 +10,8 @@ pub enum Param<'a> {
     Null,
     Int(i64),
     Text(&'a str),
-    Owned(String),
+    /// A TIMESTAMP value: seconds since the epoch, UTC.
+    Time(i64),
 }
 
 /// The wide table a sink writes: its name (a validated identifier) and the columns the spec's
@@ -89,7 +90,7 @@ fn text<S: AsRef<str>>(value: &Option<S>) -> Param<'_> {
 }
 
 fn time(seconds: Option<i64>) -> Param<'static> {
-    seconds.map_or(Param::Null, |s| Param::Owned(format_timestamp(s)))
+    seconds.map_or(Param::Null, Param::Time)
 }
 
 /// The parameters of `row`, in [`WIDE_COLUMNS`] order, then its lookup columns.
