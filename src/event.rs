@@ -388,33 +388,80 @@ fn long_field(
         _ => (i64::MIN, i64::MAX, "Long"),
     };
     let invalid = |what: String| Rejection::new(Reason::InvalidField, format!("`{path}`: {what}"));
-    let in_range = |digits: &str| -> Result<i64, Rejection> {
-        digits
-            .parse::<i64>()
-            .ok()
-            .filter(|v| (min..=max).contains(v))
-            .ok_or_else(|| invalid(format!("{digits} is out of range for {name}")))
-    };
-    match value {
-        Value::Null => Ok(None),
-        Value::String(s) => {
-            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-                let shown: String = s.chars().take(40).collect();
-                return Err(invalid(format!(
-                    "expected {name} digits, got the string \"{shown}\""
-                )));
-            }
-            in_range(&s).map(Some)
-        }
+    let (text, negative, digits) = match &value {
+        Value::Null => return Ok(None),
+        Value::String(s) => (s.as_ref(), false, s.as_bytes()),
         Value::Number {
             text,
             integer: true,
-        } => in_range(text).map(Some),
-        Value::Number { .. } => Err(invalid(format!(
-            "expected {name}, got a non-integer number"
-        ))),
-        other => Err(invalid(format!("expected {name}, got {}", other.kind()))),
+        } => match text.strip_prefix('-') {
+            Some(magnitude) => (*text, true, magnitude.as_bytes()),
+            None => (*text, false, text.as_bytes()),
+        },
+        Value::Number { .. } => {
+            return Err(invalid(format!(
+                "expected {name}, got a non-integer number"
+            )))
+        }
+        other => return Err(invalid(format!("expected {name}, got {}", other.kind()))),
+    };
+    let magnitude = match decimal(digits) {
+        Decimal::NotDigits => {
+            let shown: String = text.chars().take(40).collect();
+            return Err(invalid(format!(
+                "expected {name} digits, got the string \"{shown}\""
+            )));
+        }
+        Decimal::TooLarge => None,
+        Decimal::Value(magnitude) => Some(magnitude),
+    };
+    magnitude
+        .and_then(|m| match negative {
+            true => 0i64.checked_sub_unsigned(m),
+            false => i64::try_from(m).ok(),
+        })
+        .filter(|v| (min..=max).contains(v))
+        .map(Some)
+        .ok_or_else(|| invalid(format!("{text} is out of range for {name}")))
+}
+
+/// What a run of bytes is as a decimal number.
+enum Decimal {
+    /// Empty, or a byte that is not an ASCII digit.
+    NotDigits,
+    /// Digits whose value is past `u64`.
+    TooLarge,
+    Value(u64),
+}
+
+/// Reads `digits` in one pass (leading zeros allowed).
+fn decimal(digits: &[u8]) -> Decimal {
+    if digits.is_empty() {
+        return Decimal::NotDigits;
     }
+    // Nineteen digits always fit a u64: no overflow checks on the usual path.
+    if digits.len() <= 19 {
+        let mut value = 0u64;
+        for &b in digits {
+            let digit = b.wrapping_sub(b'0');
+            if digit > 9 {
+                return Decimal::NotDigits;
+            }
+            value = value * 10 + u64::from(digit);
+        }
+        return Decimal::Value(value);
+    }
+    let mut value: Option<u64> = Some(0);
+    for &b in digits {
+        let digit = b.wrapping_sub(b'0');
+        if digit > 9 {
+            return Decimal::NotDigits;
+        }
+        value = value
+            .and_then(|v| v.checked_mul(10))
+            .and_then(|v| v.checked_add(u64::from(digit)));
+    }
+    value.map_or(Decimal::TooLarge, Decimal::Value)
 }
 
 #[cfg(test)]
@@ -505,6 +552,57 @@ mod tests {
         assert_eq!(reason(base("1", "null").as_bytes()), Reason::MissingField);
         assert!(parse_envelope(base("1", "{}").as_bytes(), MAX).is_ok());
         assert!(parse_envelope(base("-5", r#"{"\ud83d\ude00":1}"#).as_bytes(), MAX).is_ok());
+    }
+
+    #[test]
+    fn long_values_keep_their_range_at_the_edges() {
+        let long = |v: &str| {
+            long_field(
+                Scanner::new(v).value().unwrap(),
+                FieldPath::envelope("t"),
+                FieldType::Long,
+            )
+        };
+        let integer = |v: &str| {
+            long_field(
+                Scanner::new(v).value().unwrap(),
+                FieldPath::envelope("t"),
+                FieldType::Integer,
+            )
+        };
+        assert_eq!(long("-9223372036854775808"), Ok(Some(i64::MIN)));
+        assert_eq!(long("9223372036854775807"), Ok(Some(i64::MAX)));
+        assert_eq!(long("\"9223372036854775807\""), Ok(Some(i64::MAX)));
+        assert_eq!(long("\"000000000000000000000000042\""), Ok(Some(42)));
+        assert_eq!(long("-0"), Ok(Some(0)));
+        assert_eq!(long("null"), Ok(None));
+        for out_of_range in [
+            "-9223372036854775809",
+            "9223372036854775808",
+            "\"9223372036854775808\"",
+            "\"99999999999999999999999\"",
+        ] {
+            let e = long(out_of_range).unwrap_err();
+            assert_eq!(e.reason, Reason::InvalidField);
+            assert!(
+                e.detail.contains("out of range"),
+                "{out_of_range}: {}",
+                e.detail
+            );
+        }
+        for not_digits in [
+            "\"-1\"",
+            "\"+1\"",
+            "\"\"",
+            "\"1 \"",
+            "\"99999999999999999999999x\"",
+        ] {
+            let e = long(not_digits).unwrap_err();
+            assert!(e.detail.contains("digits"), "{not_digits}: {}", e.detail);
+        }
+        assert_eq!(integer("-2147483648"), Ok(Some(-2_147_483_648)));
+        assert!(integer("2147483648").is_err());
+        assert!(integer("\"2147483648\"").is_err());
     }
 
     #[test]
