@@ -354,20 +354,20 @@ impl JoinState {
         if let Some(written) = &self.written {
             touched.retain(|(id, _)| written.contains(id));
         }
-        touched
-            .into_iter()
-            .filter_map(|(id, had_row)| {
-                let row = self.records.visible(id).map(|record| {
-                    let mut row =
-                        WideRow::assemble(id, record, &self.lookup_of(record), fix_result_desc);
-                    if keyed {
-                        row.extra = self.extra_values(record);
-                    }
-                    row
-                });
-                (had_row || row.is_some()).then_some((id, row))
-            })
-            .collect()
+        // Sized once: rows are large, and growing the vector would copy them again and again.
+        let mut rows = Vec::with_capacity(touched.len());
+        rows.extend(touched.into_iter().filter_map(|(id, had_row)| {
+            let row = self.records.visible(id).map(|record| {
+                let mut row =
+                    WideRow::assemble(id, record, &self.lookup_of(record), fix_result_desc);
+                if keyed {
+                    row.extra = self.extra_values(record);
+                }
+                row
+            });
+            (had_row || row.is_some()).then_some((id, row))
+        }));
+        rows
     }
 }
 
