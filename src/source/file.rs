@@ -197,6 +197,16 @@ enum ReadError {
 }
 
 fn read_lines(path: &Path, dealer: &mut Dealer) -> Result<(), ReadError> {
+    read_lines_buffered(path, dealer, 1 << 20)
+}
+
+/// Reads `path` through a buffer of `buffer_bytes`: lines are cut from the buffer where they
+/// lie (copied once, into their chunk), only a line that spans two fills is put together.
+fn read_lines_buffered(
+    path: &Path,
+    dealer: &mut Dealer,
+    buffer_bytes: usize,
+) -> Result<(), ReadError> {
     let io = |e: std::io::Error| ReadError::Io(format!("reading {}: {e}", path.display()));
     let file = std::fs::File::open(path).map_err(io)?;
     if let Ok(meta) = file.metadata() {
@@ -205,35 +215,49 @@ fn read_lines(path: &Path, dealer: &mut Dealer) -> Result<(), ReadError> {
             .total_bytes
             .store(meta.len(), Ordering::Relaxed);
     }
-    let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut line = Vec::with_capacity(4096);
+    let mut reader = BufReader::with_capacity(buffer_bytes, file);
+    // The start of a line the last fill ended in.
+    let mut partial: Vec<u8> = Vec::new();
     let mut number = 0u64;
     loop {
-        line.clear();
-        let read = reader.read_until(b'\n', &mut line).map_err(io)?;
-        if read == 0 {
+        let buffer = reader.fill_buf().map_err(io)?;
+        if buffer.is_empty() {
+            if !partial.is_empty() {
+                number += 1;
+                deal_line(dealer, &partial, number)?;
+            }
             return Ok(());
         }
-        number += 1;
+        let mut rest = buffer;
+        while let Some(end) = memchr::memchr(b'\n', rest) {
+            number += 1;
+            if partial.is_empty() {
+                deal_line(dealer, &rest[..end], number)?;
+            } else {
+                partial.extend_from_slice(&rest[..end]);
+                deal_line(dealer, &partial, number)?;
+                partial.clear();
+            }
+            rest = &rest[end + 1..];
+        }
+        partial.extend_from_slice(rest);
+        let filled = buffer.len();
+        reader.consume(filled);
         dealer
             .progress
             .bytes
-            .fetch_add(read as u64, Ordering::Relaxed);
-        let mut message = line.as_slice();
-        if let Some(rest) = message.strip_suffix(b"\n") {
-            message = rest;
-        }
-        if let Some(rest) = message.strip_suffix(b"\r") {
-            message = rest;
-        }
-        // Blank lines separate nothing in JSONL: they are not messages.
-        if message.is_empty() {
-            continue;
-        }
-        dealer
-            .push(message, number)
-            .map_err(|_| ReadError::Closed)?;
+            .fetch_add(filled as u64, Ordering::Relaxed);
     }
+}
+
+/// Deals line `number` (without its `\n`; a `\r` before it is dropped too). Blank lines
+/// separate nothing in JSONL: they are not messages.
+fn deal_line(dealer: &mut Dealer, line: &[u8], number: u64) -> Result<(), ReadError> {
+    let message = line.strip_suffix(b"\r").unwrap_or(line);
+    if message.is_empty() {
+        return Ok(());
+    }
+    dealer.push(message, number).map_err(|_| ReadError::Closed)
 }
 
 /// The positions of a new chunk of `input`.
@@ -303,5 +327,48 @@ mod tests {
             (0, 1, 9),
         ];
         assert_eq!(seen, expected);
+    }
+
+    #[test]
+    fn lines_split_across_buffer_fills_are_read_whole_with_their_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        // Blank lines, CRLF, a long line, and no newline at the end.
+        let text = "first\n\nsecond line\r\n\r\nthe third line is longer than the buffer\nlast";
+        std::fs::write(&path, text).unwrap();
+        for buffer_bytes in [1, 3, 7, 64, 1 << 20] {
+            let (sender, receiver) = crossbeam_channel::unbounded();
+            let progress = Arc::new(SourceProgress::default());
+            let mut dealer = Dealer::new(
+                vec![sender],
+                0,
+                1,
+                100,
+                100,
+                positions_for(&BoundedInput::File(path.clone())),
+                progress.clone(),
+            );
+            assert!(read_lines_buffered(&path, &mut dealer, buffer_bytes).is_ok());
+            dealer.finish().unwrap();
+            let mut lines = Vec::new();
+            for event in receiver.try_iter() {
+                if let SourceEvent::Batch(batch) = event {
+                    for (i, message) in batch.messages() {
+                        let SourcePosition::Line { line, .. } = batch.position(i) else {
+                            panic!("file messages have line numbers");
+                        };
+                        lines.push((line, String::from_utf8(message.to_vec()).unwrap()));
+                    }
+                }
+            }
+            let expected = vec![
+                (1, "first".to_string()),
+                (3, "second line".to_string()),
+                (5, "the third line is longer than the buffer".to_string()),
+                (6, "last".to_string()),
+            ];
+            assert_eq!(lines, expected, "buffer of {buffer_bytes} bytes");
+            assert_eq!(progress.bytes.load(Ordering::Relaxed), text.len() as u64);
+        }
     }
 }
