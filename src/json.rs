@@ -164,15 +164,12 @@ impl<'a> Scanner<'a> {
 
     /// The entries of the object at the cursor, appended to `into` (nested objects and arrays
     /// as raw text), its closing `}` consumed. Usable inside another object's walk.
-    pub fn object_entries(
-        &mut self,
-        into: &mut impl Extend<(Cow<'a, str>, Value<'a>)>,
-    ) -> Result<()> {
+    pub fn object_entries(&mut self, into: &mut Vec<(Cow<'a, str>, Value<'a>)>) -> Result<()> {
         let outer = self.entries;
         self.begin_object()?;
         while let Some(key) = self.next_key()? {
             let value = self.value()?;
-            into.extend(Some((key, value)));
+            into.push((key, value));
         }
         self.entries = outer;
         Ok(())
