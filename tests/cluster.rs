@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::job::{free_port, wait_for_table};
+use common::job::{listen_ports, wait_for_table};
 use common::{assert_tables_equal, reference, KafkaBroker, Row, TestDatabase};
 use wrongbook::commands::gen::{
     dims_sql, generate, produce_messages, routing_sql, write_jsonl, GenOptions, Generated,
@@ -84,6 +84,23 @@ fn database(
     (db, path)
 }
 
+/// Writes a hostfile of `processes` lines, each a free port of 127.0.0.1.
+fn write_hostfile(path: &Path, processes: usize) {
+    let hosts: Vec<String> = listen_ports(processes)
+        .into_iter()
+        .map(|port| format!("127.0.0.1:{port}"))
+        .collect();
+    std::fs::write(path, hosts.join("\n")).unwrap();
+}
+
+/// A hostfile for `processes` processes in `dir` (created when missing).
+fn hostfile(dir: &Path, processes: usize) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join(format!("hosts-{processes}"));
+    write_hostfile(&path, processes);
+    path
+}
+
 /// Runs `args` (a wrongbook command) as `processes` processes of `workers` workers; returns
 /// the combined output. Fails the test when a process fails.
 fn run_layout(processes: usize, workers: usize, args: &[&str], log_dir: &Path) -> String {
@@ -97,7 +114,7 @@ fn run_layout(processes: usize, workers: usize, args: &[&str], log_dir: &Path) -
     } else {
         Command::new(launcher())
             .arg(processes.to_string())
-            .args(["--base-port", &free_port().to_string()])
+            .args(["--hostfile", hostfile(log_dir, processes).to_str().unwrap()])
             .args(["--log-dir", log_dir.to_str().unwrap()])
             .arg("--")
             .arg(BIN)
@@ -231,11 +248,11 @@ fn kafka_run_gives_the_same_table_and_counts_on_every_layout() {
 struct ClusterJob(Option<Child>);
 
 impl ClusterJob {
-    fn start(config: &Path, log_dir: &Path, base_port: u16) -> ClusterJob {
+    fn start(config: &Path, log_dir: &Path) -> ClusterJob {
         std::fs::create_dir_all(log_dir).unwrap();
         ClusterJob(Some(
             Command::new(launcher())
-                .args(["2", "--base-port", &base_port.to_string()])
+                .args(["2", "--hostfile", hostfile(log_dir, 2).to_str().unwrap()])
                 .args(["--log-dir", log_dir.to_str().unwrap()])
                 .arg("--")
                 .args([BIN, "run", "-c", config.to_str().unwrap(), "-w", "2"])
@@ -351,7 +368,7 @@ fn killing_one_process_and_restarting_both_ends_exact() {
     let (_, second) = generated.messages.split_at(5_000);
 
     let logs = db.dir().join("logs-1");
-    let cluster = ClusterJob::start(&job, &logs, free_port());
+    let cluster = ClusterJob::start(&job, &logs);
     // Let it checkpoint, then kill process 1 while the second half arrives.
     let checkpoints = db.dir().join("checkpoints");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -394,7 +411,7 @@ fn killing_one_process_and_restarting_both_ends_exact() {
     producer.join().unwrap();
 
     // Restart both: they resume from the last complete checkpoint and end exact.
-    let cluster = ClusterJob::start(&job, &db.dir().join("logs-2"), free_port());
+    let cluster = ClusterJob::start(&job, &db.dir().join("logs-2"));
     wait_for_table(
         &db,
         &expected,
@@ -432,10 +449,7 @@ fn sqlite_job(processes: usize) -> (TestDatabase, PathBuf, PathBuf, PathBuf) {
     )
     .unwrap();
     let hostfile = db.dir().join(format!("hosts-{processes}"));
-    let hosts: Vec<String> = (0..processes)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
-    std::fs::write(&hostfile, hosts.join("\n")).unwrap();
+    write_hostfile(&hostfile, processes);
     (db, config, input, hostfile)
 }
 

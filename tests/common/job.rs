@@ -104,6 +104,38 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `n` distinct ports on 127.0.0.1, free when chosen, for processes that bind them a moment
+/// later (a cluster's hostfile). They are taken below the kernel's ephemeral range, so that no
+/// outgoing connection of a test running meanwhile (MariaDB, the broker) can be given one, and
+/// from a cursor that moves on with every call, so that parallel tests choose different ones.
+pub fn listen_ports(n: usize) -> Vec<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static CURSOR: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u32, ephemeral_start.clamp(10_000 + 64, 65_536));
+    let span = high - low;
+    // Processes start at different places (pid), threads move the shared cursor on.
+    let start = std::process::id().wrapping_mul(7919) % span;
+    let mut held = Vec::new();
+    for _ in 0..span {
+        let offset = CURSOR.fetch_add(1, Ordering::Relaxed);
+        let port = (low + (start + offset) % span) as u16;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push(listener);
+            if held.len() == n {
+                return held
+                    .iter()
+                    .map(|l| l.local_addr().unwrap().port())
+                    .collect();
+            }
+        }
+    }
+    panic!("no {n} free ports between {low} and {high}");
+}
+
 /// The shipped spec and its examples (a new event type, a lookup table), with 1 s dimension refreshes and the example new event type appended.
 pub fn test_spec(dir: &Path) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
