@@ -426,7 +426,7 @@ fn long_field(
 }
 
 /// What a run of bytes is as a decimal number.
-enum Decimal {
+pub(crate) enum Decimal {
     /// Empty, or a byte that is not an ASCII digit.
     NotDigits,
     /// Digits whose value is past `u64`.
@@ -435,7 +435,7 @@ enum Decimal {
 }
 
 /// Reads `digits` in one pass (leading zeros allowed).
-fn decimal(digits: &[u8]) -> Decimal {
+pub(crate) fn decimal(digits: &[u8]) -> Decimal {
     if digits.is_empty() {
         return Decimal::NotDigits;
     }

@@ -11,7 +11,7 @@ use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::dataflow::route::CompiledRoute;
-use crate::event::{Envelope, FieldValue, Fields, Reason, Rejection};
+use crate::event::{decimal, Decimal, Envelope, FieldValue, Fields, Reason, Rejection};
 use crate::schema::{check_fits, TIMESTAMP_RANGE};
 use crate::spec::{ProcessorKind, Slot, Spec};
 
@@ -103,29 +103,9 @@ pub struct KeyedOp {
 /// in [0, 2^63) (ASCII digits, leading zeros allowed), else `xxh3_64(wrong_id) & (2^63 - 1)`.
 pub fn wide_id(wrong_id: &str) -> u64 {
     const MAX: u64 = (1 << 63) - 1;
-    let hashed = || xxhash_rust::xxh3::xxh3_64(wrong_id.as_bytes()) & MAX;
-    if wrong_id.is_empty() {
-        return hashed();
-    }
-    // One pass: a non-digit or a value past u64 (so past MAX) means the hash.
-    let mut value: u64 = 0;
-    for b in wrong_id.bytes() {
-        let digit = b.wrapping_sub(b'0');
-        if digit > 9 {
-            return hashed();
-        }
-        value = match value
-            .checked_mul(10)
-            .and_then(|v| v.checked_add(u64::from(digit)))
-        {
-            Some(v) => v,
-            None => return hashed(),
-        };
-    }
-    if value <= MAX {
-        value
-    } else {
-        hashed()
+    match decimal(wrong_id.as_bytes()) {
+        Decimal::Value(value) if value <= MAX => value,
+        _ => xxhash_rust::xxh3::xxh3_64(wrong_id.as_bytes()) & MAX,
     }
 }
 
