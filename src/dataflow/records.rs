@@ -83,10 +83,8 @@ impl WrongRecord {
         }
     }
 
+    /// Makes `op` its winner (the caller has checked [`WrongRecord::is_won_by`]).
     fn apply(&mut self, op: RecordOp) {
-        if !self.is_won_by(&op) {
-            return;
-        }
         match op {
             RecordOp::Add(add) => self.lifecycle = Lifecycle::Added(add),
             RecordOp::Delete(del) => self.lifecycle = Lifecycle::Deleted(del),
