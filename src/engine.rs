@@ -1052,7 +1052,6 @@ impl WorkerLoop<'_> {
             }
         }
         ops.send_batch(&mut accepted);
-        ops.flush();
         if let Positions::Kafka {
             partitions,
             offsets,
