@@ -84,20 +84,16 @@ fn database(
     (db, path)
 }
 
-/// Writes a hostfile of `processes` lines, each a free port of 127.0.0.1.
-fn write_hostfile(path: &Path, processes: usize) {
+/// A hostfile for `processes` processes in `dir` (created when missing): a line each, a free
+/// port of 127.0.0.1.
+fn hostfile(dir: &Path, processes: usize) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join(format!("hosts-{processes}"));
     let hosts: Vec<String> = listen_ports(processes)
         .into_iter()
         .map(|port| format!("127.0.0.1:{port}"))
         .collect();
-    std::fs::write(path, hosts.join("\n")).unwrap();
-}
-
-/// A hostfile for `processes` processes in `dir` (created when missing).
-fn hostfile(dir: &Path, processes: usize) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let path = dir.join(format!("hosts-{processes}"));
-    write_hostfile(&path, processes);
+    std::fs::write(&path, hosts.join("\n")).unwrap();
     path
 }
 
@@ -448,9 +444,8 @@ fn sqlite_job(processes: usize) -> (TestDatabase, PathBuf, PathBuf, PathBuf) {
         ),
     )
     .unwrap();
-    let hostfile = db.dir().join(format!("hosts-{processes}"));
-    write_hostfile(&hostfile, processes);
-    (db, config, input, hostfile)
+    let hosts = hostfile(db.dir(), processes);
+    (db, config, input, hosts)
 }
 
 fn replay_process(
