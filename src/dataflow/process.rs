@@ -55,9 +55,18 @@ pub struct FixEvent {
 }
 
 impl FixEvent {
-    /// The order of fixes of one record: by (`fixTime`, `eventId`).
-    pub fn order_key(&self) -> (i64, &str) {
-        (self.fix_time_ms, &self.stamp.event_id)
+    /// The order of fixes of one record: by (`fixTime`, `eventId`) as SPEC §4 says, then by
+    /// the rest of the fix, so that two different fixes never tie and the latest does not
+    /// depend on arrival order.
+    pub fn order_key(&self) -> (i64, &str, i64, &str, &str, i64) {
+        (
+            self.fix_time_ms,
+            &self.stamp.event_id,
+            self.stamp.timestamp,
+            &self.event_type,
+            &self.fix_id,
+            self.fix_result,
+        )
     }
 }
 

@@ -3,9 +3,10 @@
 //! For each wrong record we keep only its latest lifecycle event (add or delete, by
 //! (`timestamp`, `eventId`)) and its latest fix (by (`fixTime`, `eventId`)). A record exists
 //! iff its lifecycle winner is an add. State is therefore O(records), whatever the history
-//! length, and it is exactly what a checkpoint must save. The winners are maxima, so the order
-//! in which operations are applied does not matter, and duplicates compare equal to the winner
-//! and change nothing. [`crate::dataflow::join`] owns a store per worker and applies each
+//! length, and it is exactly what a checkpoint must save. The winners are maxima of total
+//! orders (exact ties are broken by kind and content, see [`WrongRecord::is_won_by`]), so the
+//! order in which operations are applied does not matter, and duplicates compare equal to the
+//! winner and change nothing. [`crate::dataflow::join`] owns a store per worker and applies each
 //! time's operations in time order.
 //!
 //! Two wrong ids can share a wide-table id (`"7"` and `"007"`, or an xxh3 collision). The table
@@ -39,15 +40,6 @@ enum Lifecycle {
 }
 
 impl Lifecycle {
-    /// The winner's stamp; `None` while no add or delete has arrived.
-    fn stamp(&self) -> Option<&EventStamp> {
-        match self {
-            Lifecycle::Added(add) => Some(&add.stamp),
-            Lifecycle::Deleted(delete) => Some(&delete.stamp),
-            Lifecycle::Pending(_) => None,
-        }
-    }
-
     fn wrong_id(&self) -> &str {
         match self {
             Lifecycle::Added(add) => &add.wrong_id,
@@ -72,14 +64,28 @@ impl WrongRecord {
     }
 
     /// Whether `op` would replace a winner (so the visible record may change).
+    ///
+    /// Lifecycle events are ordered by (`timestamp`, `eventId`) as SPEC §4 says, and that
+    /// order is made total so that no tie is left to arrival order: on an exact tie a delete
+    /// beats an add, and of two different adds the greater by content wins (`AddEvent`'s
+    /// field order). Fixes likewise, by [`FixEvent::order_key`]. An event equal to the
+    /// winner (a duplicate) never wins.
     fn is_won_by(&self, op: &RecordOp) -> bool {
         match op {
-            RecordOp::Add(add) => self.lifecycle.stamp().is_none_or(|s| add.stamp > *s),
-            RecordOp::Delete(del) => self.lifecycle.stamp().is_none_or(|s| del.stamp > *s),
+            RecordOp::Add(add) => match &self.lifecycle {
+                Lifecycle::Pending(_) => true,
+                Lifecycle::Added(winner) => add > winner,
+                Lifecycle::Deleted(winner) => add.stamp > winner.stamp,
+            },
+            RecordOp::Delete(delete) => match &self.lifecycle {
+                Lifecycle::Pending(_) => true,
+                Lifecycle::Added(winner) => delete.stamp >= winner.stamp,
+                Lifecycle::Deleted(winner) => delete.stamp > winner.stamp,
+            },
             RecordOp::Fix { fix, .. } => self
                 .fix
                 .as_ref()
-                .is_none_or(|f| fix.order_key() > f.order_key()),
+                .is_none_or(|winner| fix.order_key() > winner.order_key()),
         }
     }
 
@@ -388,6 +394,75 @@ mod tests {
             store.apply(1, add("1", 15, "late")),
             Applied::Unchanged,
             "an add older than the delete changes nothing"
+        );
+    }
+
+    /// Every order of `ops`, applied to a fresh store: what each leaves visible on id 1.
+    fn outcomes_of_every_order(ops: &[RecordOp]) -> Vec<Option<(String, Option<i64>)>> {
+        fn permute(ops: &mut Vec<RecordOp>, k: usize, out: &mut Vec<Vec<RecordOp>>) {
+            if k == ops.len() {
+                out.push(ops.clone());
+            }
+            for i in k..ops.len() {
+                ops.swap(k, i);
+                permute(ops, k + 1, out);
+                ops.swap(k, i);
+            }
+        }
+        let mut orders = Vec::new();
+        permute(&mut ops.to_vec(), 0, &mut orders);
+        orders
+            .into_iter()
+            .map(|order| {
+                let mut store = RecordStore::default();
+                apply_all(&mut store, 1, order);
+                store
+                    .visible(1)
+                    .map(|r| (r.add.user_id.to_string(), r.fix.map(|f| f.fix_result)))
+            })
+            .collect()
+    }
+
+    /// SPEC §4: results depend only on the set of events, even when two lifecycle events (or
+    /// two fixes) share their timestamp and event id.
+    #[test]
+    fn exact_ties_are_decided_the_same_in_any_order() {
+        let tied_add = |user: &str| {
+            let RecordOp::Add(mut add) = add("1", 10, user) else {
+                unreachable!()
+            };
+            add.stamp = stamp(10, "e");
+            RecordOp::Add(add)
+        };
+        let tied_delete = RecordOp::Delete(DeleteEvent {
+            stamp: stamp(10, "e"),
+            wrong_id: "1".into(),
+        });
+        let tied_fix = |result: i64| {
+            let RecordOp::Fix { wrong_id, mut fix } = fix("1", 20) else {
+                unreachable!()
+            };
+            fix.stamp.event_id = "e".into();
+            fix.fix_result = result;
+            RecordOp::Fix { wrong_id, fix }
+        };
+
+        let add_and_delete = outcomes_of_every_order(&[tied_add("u1"), tied_delete.clone()]);
+        assert!(
+            add_and_delete.iter().all(Option::is_none),
+            "a delete beats an add with the same stamp: {add_and_delete:?}"
+        );
+
+        let two_adds = outcomes_of_every_order(&[tied_add("u1"), tied_add("u2"), tied_add("u1")]);
+        assert!(
+            two_adds.iter().all(|o| o == &Some(("u2".into(), None))),
+            "the greater add wins whatever the order: {two_adds:?}"
+        );
+
+        let two_fixes = outcomes_of_every_order(&[tied_add("u1"), tied_fix(0), tied_fix(1)]);
+        assert!(
+            two_fixes.iter().all(|o| o == &Some(("u1".into(), Some(1)))),
+            "the greater fix wins whatever the order: {two_fixes:?}"
         );
     }
 

@@ -2,7 +2,7 @@
 //! the engine: it parses with `serde_json::Value`, keeps every event, and computes each wide
 //! row from scratch. The engine's tables must equal what it computes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
@@ -94,8 +94,10 @@ fn secs(ms: i64) -> Result<i64, ()> {
     }
 }
 
+/// A lifecycle event. Events with the same (ts, eventId) are ordered as SPEC §4 leaves open
+/// and the engine decides: a delete after an add, two adds by their fields in this order.
 #[allow(clippy::large_enum_variant)]
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Life {
     Add {
         event_type: String,
@@ -112,13 +114,17 @@ enum Life {
     Delete,
 }
 
-#[derive(Clone, Debug)]
+/// A fix. Fixes with the same (fixTime, eventId) are ordered by these fields, in this order.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Fix {
-    event_type: String,
     ts: i64,
+    event_type: String,
     fix_id: String,
     fix_result: i64,
 }
+
+/// (time in ms, eventId): what SPEC §4 orders events by.
+type TimeAndId = (i64, String);
 
 /// What the model makes of the messages: accepted/skipped/dead counts and the events.
 #[derive(Default)]
@@ -126,10 +132,10 @@ pub struct Model {
     pub accepted: usize,
     pub skipped: usize,
     pub dead: usize,
-    /// wrong_id → lifecycle events ((ts, eventId) → event)
-    lives: BTreeMap<String, BTreeMap<(i64, String), Life>>,
-    /// wrong_id → fixes ((fixTime, eventId) → fix)
-    fixes: BTreeMap<String, BTreeMap<(i64, String), Fix>>,
+    /// wrong_id → every lifecycle event ((ts, eventId), event); the greatest is the winner
+    lives: BTreeMap<String, BTreeSet<(TimeAndId, Life)>>,
+    /// wrong_id → every fix ((fixTime, eventId), fix); the greatest is the winner
+    fixes: BTreeMap<String, BTreeSet<(TimeAndId, Fix)>>,
 }
 
 fn subject_names() -> HashMap<&'static str, &'static str> {
@@ -247,7 +253,7 @@ impl Model {
                 }
                 let collect = secs(collect_ms)?;
                 touched = wrong_id.clone();
-                self.lives.entry(wrong_id.clone()).or_default().insert(
+                self.lives.entry(wrong_id.clone()).or_default().insert((
                     (ts, event_id),
                     Life::Add {
                         event_type,
@@ -261,7 +267,7 @@ impl Model {
                         question,
                         collect,
                     },
-                );
+                ));
             }
             "wrongbook_fix" => {
                 required(p, "userId", Ty::Str)?;
@@ -279,15 +285,15 @@ impl Model {
                 secs(fix_time)?;
                 let fix_result = fix_result(&result).ok_or(())?;
                 touched = wrong_id.clone();
-                self.fixes.entry(wrong_id).or_default().insert(
+                self.fixes.entry(wrong_id).or_default().insert((
                     (fix_time, event_id),
                     Fix {
-                        event_type,
                         ts,
+                        event_type,
                         fix_id,
                         fix_result,
                     },
-                );
+                ));
             }
             _ => {
                 required(p, "userId", Ty::Str)?;
@@ -298,7 +304,7 @@ impl Model {
                 self.lives
                     .entry(wrong_id)
                     .or_default()
-                    .insert((ts, event_id), Life::Delete);
+                    .insert(((ts, event_id), Life::Delete));
             }
         }
         Ok(Some(touched))
