@@ -10,6 +10,7 @@
 //! the graph is the same for every worker and every source.
 
 pub mod dims;
+pub mod event_type;
 pub mod ingest;
 pub mod join;
 pub mod process;

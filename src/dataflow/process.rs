@@ -5,11 +5,11 @@
 //! truncated row.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
+use crate::dataflow::event_type::EventType;
 use crate::dataflow::route::CompiledRoute;
 use crate::event::{decimal, Decimal, Envelope, FieldValue, Fields, Reason, Rejection};
 use crate::schema::{check_fits, TIMESTAMP_RANGE};
@@ -26,8 +26,8 @@ pub struct EventStamp {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct AddEvent {
     pub stamp: EventStamp,
-    /// Shared by every event of the type (interned by the route).
-    pub event_type: Arc<str>,
+    /// Interned: shared by every event of the type.
+    pub event_type: EventType,
     pub wrong_id: CompactString,
     pub user_id: CompactString,
     pub question_id: CompactString,
@@ -47,8 +47,8 @@ pub struct FixEvent {
     /// `fix_time` (ms) first: the latest fix is the greatest by (`fixTime`, `eventId`).
     pub fix_time_ms: i64,
     pub stamp: EventStamp,
-    /// Shared by every event of the type (interned by the route).
-    pub event_type: Arc<str>,
+    /// Interned: shared by every event of the type.
+    pub event_type: EventType,
     /// `fixId`, else the event id.
     pub fix_id: CompactString,
     pub fix_result: i64,
@@ -63,7 +63,7 @@ impl FixEvent {
             self.fix_time_ms,
             &self.stamp.event_id,
             self.stamp.timestamp,
-            &self.event_type,
+            self.event_type.as_str(),
             &self.fix_id,
             self.fix_result,
         )
@@ -132,7 +132,7 @@ pub fn process(
     };
     check_fits("event_type", &route.event_type)
         .map_err(|e| Rejection::new(Reason::ValueTooLong, e))?;
-    let event_type = route.event_type.clone();
+    let event_type = route.event_type;
     let op = match route.kind {
         ProcessorKind::Add => {
             let wrong_id = match slots.text(Slot::WrongRecordId)? {

@@ -126,7 +126,7 @@ enum StoredLifecycle {
 struct StoredFix {
     fix_time_ms: i64,
     stamp: EventStamp,
-    event_type: std::sync::Arc<str>,
+    event_type: crate::dataflow::event_type::EventType,
     wrong_id: CompactString,
     fix_id: CompactString,
     fix_result: i64,

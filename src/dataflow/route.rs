@@ -14,13 +14,14 @@ use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
+use crate::dataflow::event_type::EventType;
 use crate::source::routing::RoutingRow;
 use crate::spec::{EventSchema, ProcessorKind, Slot, Spec};
 
 /// A type's processor, compiled against the type's payload schema.
 #[derive(Debug, Clone)]
 pub struct CompiledRoute {
-    pub event_type: Arc<str>,
+    pub event_type: EventType,
     pub processor: String,
     pub kind: ProcessorKind,
     pub schema: EventSchema,
@@ -79,7 +80,7 @@ impl RouteTable {
                         slots[*slot as usize] = schema.field_index(field);
                     }
                     Route::Process(Arc::new(CompiledRoute {
-                        event_type: Arc::from(event_type),
+                        event_type: EventType::intern(event_type),
                         processor: processor.name.clone(),
                         kind: processor.kind,
                         schema: schema.clone(),

@@ -79,7 +79,7 @@ impl WideRow {
                 .and_then(|f| fix_result_desc.get(&f.fix_result))
                 .map(|d| CompactString::from(d.as_str())),
             event_id: event_id.clone(),
-            event_type: CompactString::from(event_type.as_ref()),
+            event_type: CompactString::from(event_type.as_str()),
             extra: Vec::new(),
         }
     }
