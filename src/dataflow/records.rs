@@ -59,6 +59,12 @@ struct WrongRecord {
 }
 
 impl WrongRecord {
+    /// What a slot holds after its record moved to another store.
+    const MOVED: WrongRecord = WrongRecord {
+        lifecycle: Lifecycle::Pending(CompactString::const_new("")),
+        fix: None,
+    };
+
     fn wrong_id(&self) -> &str {
         self.lifecycle.wrong_id()
     }
@@ -177,10 +183,67 @@ impl From<StoredRecord> for WrongRecord {
 }
 
 /// The record state of the ids one worker owns.
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+///
+/// Records live in a [`Slab`] and the map holds only an id's index there: one allocation per
+/// few thousand records instead of one per record, and 12 bytes of map entry per id. An id
+/// almost always has exactly one wrong record; the few with more (`"7"` and `"007"`) keep the
+/// others' indexes in `more`.
+#[derive(Debug, Default, Clone)]
 pub struct RecordStore {
-    /// Per wide-table id, its wrong records (almost always exactly one), sized exactly.
-    by_id: FastMap<u64, Box<[WrongRecord]>>,
+    /// Per wide-table id, the index of its first wrong record.
+    by_id: FastMap<u64, u32>,
+    /// Per id with several wrong records, the indexes of all but the first.
+    more: FastMap<u64, Vec<u32>>,
+    records: Slab,
+}
+
+/// Records in chunks of [`Slab::CHUNK`] that never move once allocated: an index stays valid,
+/// and growing never copies what is stored (one vector would copy every record, and for a
+/// moment hold twice their memory, each time it doubled).
+#[derive(Debug, Default, Clone)]
+struct Slab {
+    chunks: Vec<Vec<WrongRecord>>,
+}
+
+impl Slab {
+    const CHUNK: usize = 4096;
+
+    fn push(&mut self, record: WrongRecord) -> u32 {
+        if self
+            .chunks
+            .last()
+            .is_none_or(|chunk| chunk.len() == Self::CHUNK)
+        {
+            self.chunks.push(Vec::with_capacity(Self::CHUNK));
+        }
+        let full_chunks = self.chunks.len() - 1;
+        let chunk = self
+            .chunks
+            .last_mut()
+            .expect("a chunk with room was just ensured");
+        chunk.push(record);
+        let index = full_chunks * Self::CHUNK + chunk.len() - 1;
+        u32::try_from(index).expect("fewer than 4G wrong records per worker")
+    }
+
+    fn get(&self, index: u32) -> &WrongRecord {
+        let index = index as usize;
+        &self.chunks[index / Self::CHUNK][index % Self::CHUNK]
+    }
+
+    fn get_mut(&mut self, index: u32) -> &mut WrongRecord {
+        let index = index as usize;
+        &mut self.chunks[index / Self::CHUNK][index % Self::CHUNK]
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &WrongRecord> {
+        self.chunks.iter().flatten()
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.chunks.capacity() * std::mem::size_of::<Vec<WrongRecord>>()
+            + self.chunks.len() * Self::CHUNK * std::mem::size_of::<WrongRecord>()
+    }
 }
 
 /// What applying an operation did to an id's visible record.
@@ -200,12 +263,30 @@ pub enum Applied {
 impl RecordStore {
     /// The visible record of `id`: the live one with the least wrong id.
     pub fn visible(&self, id: u64) -> Option<Record<'_>> {
-        Self::visible_of(self.by_id.get(&id)?)
+        self.visible_from(id, *self.by_id.get(&id)?)
     }
 
-    fn visible_of(records: &[WrongRecord]) -> Option<Record<'_>> {
-        records
-            .iter()
+    /// The wrong records of `id`, whose first is at `first`.
+    fn records_of(&self, id: u64, first: u32) -> impl Iterator<Item = &WrongRecord> {
+        let more = match self.more.is_empty() {
+            true => None,
+            false => self.more.get(&id),
+        };
+        std::iter::once(first)
+            .chain(more.into_iter().flatten().copied())
+            .map(|index| self.records.get(index))
+    }
+
+    fn visible_from(&self, id: u64, first: u32) -> Option<Record<'_>> {
+        if self.more.is_empty() || !self.more.contains_key(&id) {
+            // The one wrong record of the id: nearly always.
+            let record = self.records.get(first);
+            return record.live_add().map(|add| Record {
+                add,
+                fix: record.fix.as_ref(),
+            });
+        }
+        self.records_of(id, first)
             .filter_map(|r| r.live_add().map(|add| (r, add)))
             .min_by(|a, b| a.0.wrong_id().cmp(b.0.wrong_id()))
             .map(|(r, add)| Record {
@@ -214,56 +295,94 @@ impl RecordStore {
             })
     }
 
+    /// Adds `record` as a further wrong record of `id`; returns its index.
+    fn push(&mut self, id: u64, record: WrongRecord) -> u32 {
+        let index = self.records.push(record);
+        match self.by_id.entry(id) {
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                entry.insert(index);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.more.entry(id).or_default().push(index)
+            }
+        }
+        index
+    }
+
     /// Applies an operation on `id`. Operations may come in any order: the winners are maxima.
     pub fn apply(&mut self, id: u64, op: RecordOp) -> Applied {
-        let records = self.by_id.entry(id).or_default();
-        let index = match records.iter().position(|r| r.wrong_id() == op.wrong_id()) {
-            Some(index) => index,
-            None => {
-                // A new wrong id of this id (the first, almost always): the slice grows by
-                // exactly one.
-                let mut grown = std::mem::take(records).into_vec();
-                grown.reserve_exact(1);
-                grown.push(WrongRecord {
-                    lifecycle: Lifecycle::Pending(op.wrong_id().into()),
-                    fix: None,
-                });
-                *records = grown.into_boxed_slice();
-                records.len() - 1
+        use std::collections::hash_map::Entry;
+        let wrong_id = op.wrong_id();
+        let pending = || WrongRecord {
+            lifecycle: Lifecycle::Pending(wrong_id.into()),
+            fix: None,
+        };
+        let (first, index) = match self.by_id.entry(id) {
+            Entry::Vacant(entry) => {
+                // A new id (its first wrong id).
+                let index = self.records.push(pending());
+                entry.insert(index);
+                (index, index)
+            }
+            Entry::Occupied(entry) => {
+                let first = *entry.get();
+                if self.records.get(first).wrong_id() == wrong_id {
+                    (first, first)
+                } else {
+                    // Another wrong id of the same id: rare.
+                    let more = self.more.entry(id).or_default();
+                    let known = more
+                        .iter()
+                        .copied()
+                        .find(|&index| self.records.get(index).wrong_id() == wrong_id);
+                    let index = known.unwrap_or_else(|| {
+                        let index = self.records.push(pending());
+                        more.push(index);
+                        index
+                    });
+                    (first, index)
+                }
             }
         };
-        if !records[index].is_won_by(&op) {
+        if !self.records.get(index).is_won_by(&op) {
             return Applied::Unchanged;
         }
-        let before = Self::visible_of(records).map(|r| r.add.pattern_id.clone());
-        records[index].apply(op);
-        let after = Self::visible_of(records).map(|r| r.add.pattern_id.clone());
+        let before = self
+            .visible_from(id, first)
+            .map(|r| r.add.pattern_id.clone());
+        self.records.get_mut(index).apply(op);
+        let after = self
+            .visible_from(id, first)
+            .map(|r| r.add.pattern_id.clone());
         Applied::Changed { before, after }
     }
 
     /// Moves into this store the ids of `other` that `keep` accepts (restoring a checkpoint
     /// taken with another worker count).
-    pub fn absorb(&mut self, other: RecordStore, keep: impl Fn(u64) -> bool) {
-        self.by_id
-            .extend(other.by_id.into_iter().filter(|(id, _)| keep(*id)));
+    pub fn absorb(&mut self, mut other: RecordStore, keep: impl Fn(u64) -> bool) {
+        let by_id = std::mem::take(&mut other.by_id);
+        for (id, first) in by_id.into_iter().filter(|(id, _)| keep(*id)) {
+            let more = other.more.remove(&id).unwrap_or_default();
+            for index in std::iter::once(first).chain(more) {
+                let record = std::mem::replace(other.records.get_mut(index), WrongRecord::MOVED);
+                self.push(id, record);
+            }
+        }
     }
 
     /// Every visible record, by id, in no particular order.
     pub fn visible_records(&self) -> impl Iterator<Item = (u64, Record<'_>)> {
         self.by_id
             .iter()
-            .filter_map(|(id, records)| Some((*id, Self::visible_of(records)?)))
+            .filter_map(|(id, first)| Some((*id, self.visible_from(*id, *first)?)))
+    }
+
+    /// The number of wrong records that hold a fix.
+    pub fn fixes(&self) -> usize {
+        self.records.iter().filter(|r| r.fix.is_some()).count()
     }
 
     /// An estimate of the heap the store holds, in bytes: table slots, records and strings.
-    pub fn fixes(&self) -> usize {
-        self.by_id
-            .values()
-            .flat_map(|records| records.iter())
-            .filter(|r| r.fix.is_some())
-            .count()
-    }
-
     pub fn heap_bytes(&self) -> usize {
         // Short strings live inline: only longer ones hold heap.
         let string = |s: &CompactString| {
@@ -286,27 +405,26 @@ impl RecordStore {
                 + optional(&a.question)
         };
         let fix_bytes = |f: &FixEvent| string(&f.stamp.event_id) + string(&f.fix_id);
-        let slots = self.by_id.capacity() * (std::mem::size_of::<(u64, Box<[WrongRecord]>)>() + 1);
-        let records: usize = self
-            .by_id
+        let slots = self.by_id.capacity() * (std::mem::size_of::<(u64, u32)>() + 1);
+        let more: usize = self
+            .more
             .values()
-            .map(|records| {
-                std::mem::size_of_val::<[WrongRecord]>(records)
-                    + records
-                        .iter()
-                        .map(|r| {
-                            (match &r.lifecycle {
-                                Lifecycle::Added(add) => add_bytes(add),
-                                Lifecycle::Deleted(delete) => {
-                                    string(&delete.stamp.event_id) + string(&delete.wrong_id)
-                                }
-                                Lifecycle::Pending(wrong_id) => string(wrong_id),
-                            }) + r.fix.as_ref().map_or(0, fix_bytes)
-                        })
-                        .sum::<usize>()
+            .map(|indexes| std::mem::size_of::<(u64, Vec<u32>)>() + 4 * indexes.capacity())
+            .sum();
+        let strings: usize = self
+            .records
+            .iter()
+            .map(|r| {
+                (match &r.lifecycle {
+                    Lifecycle::Added(add) => add_bytes(add),
+                    Lifecycle::Deleted(delete) => {
+                        string(&delete.stamp.event_id) + string(&delete.wrong_id)
+                    }
+                    Lifecycle::Pending(wrong_id) => string(wrong_id),
+                }) + r.fix.as_ref().map_or(0, fix_bytes)
             })
             .sum();
-        slots + records
+        slots + more + self.records.heap_bytes() + strings
     }
 
     /// The number of ids with state (live, deleted or fix-only).
@@ -316,6 +434,83 @@ impl RecordStore {
 
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
+    }
+}
+
+/// Checkpoints hold a store as they always have: a map from id to the sequence of its wrong
+/// records, written straight from the slab and read straight into one.
+impl Serialize for RecordStore {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+
+        struct Ids<'a>(&'a RecordStore);
+        impl Serialize for Ids<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let store = self.0;
+                serializer.collect_map(
+                    store
+                        .by_id
+                        .iter()
+                        .map(|(id, first)| (id, RecordsOf(store, *id, *first))),
+                )
+            }
+        }
+        #[derive(Clone, Copy)]
+        struct RecordsOf<'a>(&'a RecordStore, u64, u32);
+        impl Serialize for RecordsOf<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeSeq;
+                let RecordsOf(store, id, first) = *self;
+                let more = store.more.get(&id).map_or(0, Vec::len);
+                let mut seq = serializer.serialize_seq(Some(1 + more))?;
+                for record in store.records_of(id, first) {
+                    seq.serialize_element(record)?;
+                }
+                seq.end()
+            }
+        }
+
+        let mut state = serializer.serialize_struct("RecordStore", 1)?;
+        state.serialize_field("by_id", &Ids(self))?;
+        state.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for RecordStore {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// Reads the id map entry by entry into a store, so that a restore never holds the
+        /// records twice.
+        struct Ids(RecordStore);
+        impl<'de> Deserialize<'de> for Ids {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Visit;
+                impl<'de> serde::de::Visitor<'de> for Visit {
+                    type Value = Ids;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("a map from id to wrong records")
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(
+                        self,
+                        mut map: A,
+                    ) -> Result<Ids, A::Error> {
+                        let mut store = RecordStore::default();
+                        while let Some((id, records)) = map.next_entry::<u64, Vec<WrongRecord>>()? {
+                            for record in records {
+                                store.push(id, record);
+                            }
+                        }
+                        Ok(Ids(store))
+                    }
+                }
+                deserializer.deserialize_map(Visit)
+            }
+        }
+        #[derive(Deserialize)]
+        #[serde(rename = "RecordStore")]
+        struct Stored {
+            by_id: Ids,
+        }
+        Ok(Stored::deserialize(deserializer)?.by_id.0)
     }
 }
 
@@ -371,6 +566,15 @@ mod tests {
         for op in ops {
             store.apply(id, op);
         }
+    }
+
+    /// Each id's wrong records, in the order they came.
+    fn groups(store: &RecordStore) -> std::collections::BTreeMap<u64, Vec<WrongRecord>> {
+        store
+            .by_id
+            .iter()
+            .map(|(id, first)| (*id, store.records_of(*id, *first).cloned().collect()))
+            .collect()
     }
 
     fn user(store: &RecordStore, id: u64) -> Option<String> {
@@ -482,13 +686,17 @@ mod tests {
         store.apply(10, fix("10", 4));
         let bytes = postcard::to_stdvec(&store).unwrap();
         let back: RecordStore = postcard::from_bytes(&bytes).unwrap();
-        assert_eq!(back.by_id, store.by_id);
+        assert_eq!(groups(&back), groups(&store));
         assert_eq!(
-            back.by_id[&7][1].wrong_id(),
+            groups(&back)[&7][1].wrong_id(),
             "007",
             "a delete keeps its wrong id"
         );
-        assert_eq!(back.by_id[&10][0].wrong_id(), "10", "so does a fix alone");
+        assert_eq!(
+            groups(&back)[&10][0].wrong_id(),
+            "10",
+            "so does a fix alone"
+        );
         assert!(back.visible(10).is_none());
         assert_eq!(back.visible(8).unwrap().fix.unwrap().fix_time_ms, 6);
 
@@ -533,9 +741,34 @@ mod tests {
         .collect();
         let restored: RecordStore =
             postcard::from_bytes(&postcard::to_stdvec(&old).unwrap()).unwrap();
-        assert_eq!(restored.by_id[&9][0].wrong_id(), "9");
-        assert_eq!(restored.by_id[&9][0].fix.as_ref().unwrap().fix_id, "fx9");
+        assert_eq!(groups(&restored)[&9][0].wrong_id(), "9");
+        assert_eq!(groups(&restored)[&9][0].fix.as_ref().unwrap().fix_id, "fx9");
         assert!(restored.visible(9).is_none());
+    }
+
+    /// Restoring into another worker count splits a store with `absorb`: every record of
+    /// every id lands in exactly one part, across the slab's chunks.
+    #[test]
+    fn a_store_split_by_absorb_keeps_every_record() {
+        let mut whole = RecordStore::default();
+        for id in 0..10_000u64 {
+            let wrong_id = id.to_string();
+            apply_all(&mut whole, id, [add(&wrong_id, 1, "u"), fix(&wrong_id, 2)]);
+        }
+        apply_all(&mut whole, 7, [add("007", 1, "padded")]);
+        let bytes = postcard::to_stdvec(&whole).unwrap();
+        let mut parts = [RecordStore::default(), RecordStore::default()];
+        for (index, part) in parts.iter_mut().enumerate() {
+            let restored: RecordStore = postcard::from_bytes(&bytes).unwrap();
+            part.absorb(restored, |id| id % 2 == index as u64);
+        }
+        assert_eq!(parts[0].len() + parts[1].len(), whole.len());
+        assert_eq!(parts[0].fixes() + parts[1].fixes(), whole.fixes());
+        let mut joined = groups(&parts[0]);
+        joined.extend(groups(&parts[1]));
+        assert_eq!(joined, groups(&whole));
+        assert_eq!(parts[1].visible(7).unwrap().add.wrong_id, "007");
+        assert_eq!(parts[0].visible(9_998).unwrap().fix.unwrap().fix_time_ms, 2);
     }
 
     #[test]
@@ -547,7 +780,7 @@ mod tests {
             [add("7", 1, "plain"), add("007", 1, "padded")],
         );
         assert_eq!(store.visible(7).unwrap().add.wrong_id, "007");
-        assert_eq!(store.by_id[&7].len(), 2);
+        assert_eq!(groups(&store)[&7].len(), 2);
         store.apply(7, delete("007", 2));
         assert_eq!(store.visible(7).unwrap().add.wrong_id, "7");
     }
