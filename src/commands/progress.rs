@@ -39,7 +39,9 @@ impl ProgressDisplay {
                         "{messages} events, {rate:.0}/s, {} rows written",
                         sink.rows_upserted.load(Ordering::Relaxed)
                     ));
-                    std::thread::sleep(Duration::from_millis(200));
+                    // Parked, not asleep: `finish` wakes it, so the end of a run never waits
+                    // for the next refresh.
+                    std::thread::park_timeout(Duration::from_millis(200));
                 }
             })
         };
@@ -48,6 +50,7 @@ impl ProgressDisplay {
 
     pub fn finish(self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.thread.thread().unpark();
         let _ = self.thread.join();
         self.bar.finish_and_clear();
     }
