@@ -295,11 +295,8 @@ impl KafkaBroker {
     /// `None` (skip) when Tansu is not installed, except under CI, where that fails the test.
     pub fn start() -> Option<KafkaBroker> {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // Below the ephemeral range: no outgoing connection can take it before the server binds.
+        let port = job::listen_ports(1)[0];
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka-broker");
         let out = std::process::Command::new(script)
             .args(["start", &port.to_string(), dir.path().to_str().unwrap()])
@@ -371,11 +368,8 @@ impl PrivateMariaDb {
             .status()
             .expect("mariadb-install-db");
         assert!(status.success());
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // Below the ephemeral range: no outgoing connection can take it before the server binds.
+        let port = job::listen_ports(1)[0];
         let mut db = PrivateMariaDb {
             port,
             dir,
