@@ -185,7 +185,7 @@ impl From<StoredRecord> for WrongRecord {
 /// The record state of the ids one worker owns.
 ///
 /// Records live in a [`Slab`] and the map holds only an id's index there: one allocation per
-/// few thousand records instead of one per record, and 12 bytes of map entry per id. An id
+/// few thousand records instead of one per record, and 16 bytes of map entry per id. An id
 /// almost always has exactly one wrong record; the few with more (`"7"` and `"007"`) keep the
 /// others' indexes in `more`.
 #[derive(Debug, Default, Clone)]
@@ -268,9 +268,10 @@ impl RecordStore {
 
     /// The wrong records of `id`, whose first is at `first`.
     fn records_of(&self, id: u64, first: u32) -> impl Iterator<Item = &WrongRecord> {
-        let more = match self.more.is_empty() {
-            true => None,
-            false => self.more.get(&id),
+        let more = if self.more.is_empty() {
+            None
+        } else {
+            self.more.get(&id)
         };
         std::iter::once(first)
             .chain(more.into_iter().flatten().copied())
@@ -295,7 +296,7 @@ impl RecordStore {
             })
     }
 
-    /// Adds `record` as a further wrong record of `id`; returns its index.
+    /// Adds `record` as a wrong record of `id` (its first or a further one); returns its index.
     fn push(&mut self, id: u64, record: WrongRecord) -> u32 {
         let index = self.records.push(record);
         match self.by_id.entry(id) {
