@@ -131,8 +131,10 @@ pub enum Command {
     /// Times each stage alone on one thread (parse, route + process, record state, dimension
     /// join, wide rows, sink batches), then runs the engine end to end on N workers from a
     /// generated file into an in-memory table (or none, or the database of --config), and
-    /// reports events/s, peak RSS and state bytes per live record. With --rename-share it
-    /// then renames that share of the patterns and times the corrections.
+    /// reports events/s (per wall-clock second, and per CPU-second of all its threads: the
+    /// figure other load on the machine disturbs least), peak RSS and state bytes per live
+    /// record. With --rename-share it then renames that share of the patterns and times the
+    /// corrections.
     Bench {
         /// Number of messages.
         #[arg(long, default_value_t = 1_000_000)]

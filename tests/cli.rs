@@ -232,6 +232,13 @@ fn bench_reports_every_figure_as_json() {
     assert_eq!(report["workers"], 2);
     assert_eq!(report["stages"].as_array().unwrap().len(), 7);
     assert!(report["events_per_second"].as_f64().unwrap() > 0.0);
+    let cpu = report["cpu_seconds"].as_f64().expect("CPU time on Linux");
+    assert!(cpu > 0.0, "the run used CPU: {cpu}");
+    let per_cpu = report["events_per_cpu_second"].as_f64().unwrap();
+    assert!(
+        (per_cpu * cpu - 20_000.0).abs() < 1.0,
+        "{per_cpu} events per CPU-second"
+    );
     let live = report["live_records"].as_i64().unwrap();
     assert!(live > 5_000, "{live}");
     assert!(report["rows_upserted"].as_u64().unwrap() as i64 >= live);

@@ -90,6 +90,12 @@ pub struct BenchReport {
     pub elapsed_seconds: f64,
     pub events_per_second: f64,
     pub events_per_second_per_worker: f64,
+    /// CPU time (user + system) of all the engine's threads during the run; a database
+    /// server's own CPU is not in it. `None` where /proc is missing.
+    pub cpu_seconds: Option<f64>,
+    /// Events per CPU-second: throughput per core, which other load on the machine changes
+    /// much less than events per wall-clock second.
+    pub events_per_cpu_second: Option<f64>,
     pub live_records: i64,
     pub keys_with_state: u64,
     pub rows_upserted: u64,
@@ -153,6 +159,18 @@ fn rss() -> Option<(u64, u64)> {
             .map(|kb| kb * 1024)
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// CPU time this process has used (user + system), from /proc (Linux).
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces: the
+    // 12th and 13th of them are utime and stime.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let user: u64 = fields.nth(11)?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    // In clock ticks of 1/100 s (Linux's USER_HZ, fixed for the /proc interface).
+    Some(Duration::from_millis((user + system) * 10))
 }
 
 fn load_average() -> Option<f64> {
@@ -265,7 +283,11 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let progress = opts
         .progress
         .then(|| ProgressDisplay::start(source_progress, sink_stats.clone()));
+    let cpu_before = cpu_time();
     let result = run_pipeline(pipeline);
+    let cpu = cpu_time()
+        .zip(cpu_before)
+        .map(|(after, before)| after.saturating_sub(before).as_secs_f64());
     if let Some(progress) = progress {
         progress.finish();
     }
@@ -313,6 +335,10 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         elapsed_seconds: seconds,
         events_per_second: summary.events_per_second(),
         events_per_second_per_worker: summary.events_per_second() / opts.workers as f64,
+        cpu_seconds: cpu,
+        events_per_cpu_second: cpu
+            .filter(|c| *c > 0.0)
+            .map(|c| summary.messages as f64 / c),
         live_records: live,
         keys_with_state: dataflow_stats.keys.load(Relaxed),
         rows_upserted: summary.rows_upserted,
@@ -578,6 +604,11 @@ pub fn format_report(r: &BenchReport) -> String {
         "\nend to end                        {:>12.0} events/s ({:.0} per worker) in {:.2}s\n",
         r.events_per_second, r.events_per_second_per_worker, r.elapsed_seconds
     ));
+    if let (Some(cpu), Some(per_cpu)) = (r.cpu_seconds, r.events_per_cpu_second) {
+        out.push_str(&format!(
+            "  CPU {cpu:.2}s over all threads = {per_cpu:.0} events per CPU-second\n"
+        ));
+    }
     out.push_str(&format!(
         "  worker time: ingest {:.2}s, join {:.2}s; sink writes {:.2}s\n",
         r.worker_ingest_seconds, r.worker_join_seconds, r.sink_write_seconds
