@@ -13,6 +13,8 @@
 //! holds one row per id, so the row shown is that of the live record with the least wrong id:
 //! deterministic, and independent of arrival order.
 
+use std::collections::hash_map::Entry;
+
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
@@ -300,24 +302,23 @@ impl RecordStore {
     fn push(&mut self, id: u64, record: WrongRecord) -> u32 {
         let index = self.records.push(record);
         match self.by_id.entry(id) {
-            std::collections::hash_map::Entry::Vacant(entry) => {
+            Entry::Vacant(entry) => {
                 entry.insert(index);
             }
-            std::collections::hash_map::Entry::Occupied(_) => {
-                self.more.entry(id).or_default().push(index)
-            }
+            Entry::Occupied(_) => self.more.entry(id).or_default().push(index),
         }
         index
     }
 
     /// Applies an operation on `id`. Operations may come in any order: the winners are maxima.
     pub fn apply(&mut self, id: u64, op: RecordOp) -> Applied {
-        use std::collections::hash_map::Entry;
         let wrong_id = op.wrong_id();
         let pending = || WrongRecord {
             lifecycle: Lifecycle::Pending(wrong_id.into()),
             fix: None,
         };
+        // One lookup finds the id or places its new record (what `push` does, without looking
+        // the id up a second time on the hot path).
         let (first, index) = match self.by_id.entry(id) {
             Entry::Vacant(entry) => {
                 // A new id (its first wrong id).
