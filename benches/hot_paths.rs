@@ -23,7 +23,7 @@ use wrongbook::dataflow::ingest::{Ingestor, Outcome};
 use wrongbook::dataflow::join::{JoinState, LookupChange};
 use wrongbook::dataflow::process::KeyedOp;
 use wrongbook::dataflow::route::RouteTable;
-use wrongbook::event::parse_envelope;
+use wrongbook::event::{parse_envelope, ParseBuffers};
 use wrongbook::schema::Dialect;
 use wrongbook::sink::batch_of;
 use wrongbook::sink::statements::{row_params, upsert_sql, WideTable};
@@ -42,9 +42,10 @@ fn ingestor() -> (Ingestor, RouteTable) {
 
 fn ops(messages: &[Vec<u8>]) -> Vec<KeyedOp> {
     let (ingestor, routes) = ingestor();
+    let mut buffers = ParseBuffers::default();
     messages
         .iter()
-        .filter_map(|m| match ingestor.ingest(m, &routes).1 {
+        .filter_map(|m| match ingestor.ingest(m, &routes, &mut buffers).1 {
             Outcome::Accepted(op) => Some(op),
             _ => None,
         })
@@ -80,8 +81,12 @@ fn bench_ingest(c: &mut Criterion) {
     group.bench_function("parse_validate_route_process", |b| {
         b.iter(|| {
             let mut accepted = 0;
+            let mut buffers = ParseBuffers::default();
             for message in &generated.messages {
-                if matches!(ingestor.ingest(message, &routes).1, Outcome::Accepted(_)) {
+                if matches!(
+                    ingestor.ingest(message, &routes, &mut buffers).1,
+                    Outcome::Accepted(_)
+                ) {
                     accepted += 1;
                 }
             }

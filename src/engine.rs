@@ -27,10 +27,11 @@ use rdkafka::consumer::BaseConsumer;
 use crate::checkpoint::{self, CheckpointStats, Part, Restored};
 use crate::cluster::Layout;
 use crate::config::{EngineConfig, KafkaConfig};
-use crate::dataflow::ingest::{Ingestor, Outcome, OutcomeCounts};
+use crate::dataflow::ingest::{Ingestor, Outcome, OutcomeCounts, OutcomeTally};
 use crate::dataflow::join::{CheckpointHooks, JoinState};
 use crate::dataflow::route::{Routing, RoutingHistory};
 use crate::dataflow::{build, DataflowHandles, DataflowStats};
+use crate::event::ParseBuffers;
 use crate::sink::dead_letters::{DeadLetter, DeadLetterSink};
 use crate::sink::{SinkChannels, SinkCommand, SinkStats, SinkTarget, SinkThread};
 use crate::source::dims::{DimCorrection, DimDiff, DimSnapshot, DimStats};
@@ -668,7 +669,8 @@ fn run_worker(
         outcomes_unpublished: false,
         ops: Some(ops),
         dims: Some(dims),
-        outcomes: OutcomeCounts::default(),
+        outcomes: OutcomeTally::default(),
+        parse_buffers: ParseBuffers::default(),
         dim_rows_changed: 0,
         dim_change: None,
         commands: command_tx,
@@ -718,7 +720,7 @@ fn run_worker(
     result?;
     sink_result.map_err(|e| e.to_string())?;
     Ok(WorkerReport {
-        outcomes,
+        outcomes: outcomes.counts(),
         dim_rows_changed,
         dim_change,
     })
@@ -747,7 +749,9 @@ struct WorkerLoop<'a> {
     outcomes_unpublished: bool,
     ops: Option<OpsInput>,
     dims: Option<crate::dataflow::DimInputs>,
-    outcomes: OutcomeCounts,
+    outcomes: OutcomeTally,
+    /// The vectors parsing reuses from one message to the next.
+    parse_buffers: ParseBuffers,
     dim_rows_changed: usize,
     dim_change: Option<DimChangeReport>,
     commands: crossbeam_channel::Sender<SinkCommand>,
@@ -1028,7 +1032,10 @@ impl WorkerLoop<'_> {
                 _ => true,
             };
             let routes = self.routes.at(batch.timestamp(i));
-            let (label, outcome) = self.shared.ingestor.ingest(message, routes);
+            let (label, outcome) =
+                self.shared
+                    .ingestor
+                    .ingest(message, routes, &mut self.parse_buffers);
             if in_range {
                 self.outcomes.record(&label, &outcome);
             }
@@ -1093,7 +1100,7 @@ impl WorkerLoop<'_> {
             .outcomes
             .lock()
             .expect("outcomes lock")
-            .insert(self.index, self.outcomes.clone());
+            .insert(self.index, self.outcomes.counts());
     }
 
     /// Records when this worker's oldest uncommitted batch was ingested (`None`: none is).

@@ -120,7 +120,57 @@ pub struct Envelope<'a> {
 /// known to be routed.
 #[derive(Debug, Default)]
 pub struct Payload<'a> {
-    entries: Vec<(Cow<'a, str>, Value<'a>)>,
+    entries: Vec<Entry<'a>>,
+}
+
+/// One entry of a payload object: its key and its value.
+pub type Entry<'a> = (Cow<'a, str>, Value<'a>);
+
+/// The vectors parsing fills for each message, kept by a worker from one message to the next
+/// so that the usual message allocates none: a payload's entries and its validated fields.
+/// They are empty between messages; each message fills them with values borrowed from itself.
+#[derive(Debug, Default)]
+pub struct ParseBuffers {
+    entries: Vec<Entry<'static>>,
+    fields: Vec<Option<FieldValue<'static>>>,
+}
+
+impl ParseBuffers {
+    /// Parses a message's envelope (see [`parse_envelope`]) into the kept entries vector.
+    pub fn parse_envelope<'a>(
+        &mut self,
+        raw: &'a [u8],
+        max_bytes: usize,
+    ) -> Result<Envelope<'a>, Rejection> {
+        parse_envelope_into(raw, max_bytes, recycle(std::mem::take(&mut self.entries)))
+    }
+
+    /// Validates a payload (see [`validate_payload`]) into the kept fields vector.
+    pub fn validate_payload<'a>(
+        &mut self,
+        schema: &EventSchema,
+        payload: &mut Payload<'a>,
+    ) -> Result<Fields<'a>, Rejection> {
+        validate_payload_into(schema, payload, recycle(std::mem::take(&mut self.fields)))
+    }
+
+    /// Takes back a message's vectors once it is done with them.
+    pub fn keep(&mut self, payload: Payload<'_>, fields: Option<Fields<'_>>) {
+        self.entries = recycle(payload.entries);
+        if let Some(fields) = fields {
+            self.fields = recycle(fields);
+        }
+    }
+}
+
+/// `vec`'s allocation, emptied, as a vector of another type of the same layout (here: the
+/// same values borrowing from another message). The standard library collects a mapped
+/// `vec::IntoIter` in place when the layouts match; where it does not, this merely allocates.
+fn recycle<A, B>(mut vec: Vec<A>) -> Vec<B> {
+    vec.clear();
+    vec.into_iter()
+        .map(|_| unreachable!("the vector was emptied"))
+        .collect()
 }
 
 /// A validated payload value.
@@ -141,6 +191,16 @@ pub type Fields<'a> = Vec<Option<FieldValue<'a>>>;
 /// those is the reason, else the first wrong field in message order, else the first missing
 /// field. (Keys the payload holds twice are refused by [`validate_payload`].)
 pub fn parse_envelope(raw: &[u8], max_bytes: usize) -> Result<Envelope<'_>, Rejection> {
+    parse_envelope_into(raw, max_bytes, Vec::with_capacity(16))
+}
+
+/// [`parse_envelope`], the payload's entries read into `entries` (emptied first).
+fn parse_envelope_into<'a>(
+    raw: &'a [u8],
+    max_bytes: usize,
+    mut entries: Vec<Entry<'a>>,
+) -> Result<Envelope<'a>, Rejection> {
+    entries.clear();
     if raw.len() > max_bytes {
         return Err(Rejection::new(
             Reason::MessageTooLarge,
@@ -169,7 +229,6 @@ pub fn parse_envelope(raw: &[u8], max_bytes: usize) -> Result<Envelope<'_>, Reje
     let mut event_id = None;
     // Whether the payload is an object (its entries in `entries`); `None` when absent or null.
     let mut payload_is_object: Option<bool> = None;
-    let mut entries = Vec::with_capacity(16);
     let mut wrong_field: Option<Rejection> = None;
     let mut keys = KeySet::default();
     scanner.begin_object().map_err(syntax)?;
@@ -233,11 +292,21 @@ pub fn parse_envelope(raw: &[u8], max_bytes: usize) -> Result<Envelope<'_>, Reje
 /// Fields the schema does not name are ignored.
 pub fn validate_payload<'a>(
     schema: &EventSchema,
-    payload: Payload<'a>,
+    mut payload: Payload<'a>,
 ) -> Result<Fields<'a>, Rejection> {
-    let mut fields: Fields<'a> = vec![None; schema.fields().len()];
+    validate_payload_into(schema, &mut payload, Vec::new())
+}
+
+/// [`validate_payload`], the values moved out of `payload` into `fields` (emptied first).
+fn validate_payload_into<'a>(
+    schema: &EventSchema,
+    payload: &mut Payload<'a>,
+    mut fields: Fields<'a>,
+) -> Result<Fields<'a>, Rejection> {
+    fields.clear();
+    fields.resize(schema.fields().len(), None);
     let mut keys = KeySet::default();
-    for (key, value) in payload.entries {
+    for (key, value) in payload.entries.drain(..) {
         let index = schema.field_index(&key);
         keys.insert(index, key)?;
         let Some(index) = index else {

@@ -34,7 +34,7 @@ use crate::dataflow::route::{Route, RouteTable};
 use crate::dataflow::wide::WideRow;
 use crate::dataflow::DataflowStats;
 use crate::engine::{run_pipeline, EngineError, Pipeline};
-use crate::event::{parse_envelope, validate_payload};
+use crate::event::{parse_envelope, validate_payload, ParseBuffers};
 use crate::sink::dead_letters::DeadLetterMemory;
 use crate::sink::memory::MemoryTable;
 use crate::sink::statements::{row_params, upsert_sql};
@@ -493,9 +493,15 @@ fn measure_stages(messages: &[Vec<u8>], dims: &DimSnapshot) -> Vec<StageFigure> 
         max_message_bytes: max,
     };
     let started = Instant::now();
+    let mut buffers = ParseBuffers::default();
     let accepted = messages
         .iter()
-        .filter(|m| matches!(ingestor.ingest(m, &routes).1, Outcome::Accepted(_)))
+        .filter(|m| {
+            matches!(
+                ingestor.ingest(m, &routes, &mut buffers).1,
+                Outcome::Accepted(_)
+            )
+        })
         .count();
     std::hint::black_box(accepted);
     let ingest = rate(messages.len(), started.elapsed());

@@ -12,7 +12,8 @@ use serde::Serialize;
 
 use crate::dataflow::process::{process, KeyedOp};
 use crate::dataflow::route::{Route, RouteTable};
-use crate::event::{parse_envelope, validate_payload, Reason, Rejection};
+use crate::dataflow::FastMap;
+use crate::event::{ParseBuffers, Reason, Rejection};
 use crate::spec::Spec;
 
 /// Why a message was skipped (counted, neither processed nor dead-lettered).
@@ -48,9 +49,14 @@ pub struct Ingestor {
 
 impl Ingestor {
     /// Ingests `raw` with the routing table `routes`: returns the label to count it under and
-    /// its outcome.
-    pub fn ingest<'a>(&self, raw: &'a [u8], routes: &RouteTable) -> (Cow<'a, str>, Outcome) {
-        let mut envelope = match parse_envelope(raw, self.max_message_bytes) {
+    /// its outcome. `buffers` are the vectors parsing reuses from one message to the next.
+    pub fn ingest<'a>(
+        &self,
+        raw: &'a [u8],
+        routes: &RouteTable,
+        buffers: &mut ParseBuffers,
+    ) -> (Cow<'a, str>, Outcome) {
+        let mut envelope = match buffers.parse_envelope(raw, self.max_message_bytes) {
             Ok(envelope) => envelope,
             Err(rejection) => return (Cow::Borrowed(UNPARSED), Outcome::DeadLetter(rejection)),
         };
@@ -65,37 +71,45 @@ impl Ingestor {
         } else {
             Cow::Borrowed(UNKNOWN_TYPE)
         };
-        if envelope.domain != self.spec.domain {
-            return (label, Outcome::Skipped(SkipReason::Domain));
-        }
-        let outcome = match route {
-            None => Outcome::DeadLetter(Rejection::new(
-                Reason::UnknownType,
-                format!(
-                    "no routing row for type `{}`",
-                    envelope.event_type.chars().take(100).collect::<String>()
-                ),
-            )),
-            Some(Route::Disabled) => Outcome::Skipped(SkipReason::Disabled),
-            Some(Route::UnknownProcessor(name)) => Outcome::DeadLetter(Rejection::new(
-                Reason::UnknownProcessor,
-                format!(
-                    "the route names processor `{name}`, which the dataflow spec does not define"
-                ),
-            )),
-            Some(Route::NoSchema) => Outcome::DeadLetter(Rejection::new(
-                Reason::NoSchema,
-                format!("the dataflow spec has no payload schema for `{label}`"),
-            )),
-            Some(Route::Process(route)) => {
-                match validate_payload(&route.schema, std::mem::take(&mut envelope.payload))
-                    .and_then(|fields| process(route, &envelope, &fields, &self.spec))
-                {
-                    Ok(op) => Outcome::Accepted(op),
-                    Err(rejection) => Outcome::DeadLetter(rejection),
+        let mut fields = None;
+        let outcome = if envelope.domain != self.spec.domain {
+            Outcome::Skipped(SkipReason::Domain)
+        } else {
+            match route {
+                None => Outcome::DeadLetter(Rejection::new(
+                    Reason::UnknownType,
+                    format!(
+                        "no routing row for type `{}`",
+                        envelope.event_type.chars().take(100).collect::<String>()
+                    ),
+                )),
+                Some(Route::Disabled) => Outcome::Skipped(SkipReason::Disabled),
+                Some(Route::UnknownProcessor(name)) => Outcome::DeadLetter(Rejection::new(
+                    Reason::UnknownProcessor,
+                    format!(
+                        "the route names processor `{name}`, which the dataflow spec does not define"
+                    ),
+                )),
+                Some(Route::NoSchema) => Outcome::DeadLetter(Rejection::new(
+                    Reason::NoSchema,
+                    format!("the dataflow spec has no payload schema for `{label}`"),
+                )),
+                Some(Route::Process(route)) => {
+                    match buffers.validate_payload(&route.schema, &mut envelope.payload) {
+                        Ok(valid) => {
+                            let outcome = match process(route, &envelope, &valid, &self.spec) {
+                                Ok(op) => Outcome::Accepted(op),
+                                Err(rejection) => Outcome::DeadLetter(rejection),
+                            };
+                            fields = Some(valid);
+                            outcome
+                        }
+                        Err(rejection) => Outcome::DeadLetter(rejection),
+                    }
                 }
             }
         };
+        buffers.keep(envelope.payload, fields);
         (label, outcome)
     }
 }
@@ -119,6 +133,51 @@ impl TypeCounts {
     }
 }
 
+impl TypeCounts {
+    fn count(&mut self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Accepted(_) => self.accepted += 1,
+            Outcome::Skipped(SkipReason::Domain) => self.skipped_domain += 1,
+            Outcome::Skipped(SkipReason::Disabled) => self.skipped_disabled += 1,
+            Outcome::DeadLetter(r) => *self.dead_letters.entry(r.reason.as_str()).or_default() += 1,
+        }
+    }
+}
+
+/// A worker's running tally of outcomes, counted once per message: a hash map, because a
+/// sorted map's string comparisons cost more than the rest of the counting. Read it as
+/// [`OutcomeCounts`].
+#[derive(Debug, Clone, Default)]
+pub struct OutcomeTally {
+    by_type: FastMap<String, TypeCounts>,
+}
+
+impl OutcomeTally {
+    /// Counts one outcome under `label`.
+    #[inline]
+    pub fn record(&mut self, label: &str, outcome: &Outcome) {
+        match self.by_type.get_mut(label) {
+            Some(counts) => counts.count(outcome),
+            None => self
+                .by_type
+                .entry(label.to_owned())
+                .or_default()
+                .count(outcome),
+        }
+    }
+
+    /// The tally so far, by label.
+    pub fn counts(&self) -> OutcomeCounts {
+        OutcomeCounts {
+            by_type: self
+                .by_type
+                .iter()
+                .map(|(label, counts)| (label.clone(), counts.clone()))
+                .collect(),
+        }
+    }
+}
+
 /// Outcome counts by event type label.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct OutcomeCounts {
@@ -126,22 +185,6 @@ pub struct OutcomeCounts {
 }
 
 impl OutcomeCounts {
-    /// Counts one outcome under `label`.
-    pub fn record(&mut self, label: &str, outcome: &Outcome) {
-        let counts = match self.by_type.get_mut(label) {
-            Some(counts) => counts,
-            None => self.by_type.entry(label.to_owned()).or_default(),
-        };
-        match outcome {
-            Outcome::Accepted(_) => counts.accepted += 1,
-            Outcome::Skipped(SkipReason::Domain) => counts.skipped_domain += 1,
-            Outcome::Skipped(SkipReason::Disabled) => counts.skipped_disabled += 1,
-            Outcome::DeadLetter(r) => {
-                *counts.dead_letters.entry(r.reason.as_str()).or_default() += 1
-            }
-        }
-    }
-
     /// Adds another tally into this one.
     pub fn merge(&mut self, other: &OutcomeCounts) {
         for (label, theirs) in &other.by_type {
