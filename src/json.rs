@@ -303,7 +303,13 @@ impl<'a> Scanner<'a> {
             Some(_) => return self.error("control character in a string"),
             None => return self.error("EOF while parsing a string"),
         }
-        let mut decoded = String::with_capacity(self.pos - start + 16);
+        // The escaped text is at least as long as what it decodes to: find where it ends (which
+        // validates it) first, so that the decoded string is allocated once and never grows.
+        let first_escape = self.pos;
+        self.pos = start - 1;
+        self.skip_string()?;
+        let mut decoded = String::with_capacity(self.pos - 1 - start);
+        self.pos = first_escape;
         decoded.push_str(&self.text[start..self.pos]);
         loop {
             match self.bytes.get(self.pos) {
