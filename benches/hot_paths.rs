@@ -43,13 +43,11 @@ fn ingestor() -> (Ingestor, RouteTable) {
 fn ops(messages: &[Vec<u8>]) -> Vec<KeyedOp> {
     let (ingestor, routes) = ingestor();
     let mut buffers = ParseBuffers::default();
-    messages
-        .iter()
-        .filter_map(|m| match ingestor.ingest(m, &routes, &mut buffers).1 {
-            Outcome::Accepted(op) => Some(op),
-            _ => None,
-        })
-        .collect()
+    let mut ops = Vec::with_capacity(messages.len());
+    for message in messages {
+        ingestor.ingest(message, &routes, &mut buffers, &mut ops);
+    }
+    ops
 }
 
 fn bench_ingest(c: &mut Criterion) {
@@ -82,10 +80,11 @@ fn bench_ingest(c: &mut Criterion) {
         b.iter(|| {
             let mut accepted = 0;
             let mut buffers = ParseBuffers::default();
+            let mut ops = Vec::with_capacity(generated.messages.len());
             for message in &generated.messages {
                 if matches!(
-                    ingestor.ingest(message, &routes, &mut buffers).1,
-                    Outcome::Accepted(_)
+                    ingestor.ingest(message, &routes, &mut buffers, &mut ops).1,
+                    Outcome::Accepted
                 ) {
                     accepted += 1;
                 }

@@ -1032,18 +1032,20 @@ impl WorkerLoop<'_> {
                 _ => true,
             };
             let routes = self.routes.at(batch.timestamp(i));
-            let (label, outcome) =
-                self.shared
-                    .ingestor
-                    .ingest(message, routes, &mut self.parse_buffers);
+            let (label, outcome) = self.shared.ingestor.ingest(
+                message,
+                routes,
+                &mut self.parse_buffers,
+                &mut accepted,
+            );
             if in_range {
                 self.outcomes.record(&label, &outcome);
             }
             match outcome {
-                Outcome::Accepted(mut op) => {
-                    op.write = in_range;
-                    accepted.push(op)
+                Outcome::Accepted if !in_range => {
+                    accepted.last_mut().expect("an accepted operation").write = false
                 }
+                Outcome::Accepted => {}
                 Outcome::Skipped(_) => {}
                 Outcome::DeadLetter(_) if !in_range => {}
                 Outcome::DeadLetter(rejection) => self

@@ -39,17 +39,22 @@ pub fn message(data: &[u8]) {
     let (ingestor, routes, desc) = ingestor();
     // The second pass reuses the first one's buffers, as a worker does from message to message.
     let mut buffers = ParseBuffers::default();
-    let (label, outcome) = ingestor.ingest(data, routes, &mut buffers);
-    let (again_label, again) = ingestor.ingest(data, routes, &mut buffers);
+    let mut ops = Vec::new();
+    let (label, outcome) = ingestor.ingest(data, routes, &mut buffers, &mut ops);
+    let (again_label, again) = ingestor.ingest(data, routes, &mut buffers, &mut ops);
     assert_eq!(label, again_label, "the label is deterministic");
     assert_eq!(
         std::mem::discriminant(&outcome),
         std::mem::discriminant(&again),
         "the outcome is deterministic"
     );
-    let Outcome::Accepted(op) = outcome else {
+    let Outcome::Accepted = outcome else {
+        assert!(ops.is_empty(), "only an accepted message has an operation");
         return;
     };
+    assert_eq!(ops.len(), 2, "an accepted message has one operation");
+    assert_eq!(ops[0], ops[1], "the operation is deterministic");
+    let op = &ops[0];
     assert_eq!(op.id, crate::dataflow::process::wide_id(op.op.wrong_id()));
     let RecordOp::Add(add) = &op.op else {
         return;

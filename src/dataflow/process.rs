@@ -118,13 +118,14 @@ pub fn wide_id(wrong_id: &str) -> u64 {
     }
 }
 
-/// Runs `route`'s processor on a validated event.
+/// Runs `route`'s processor on a validated event, appending its operation to `into`.
 pub fn process(
     route: &CompiledRoute,
     envelope: &Envelope<'_>,
     fields: &Fields<'_>,
     spec: &Spec,
-) -> Result<KeyedOp, Rejection> {
+    into: &mut Vec<KeyedOp>,
+) -> Result<(), Rejection> {
     let slots = SlotValues { route, fields };
     let stamp = EventStamp {
         timestamp: envelope.timestamp,
@@ -201,11 +202,12 @@ pub fn process(
             stamp,
         }),
     };
-    Ok(KeyedOp {
+    into.push(KeyedOp {
         id: wide_id(op.wrong_id()),
         op,
         write: true,
-    })
+    });
+    Ok(())
 }
 
 /// Slot values of one event, read through the route's slot → field map.
