@@ -113,8 +113,10 @@ impl Dealer {
     fn deal(&mut self) -> Result<(), Closed> {
         let worker = (self.chunk_index % self.peers as u64) as usize;
         let mut next = SourceBatch::new(0, (self.make_positions)());
-        // Sized like the chunk it follows, so that filling it does not grow it step by step.
-        next.data.reserve(self.chunk.data.len());
+        // Sized like the chunk it follows, and a quarter more: filling it should not grow it
+        // (a chunk a little larger than the last would copy all of it once more).
+        let bytes = self.chunk.data.len();
+        next.data.reserve(bytes + bytes / 4);
         next.ends.reserve(self.chunk_messages);
         match &mut next.positions {
             Positions::Indexed { first } => *first = self.read,
