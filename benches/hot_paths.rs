@@ -21,6 +21,7 @@ use wrongbook::commands::gen::{generate, routing_rows, GenOptions};
 use wrongbook::dataflow::dims::{pattern_lookups, PatternLookup};
 use wrongbook::dataflow::ingest::{Ingestor, Outcome};
 use wrongbook::dataflow::join::{JoinState, LookupChange};
+use wrongbook::dataflow::owner::OpsByOwner;
 use wrongbook::dataflow::process::KeyedOp;
 use wrongbook::dataflow::route::RouteTable;
 use wrongbook::event::{parse_envelope, ParseBuffers};
@@ -43,11 +44,11 @@ fn ingestor() -> (Ingestor, RouteTable) {
 fn ops(messages: &[Vec<u8>]) -> Vec<KeyedOp> {
     let (ingestor, routes) = ingestor();
     let mut buffers = ParseBuffers::default();
-    let mut ops = Vec::with_capacity(messages.len());
+    let mut ops = OpsByOwner::new(1, messages.len());
     for message in messages {
         ingestor.ingest(message, &routes, &mut buffers, &mut ops);
     }
-    ops
+    ops.into_iter().collect()
 }
 
 fn bench_ingest(c: &mut Criterion) {
@@ -80,7 +81,7 @@ fn bench_ingest(c: &mut Criterion) {
         b.iter(|| {
             let mut accepted = 0;
             let mut buffers = ParseBuffers::default();
-            let mut ops = Vec::with_capacity(generated.messages.len());
+            let mut ops = OpsByOwner::new(1, generated.messages.len());
             for message in &generated.messages {
                 if matches!(
                     ingestor.ingest(message, &routes, &mut buffers, &mut ops).1,

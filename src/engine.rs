@@ -29,6 +29,7 @@ use crate::cluster::Layout;
 use crate::config::{EngineConfig, KafkaConfig};
 use crate::dataflow::ingest::{Ingestor, Outcome, OutcomeCounts, OutcomeTally};
 use crate::dataflow::join::{CheckpointHooks, JoinState};
+use crate::dataflow::owner::OpsByOwner;
 use crate::dataflow::route::{Routing, RoutingHistory};
 use crate::dataflow::{build, DataflowHandles, DataflowStats};
 use crate::event::ParseBuffers;
@@ -1012,9 +1013,10 @@ impl WorkerLoop<'_> {
             .ops
             .as_mut()
             .expect("ingest happens before the end of input");
-        // The batch's operations go into the dataflow as one container: a few large containers
-        // cost timely less than many of its default size (about thirty operations).
-        let mut accepted = Vec::with_capacity(batch.len());
+        // The batch's operations go into the dataflow as one container per owning worker: a few
+        // large containers cost timely less than many of its default size (about thirty
+        // operations), and a container with one owner is moved to it whole, not copied.
+        let mut accepted = OpsByOwner::new(self.peers, batch.len());
         for (i, message) in batch.messages() {
             // In a replay of a range, events before it only rebuild state: they are not
             // counted, dead-lettered or written.
@@ -1060,7 +1062,9 @@ impl WorkerLoop<'_> {
                     .map_err(|e| format!("writing a dead letter: {e}"))?,
             }
         }
-        ops.send_batch(&mut accepted);
+        for owned in accepted.non_empty() {
+            ops.send_batch(owned);
+        }
         if let Positions::Kafka {
             partitions,
             offsets,

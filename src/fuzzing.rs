@@ -8,6 +8,8 @@ use std::sync::{Arc, OnceLock};
 
 use crate::config::Config;
 use crate::dataflow::ingest::{Ingestor, Outcome};
+use crate::dataflow::owner::OpsByOwner;
+use crate::dataflow::process::KeyedOp;
 use crate::dataflow::process::RecordOp;
 use crate::dataflow::records::Record;
 use crate::dataflow::route::RouteTable;
@@ -39,9 +41,10 @@ pub fn message(data: &[u8]) {
     let (ingestor, routes, desc) = ingestor();
     // The second pass reuses the first one's buffers, as a worker does from message to message.
     let mut buffers = ParseBuffers::default();
-    let mut ops = Vec::new();
+    let mut ops = OpsByOwner::new(1, 2);
     let (label, outcome) = ingestor.ingest(data, routes, &mut buffers, &mut ops);
     let (again_label, again) = ingestor.ingest(data, routes, &mut buffers, &mut ops);
+    let ops: Vec<KeyedOp> = ops.into_iter().collect();
     assert_eq!(label, again_label, "the label is deterministic");
     assert_eq!(
         std::mem::discriminant(&outcome),

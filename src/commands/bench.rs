@@ -27,6 +27,7 @@ use crate::config::{Config, EngineConfig};
 use crate::dataflow::dims::PatternLookup;
 use crate::dataflow::ingest::Ingestor;
 use crate::dataflow::join::lookup_for;
+use crate::dataflow::owner::OpsByOwner;
 use crate::dataflow::process::{process, KeyedOp};
 use crate::dataflow::records::RecordStore;
 use crate::dataflow::route::Routing;
@@ -426,7 +427,7 @@ fn measure_stages(messages: &[Vec<u8>], dims: &DimSnapshot) -> Vec<StageFigure> 
 
     // Route + process: routing lookup and the processor, on parsed events.
     let started = Instant::now();
-    let mut ops: Vec<KeyedOp> = Vec::with_capacity(parsed.len());
+    let mut ops = OpsByOwner::new(1, parsed.len());
     for (envelope, fields) in &parsed {
         if let Some(Route::Process(route)) = routes.route(&envelope.event_type) {
             let _dead_letter = process(route, envelope, fields, &spec, &mut ops);
@@ -434,6 +435,7 @@ fn measure_stages(messages: &[Vec<u8>], dims: &DimSnapshot) -> Vec<StageFigure> 
     }
     let route_process = rate(parsed.len(), started.elapsed());
     drop(parsed);
+    let ops: Vec<KeyedOp> = ops.into_iter().collect();
 
     // Record state: apply every operation.
     let mut store = RecordStore::default();
@@ -492,7 +494,7 @@ fn measure_stages(messages: &[Vec<u8>], dims: &DimSnapshot) -> Vec<StageFigure> 
     };
     let started = Instant::now();
     let mut buffers = ParseBuffers::default();
-    let mut accepted = Vec::with_capacity(messages.len());
+    let mut accepted = OpsByOwner::new(1, messages.len());
     for message in messages {
         ingestor.ingest(message, &routes, &mut buffers, &mut accepted);
     }

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::dataflow::process::{process, KeyedOp};
+use crate::dataflow::owner::OpsByOwner;
+use crate::dataflow::process::process;
 use crate::dataflow::route::{Route, RouteTable};
 use crate::dataflow::FastMap;
 use crate::event::{ParseBuffers, Reason, Rejection};
@@ -28,7 +29,7 @@ pub enum SkipReason {
 /// The one outcome of a message.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Its operation was appended to the caller's vector (the operation is not carried here:
+    /// Its operation was added to the caller's collection (the operation is not carried here:
     /// each move of it on the way would copy some 270 bytes).
     Accepted,
     Skipped(SkipReason),
@@ -49,14 +50,14 @@ pub struct Ingestor {
 
 impl Ingestor {
     /// Ingests `raw` with the routing table `routes`: returns the label to count it under and
-    /// its outcome, and appends its operation to `accepted` when it has one. `buffers` are the
+    /// its outcome, and adds its operation to `accepted` when it has one. `buffers` are the
     /// vectors parsing reuses from one message to the next.
     pub fn ingest<'a>(
         &self,
         raw: &'a [u8],
         routes: &RouteTable,
         buffers: &mut ParseBuffers,
-        accepted: &mut Vec<KeyedOp>,
+        accepted: &mut OpsByOwner,
     ) -> (Cow<'a, str>, Outcome) {
         let mut envelope = match buffers.parse_envelope(raw, self.max_message_bytes) {
             Ok(envelope) => envelope,

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::Capability;
@@ -503,7 +503,7 @@ pub fn join_records_with_dims<'scope>(
     let lookups = lookups.inner.broadcast();
     ops.binary_frontier(
         lookups,
-        Exchange::new(|op: &KeyedOp| op.id),
+        crate::dataflow::owner::by_owner(),
         Pipeline,
         "RecordsJoinDims",
         move |_capability, _info| {

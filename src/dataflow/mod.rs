@@ -13,6 +13,7 @@ pub mod dims;
 pub mod event_type;
 pub mod ingest;
 pub mod join;
+pub mod owner;
 pub mod process;
 pub mod records;
 pub mod route;

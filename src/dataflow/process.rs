@@ -10,6 +10,7 @@ use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::dataflow::event_type::EventType;
+use crate::dataflow::owner::OpsByOwner;
 use crate::dataflow::route::CompiledRoute;
 use crate::event::{decimal, Decimal, Envelope, FieldValue, Fields, Reason, Rejection};
 use crate::schema::{check_fits, TIMESTAMP_RANGE};
@@ -118,13 +119,13 @@ pub fn wide_id(wrong_id: &str) -> u64 {
     }
 }
 
-/// Runs `route`'s processor on a validated event, appending its operation to `into`.
+/// Runs `route`'s processor on a validated event, adding its operation to `into`.
 pub fn process(
     route: &CompiledRoute,
     envelope: &Envelope<'_>,
     fields: &Fields<'_>,
     spec: &Spec,
-    into: &mut Vec<KeyedOp>,
+    into: &mut OpsByOwner,
 ) -> Result<(), Rejection> {
     let slots = SlotValues { route, fields };
     let stamp = EventStamp {
