@@ -81,6 +81,31 @@ fn shape(name: &str) -> usize {
     (mixed ^ mixed >> 7) as usize % SHAPE_SLOTS
 }
 
+/// Whether two names are equal. Names of 4 to 16 bytes (nearly every field name) are compared
+/// as two overlapping words each, inline, instead of through a call to `memcmp`, which cost
+/// half of a field lookup.
+#[inline]
+fn same_name(a: &[u8], b: &[u8]) -> bool {
+    fn word<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
+        bytes[at..at + N].try_into().expect("N bytes")
+    }
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    match n {
+        8..=16 => {
+            u64::from_ne_bytes(word(a, 0)) == u64::from_ne_bytes(word(b, 0))
+                && u64::from_ne_bytes(word(a, n - 8)) == u64::from_ne_bytes(word(b, n - 8))
+        }
+        4..=7 => {
+            u32::from_ne_bytes(word(a, 0)) == u32::from_ne_bytes(word(b, 0))
+                && u32::from_ne_bytes(word(a, n - 4)) == u32::from_ne_bytes(word(b, n - 4))
+        }
+        _ => a == b,
+    }
+}
+
 impl EventSchema {
     pub fn new(event_type: String, fields: Vec<FieldSpec>) -> EventSchema {
         let by_name = fields
@@ -110,13 +135,14 @@ impl EventSchema {
     }
 
     /// The index of the field called `name`, if the schema has one.
+    #[inline]
     pub fn field_index(&self, name: &str) -> Option<usize> {
         match self.by_shape[shape(name)] {
             NO_FIELD => None,
             SEVERAL_FIELDS => self.by_name.get(name).copied(),
             i => {
                 let i = usize::from(i);
-                (self.fields[i].name == name).then_some(i)
+                same_name(self.fields[i].name.as_bytes(), name.as_bytes()).then_some(i)
             }
         }
     }
@@ -628,6 +654,22 @@ fn slot_names(kind: ProcessorKind) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_differing_in_any_one_byte_or_in_length_are_not_the_same() {
+        for len in 0..=20 {
+            let name: Vec<u8> = (0..len).map(|i| b'a' + i as u8).collect();
+            assert!(same_name(&name, &name.clone()), "length {len}");
+            for at in 0..len {
+                let mut other = name.clone();
+                other[at] = b'Z';
+                assert!(!same_name(&name, &other), "length {len}, byte {at}");
+            }
+            if len > 0 {
+                assert!(!same_name(&name, &name[..len - 1]), "length {len}, shorter");
+            }
+        }
+    }
 
     #[test]
     fn field_index_finds_exactly_the_schema_fields_whatever_their_number() {
