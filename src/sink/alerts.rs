@@ -98,7 +98,7 @@ fn now_seconds() -> i64 {
 
 impl DeadLetterSink for KafkaAlerts {
     fn send(&self, letter: DeadLetter) -> std::io::Result<()> {
-        let record = letter.to_json(now_seconds()).to_string();
+        let record = letter.to_line(now_seconds());
         send_blocking(&self.producer, &self.topic, record.as_bytes()).map_err(std::io::Error::other)
     }
 
