@@ -97,6 +97,24 @@ impl WrongRecord {
         }
     }
 
+    /// The record of a wrong id whose first operation is `op`.
+    fn from_op(op: RecordOp) -> WrongRecord {
+        match op {
+            RecordOp::Add(add) => WrongRecord {
+                lifecycle: Lifecycle::Added(add),
+                fix: None,
+            },
+            RecordOp::Delete(delete) => WrongRecord {
+                lifecycle: Lifecycle::Deleted(delete),
+                fix: None,
+            },
+            RecordOp::Fix { wrong_id, fix } => WrongRecord {
+                lifecycle: Lifecycle::Pending(wrong_id),
+                fix: Some(fix),
+            },
+        }
+    }
+
     /// Makes `op` its winner (the caller has checked [`WrongRecord::is_won_by`]).
     fn apply(&mut self, op: RecordOp) {
         match op {
@@ -313,18 +331,21 @@ impl RecordStore {
     /// Applies an operation on `id`. Operations may come in any order: the winners are maxima.
     pub fn apply(&mut self, id: u64, op: RecordOp) -> Applied {
         let wrong_id = op.wrong_id();
-        let pending = || WrongRecord {
-            lifecycle: Lifecycle::Pending(wrong_id.into()),
-            fix: None,
-        };
         // One lookup finds the id or places its new record (what `push` does, without looking
         // the id up a second time on the hot path).
         let (first, index) = match self.by_id.entry(id) {
             Entry::Vacant(entry) => {
-                // A new id (its first wrong id).
-                let index = self.records.push(pending());
+                // A new id: any operation wins over nothing, so its record is the operation's
+                // (built once, in its slot), and nothing was visible before.
+                let index = self.records.push(WrongRecord::from_op(op));
                 entry.insert(index);
-                (index, index)
+                let after = self
+                    .visible_from(id, index)
+                    .map(|r| r.add.pattern_id.clone());
+                return Applied::Changed {
+                    before: None,
+                    after,
+                };
             }
             Entry::Occupied(entry) => {
                 let first = *entry.get();
@@ -338,7 +359,10 @@ impl RecordStore {
                         .copied()
                         .find(|&index| self.records.get(index).wrong_id() == wrong_id);
                     let index = known.unwrap_or_else(|| {
-                        let index = self.records.push(pending());
+                        let index = self.records.push(WrongRecord {
+                            lifecycle: Lifecycle::Pending(wrong_id.into()),
+                            fix: None,
+                        });
                         more.push(index);
                         index
                     });
