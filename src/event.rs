@@ -154,12 +154,14 @@ impl ParseBuffers {
         validate_payload_into(schema, payload, recycle(std::mem::take(&mut self.fields)))
     }
 
-    /// Takes back a message's vectors once it is done with them.
-    pub fn keep(&mut self, payload: Payload<'_>, fields: Option<Fields<'_>>) {
+    /// Takes back a message's entries vector once it is done with its payload.
+    pub fn keep_payload(&mut self, payload: Payload<'_>) {
         self.entries = recycle(payload.entries);
-        if let Some(fields) = fields {
-            self.fields = recycle(fields);
-        }
+    }
+
+    /// Takes back a message's fields vector once it is done with its fields.
+    pub fn keep_fields(&mut self, fields: Fields<'_>) {
+        self.fields = recycle(fields);
     }
 }
 

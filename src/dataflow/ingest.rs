@@ -14,7 +14,7 @@ use crate::dataflow::owner::OpsByOwner;
 use crate::dataflow::process::process;
 use crate::dataflow::route::{Route, RouteTable};
 use crate::dataflow::FastMap;
-use crate::event::{ParseBuffers, Reason, Rejection};
+use crate::event::{Envelope, ParseBuffers, Reason, Rejection};
 use crate::spec::Spec;
 
 /// Why a message was skipped (counted, neither processed nor dead-lettered).
@@ -74,46 +74,58 @@ impl Ingestor {
         } else {
             Cow::Borrowed(UNKNOWN_TYPE)
         };
-        let mut fields = None;
-        let outcome = if envelope.domain != self.spec.domain {
-            Outcome::Skipped(SkipReason::Domain)
-        } else {
-            match route {
-                None => Outcome::DeadLetter(Rejection::new(
+        let outcome = self.outcome(&mut envelope, route, &label, buffers, accepted);
+        buffers.keep_payload(envelope.payload);
+        (label, outcome)
+    }
+
+    /// What becomes of a parsed message whose type routes to `route`.
+    fn outcome(
+        &self,
+        envelope: &mut Envelope<'_>,
+        route: Option<&Route>,
+        label: &str,
+        buffers: &mut ParseBuffers,
+        accepted: &mut OpsByOwner,
+    ) -> Outcome {
+        if envelope.domain != self.spec.domain {
+            return Outcome::Skipped(SkipReason::Domain);
+        }
+        let route = match route {
+            None => {
+                return Outcome::DeadLetter(Rejection::new(
                     Reason::UnknownType,
                     format!(
                         "no routing row for type `{}`",
                         envelope.event_type.chars().take(100).collect::<String>()
                     ),
-                )),
-                Some(Route::Disabled) => Outcome::Skipped(SkipReason::Disabled),
-                Some(Route::UnknownProcessor(name)) => Outcome::DeadLetter(Rejection::new(
-                    Reason::UnknownProcessor,
-                    format!(
-                        "the route names processor `{name}`, which the dataflow spec does not define"
-                    ),
-                )),
-                Some(Route::NoSchema) => Outcome::DeadLetter(Rejection::new(
+                ))
+            }
+            Some(Route::Disabled) => return Outcome::Skipped(SkipReason::Disabled),
+            Some(Route::UnknownProcessor(name)) => return Outcome::DeadLetter(Rejection::new(
+                Reason::UnknownProcessor,
+                format!(
+                    "the route names processor `{name}`, which the dataflow spec does not define"
+                ),
+            )),
+            Some(Route::NoSchema) => {
+                return Outcome::DeadLetter(Rejection::new(
                     Reason::NoSchema,
                     format!("the dataflow spec has no payload schema for `{label}`"),
-                )),
-                Some(Route::Process(route)) => {
-                    match buffers.validate_payload(&route.schema, &mut envelope.payload) {
-                        Ok(valid) => {
-                            let outcome = match process(route, &envelope, &valid, &self.spec, accepted) {
-                                Ok(()) => Outcome::Accepted,
-                                Err(rejection) => Outcome::DeadLetter(rejection),
-                            };
-                            fields = Some(valid);
-                            outcome
-                        }
-                        Err(rejection) => Outcome::DeadLetter(rejection),
-                    }
-                }
+                ))
             }
+            Some(Route::Process(route)) => route,
         };
-        buffers.keep(envelope.payload, fields);
-        (label, outcome)
+        let fields = match buffers.validate_payload(&route.schema, &mut envelope.payload) {
+            Ok(fields) => fields,
+            Err(rejection) => return Outcome::DeadLetter(rejection),
+        };
+        let processed = process(route, envelope, &fields, &self.spec, accepted);
+        buffers.keep_fields(fields);
+        match processed {
+            Ok(()) => Outcome::Accepted,
+            Err(rejection) => Outcome::DeadLetter(rejection),
+        }
     }
 }
 
@@ -134,9 +146,7 @@ impl TypeCounts {
     pub fn total(&self) -> u64 {
         self.accepted + self.skipped_domain + self.skipped_disabled + self.dead_letter_total()
     }
-}
 
-impl TypeCounts {
     fn count(&mut self, outcome: &Outcome) {
         match outcome {
             Outcome::Accepted => self.accepted += 1,
