@@ -10,7 +10,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
-use super::dead_letters::{DeadLetter, DeadLetterSink, Notice};
+use super::dead_letters::{now_seconds, DeadLetter, DeadLetterSink, Notice};
 use crate::config::KafkaConfig;
 use crate::source::kafka::client_config;
 
@@ -87,13 +87,6 @@ impl KafkaAlerts {
             topic: kafka.alerts_topic.clone(),
         })
     }
-}
-
-fn now_seconds() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 impl DeadLetterSink for KafkaAlerts {

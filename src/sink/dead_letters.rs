@@ -152,7 +152,8 @@ impl DeadLetterFile {
     }
 }
 
-fn now_seconds() -> i64 {
+/// The time now, in whole seconds since the epoch: an alert record's `at`.
+pub(super) fn now_seconds() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
