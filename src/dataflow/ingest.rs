@@ -102,12 +102,14 @@ impl Ingestor {
                 ))
             }
             Some(Route::Disabled) => return Outcome::Skipped(SkipReason::Disabled),
-            Some(Route::UnknownProcessor(name)) => return Outcome::DeadLetter(Rejection::new(
-                Reason::UnknownProcessor,
-                format!(
+            Some(Route::UnknownProcessor(name)) => {
+                return Outcome::DeadLetter(Rejection::new(
+                    Reason::UnknownProcessor,
+                    format!(
                     "the route names processor `{name}`, which the dataflow spec does not define"
                 ),
-            )),
+                ))
+            }
             Some(Route::NoSchema) => {
                 return Outcome::DeadLetter(Rejection::new(
                     Reason::NoSchema,

@@ -32,6 +32,7 @@ use timely::dataflow::Stream;
 use differential_dataflow::VecCollection;
 
 use crate::dataflow::dims::{DimLookup, PatternLookup};
+use crate::dataflow::owner::{by_owner, owner};
 use crate::dataflow::process::KeyedOp;
 use crate::dataflow::records::{Applied, Record, RecordStore};
 use crate::dataflow::wide::{RowUpdate, WideRow};
@@ -152,7 +153,7 @@ impl JoinState {
         for part in parts {
             state
                 .records
-                .absorb(part.records, |id| (id % peers as u64) as usize == index);
+                .absorb(part.records, |id| owner(id, peers) == index);
             if state.lookups.is_empty() {
                 state.lookups = part.lookups;
             }
@@ -503,7 +504,7 @@ pub fn join_records_with_dims<'scope>(
     let lookups = lookups.inner.broadcast();
     ops.binary_frontier(
         lookups,
-        crate::dataflow::owner::by_owner(),
+        by_owner(),
         Pipeline,
         "RecordsJoinDims",
         move |_capability, _info| {

@@ -353,18 +353,17 @@ impl RecordStore {
                     (first, first)
                 } else {
                     // Another wrong id of the same id: rare.
-                    let more = self.more.entry(id).or_default();
-                    let known = more
-                        .iter()
-                        .copied()
-                        .find(|&index| self.records.get(index).wrong_id() == wrong_id);
+                    let known = self.more.get(&id).and_then(|more| {
+                        more.iter()
+                            .copied()
+                            .find(|&index| self.records.get(index).wrong_id() == wrong_id)
+                    });
                     let index = known.unwrap_or_else(|| {
-                        let index = self.records.push(WrongRecord {
+                        let pending = WrongRecord {
                             lifecycle: Lifecycle::Pending(wrong_id.into()),
                             fix: None,
-                        });
-                        more.push(index);
-                        index
+                        };
+                        self.push(id, pending)
                     });
                     (first, index)
                 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use super::{SinkBatch, SinkError, TableWriter};
+use crate::dataflow::owner::owner;
 use crate::dataflow::wide::WideRow;
 
 /// A wide table in memory, shared by all workers' writers.
@@ -34,7 +35,7 @@ impl TableWriter for MemoryTable {
         Ok(rows
             .keys()
             .copied()
-            .filter(|id| (*id % peers as u64) as usize == index)
+            .filter(|id| owner(*id, peers) == index)
             .collect())
     }
 
