@@ -179,6 +179,17 @@ pub struct EngineConfig {
     pub epoch_interval: HumanDuration,
 }
 
+impl EngineConfig {
+    /// Chunks a source may hold ready for one worker: an epoch's worth (at least 4, at most
+    /// 64). The file source deals chunks to the workers in turn, so a worker whose queue is
+    /// full stops the source for all of them; a queue of a whole epoch lets the workers drift
+    /// apart by that much instead of stepping together chunk by chunk (on two workers of a
+    /// two-core machine, 4 chunks cost 4-9 % of the throughput against 16).
+    pub fn source_queue_chunks(&self) -> usize {
+        (self.epoch_max_messages / self.chunk_messages.max(1)).clamp(4, 64)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaConfig {
@@ -685,5 +696,17 @@ mod tests {
         );
         assert!(HumanDuration::parse("10").is_err());
         assert!(HumanDuration::parse("5 weeks").is_err());
+    }
+
+    #[test]
+    fn a_source_queues_an_epoch_of_chunks_within_bounds() {
+        let engine = |chunk_messages, epoch_max_messages| EngineConfig {
+            chunk_messages,
+            epoch_max_messages,
+            ..EngineConfig::default()
+        };
+        assert_eq!(EngineConfig::default().source_queue_chunks(), 16);
+        assert_eq!(engine(1024, 1024).source_queue_chunks(), 4);
+        assert_eq!(engine(1, 1_000_000).source_queue_chunks(), 64);
     }
 }

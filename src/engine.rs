@@ -229,7 +229,7 @@ fn start_sources(pipeline: &Pipeline) -> Result<Sources, EngineError> {
     let mut senders = Vec::with_capacity(workers);
     let mut receivers = Vec::with_capacity(workers);
     for _ in 0..workers {
-        let (tx, rx) = bounded::<SourceEvent>(4);
+        let (tx, rx) = bounded::<SourceEvent>(pipeline.engine.source_queue_chunks());
         senders.push(tx);
         receivers.push(Mutex::new(Some(rx)));
     }
