@@ -6,7 +6,7 @@
 //! the end of input is one epoch that everyone reaches. In a cluster, every process reads the
 //! file and keeps the chunks of its own workers.
 
-use std::io::{BufRead, BufReader};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -97,27 +97,59 @@ impl Dealer {
         chunk_index / (self.peers as u64 * self.chunks_per_epoch)
     }
 
-    /// Adds a message; `line` is its line number for file sources.
+    /// Adds a copy of a message; `line` is its line number for file sources.
     pub fn push(&mut self, message: &[u8], line: u64) -> Result<(), Closed> {
         self.chunk.push(message);
+        let end = self.chunk.data.len();
+        self.pushed(line, end)?;
+        Ok(())
+    }
+
+    /// The bytes of the chunk being filled, for a reader that reads into it in place and then
+    /// adds the messages there with [`Dealer::push_span`].
+    pub fn filling(&mut self) -> &mut Vec<u8> {
+        &mut self.chunk.data
+    }
+
+    /// Adds the message at `span` of the chunk's bytes, line number `line`. When that fills
+    /// the chunk it is dealt, and the bytes from `carry_from` on (read past the message) start
+    /// the next chunk: then the result is `carry_from`, how far the bytes moved back.
+    pub fn push_span(
+        &mut self,
+        span: std::ops::Range<usize>,
+        line: u64,
+        carry_from: usize,
+    ) -> Result<usize, Closed> {
+        self.chunk.spans.push(span);
+        self.pushed(line, carry_from)
+    }
+
+    /// Counts the message just added; deals the chunk when it is full (see
+    /// [`Dealer::push_span`] for `carry_from`).
+    fn pushed(&mut self, line: u64, carry_from: usize) -> Result<usize, Closed> {
         if let Positions::Lines { lines, .. } = &mut self.chunk.positions {
             lines.push(line);
         }
         self.read += 1;
-        if self.chunk.len() >= self.chunk_messages {
-            self.deal()?;
+        if self.chunk.len() < self.chunk_messages {
+            return Ok(0);
         }
-        Ok(())
+        self.deal(carry_from)?;
+        Ok(carry_from)
     }
 
-    fn deal(&mut self) -> Result<(), Closed> {
+    /// Sends the chunk to its worker; its bytes from `carry_from` on start the next chunk.
+    fn deal(&mut self, carry_from: usize) -> Result<(), Closed> {
         let worker = (self.chunk_index % self.peers as u64) as usize;
         let mut next = SourceBatch::new(0, (self.make_positions)());
         // Sized like the chunk it follows, and a quarter more: filling it should not grow it
         // (a chunk a little larger than the last would copy all of it once more).
-        let bytes = self.chunk.data.len();
-        next.data.reserve(bytes + bytes / 4);
-        next.ends.reserve(self.chunk_messages);
+        let carried = &self.chunk.data[carry_from.min(self.chunk.data.len())..];
+        let bytes = self.chunk.data.len() - carried.len();
+        next.data.reserve(bytes + bytes / 4 + carried.len());
+        next.data.extend_from_slice(carried);
+        self.chunk.data.truncate(bytes);
+        next.spans.reserve(self.chunk_messages);
         match &mut next.positions {
             Positions::Indexed { first } => *first = self.read,
             Positions::Lines { lines, .. } => lines.reserve(self.chunk_messages),
@@ -141,7 +173,8 @@ impl Dealer {
     /// Deals the last chunk and tells every worker where input ends.
     pub fn finish(mut self) -> Result<(), Closed> {
         if !self.chunk.is_empty() {
-            self.deal()?;
+            let end = self.chunk.data.len();
+            self.deal(end)?;
         }
         let final_epoch = if self.chunk_index == 0 {
             0
@@ -199,67 +232,88 @@ enum ReadError {
 }
 
 fn read_lines(path: &Path, dealer: &mut Dealer) -> Result<(), ReadError> {
-    read_lines_buffered(path, dealer, 1 << 20)
+    read_lines_in_place(path, dealer, 1 << 20)
 }
 
-/// Reads `path` through a buffer of `buffer_bytes`: lines are cut from the buffer where they
-/// lie (copied once, into their chunk), only a line that spans two fills is put together.
-fn read_lines_buffered(
+/// Reads `path` into the chunks themselves, at most `read_bytes` at a time: each read lands in
+/// the chunk being filled and its lines are cut where they lie, so a byte is copied once, by
+/// the kernel. Only what was read past a full chunk's last line moves on to the next chunk;
+/// reads are sized by the mean line so far to what the chunk still lacks, so that is little.
+/// A `\r` before a line's `\n` is not part of it; blank lines are not messages.
+fn read_lines_in_place(
     path: &Path,
     dealer: &mut Dealer,
-    buffer_bytes: usize,
+    read_bytes: usize,
 ) -> Result<(), ReadError> {
     let io = |e: std::io::Error| ReadError::Io(format!("reading {}: {e}", path.display()));
-    let file = std::fs::File::open(path).map_err(io)?;
+    let mut file = std::fs::File::open(path).map_err(io)?;
     if let Ok(meta) = file.metadata() {
         dealer
             .progress
             .total_bytes
             .store(meta.len(), Ordering::Relaxed);
     }
-    let mut reader = BufReader::with_capacity(buffer_bytes, file);
-    // The start of a line the last fill ended in.
-    let mut partial: Vec<u8> = Vec::new();
+    let closed = |_| ReadError::Closed;
+    // Lines cut so far (the last one's number), and their bytes, for the mean line.
     let mut number = 0u64;
+    let mut bytes_cut = 0u64;
+    // In the chunk's bytes: where its next line starts, and how far that line is known to
+    // have no `\n`.
+    let mut line_start = 0usize;
+    let mut scanned = 0usize;
     loop {
-        let buffer = reader.fill_buf().map_err(io)?;
-        if buffer.is_empty() {
-            if !partial.is_empty() {
-                number += 1;
-                deal_line(dealer, &partial, number)?;
-            }
-            return Ok(());
-        }
-        let mut rest = buffer;
-        while let Some(end) = memchr::memchr(b'\n', rest) {
-            number += 1;
-            if partial.is_empty() {
-                deal_line(dealer, &rest[..end], number)?;
-            } else {
-                partial.extend_from_slice(&rest[..end]);
-                deal_line(dealer, &partial, number)?;
-                partial.clear();
-            }
-            rest = &rest[end + 1..];
-        }
-        partial.extend_from_slice(rest);
-        let filled = buffer.len();
-        reader.consume(filled);
+        let mean_line = bytes_cut.checked_div(number).unwrap_or(512).max(1) as usize;
+        let lacking = dealer.chunk_messages.saturating_sub(dealer.chunk.len());
+        let wanted = (lacking * mean_line + mean_line / 2).clamp(1, read_bytes);
+        let data = dealer.filling();
+        data.reserve(wanted);
+        let read = (&mut file)
+            .take(wanted as u64)
+            .read_to_end(data)
+            .map_err(io)?;
         dealer
             .progress
             .bytes
-            .fetch_add(filled as u64, Ordering::Relaxed);
+            .fetch_add(read as u64, Ordering::Relaxed);
+        if read == 0 {
+            let end = dealer.chunk.data.len();
+            if line_start < end {
+                number += 1;
+                push_line(dealer, line_start, end, end, number).map_err(closed)?;
+            }
+            return Ok(());
+        }
+        while let Some(at) = memchr::memchr(b'\n', &dealer.chunk.data[scanned..]) {
+            let end = scanned + at;
+            number += 1;
+            bytes_cut += (end + 1 - line_start) as u64;
+            let next = end + 1;
+            let moved = push_line(dealer, line_start, end, next, number).map_err(closed)?;
+            line_start = next - moved;
+            scanned = line_start;
+        }
+        scanned = dealer.chunk.data.len();
     }
 }
 
-/// Deals line `number` (without its `\n`; a `\r` before it is dropped too). Blank lines
-/// separate nothing in JSONL: they are not messages.
-fn deal_line(dealer: &mut Dealer, line: &[u8], number: u64) -> Result<(), ReadError> {
-    let message = line.strip_suffix(b"\r").unwrap_or(line);
-    if message.is_empty() {
-        return Ok(());
+/// Adds line `number`, `data[start..end]` of the chunk being filled (without its `\n`; a
+/// `\r` before that is dropped), unless it is blank. The next line starts at `next`; returns
+/// how far the chunk's bytes from there moved back (see [`Dealer::push_span`]).
+fn push_line(
+    dealer: &mut Dealer,
+    start: usize,
+    end: usize,
+    next: usize,
+    number: u64,
+) -> Result<usize, Closed> {
+    let end = match dealer.chunk.data[start..end] {
+        [.., b'\r'] => end - 1,
+        _ => end,
+    };
+    if start == end {
+        return Ok(0);
     }
-    dealer.push(message, number).map_err(|_| ReadError::Closed)
+    dealer.push_span(start..end, number, next)
 }
 
 /// The positions of a new chunk of `input`.
@@ -332,29 +386,34 @@ mod tests {
     }
 
     #[test]
-    fn lines_split_across_buffer_fills_are_read_whole_with_their_numbers() {
+    fn lines_split_across_reads_and_chunks_are_read_whole_with_their_numbers() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("in.jsonl");
         // Blank lines, CRLF, a long line, and no newline at the end.
         let text = "first\n\nsecond line\r\n\r\nthe third line is longer than the buffer\nlast";
         std::fs::write(&path, text).unwrap();
-        for buffer_bytes in [1, 3, 7, 64, 1 << 20] {
+        for (read_bytes, chunk_messages) in [1, 3, 7, 64, 1 << 20]
+            .into_iter()
+            .flat_map(|r| [1, 2, 100].map(|c| (r, c)))
+        {
             let (sender, receiver) = crossbeam_channel::unbounded();
             let progress = Arc::new(SourceProgress::default());
             let mut dealer = Dealer::new(
                 vec![sender],
                 0,
                 1,
-                100,
+                chunk_messages,
                 100,
                 positions_for(&BoundedInput::File(path.clone())),
                 progress.clone(),
             );
-            assert!(read_lines_buffered(&path, &mut dealer, buffer_bytes).is_ok());
+            assert!(read_lines_in_place(&path, &mut dealer, read_bytes).is_ok());
             dealer.finish().unwrap();
             let mut lines = Vec::new();
+            let mut chunk_sizes = Vec::new();
             for event in receiver.try_iter() {
                 if let SourceEvent::Batch(batch) = event {
+                    chunk_sizes.push(batch.len());
                     for (i, message) in batch.messages() {
                         let SourcePosition::Line { line, .. } = batch.position(i) else {
                             panic!("file messages have line numbers");
@@ -369,7 +428,11 @@ mod tests {
                 (5, "the third line is longer than the buffer".to_string()),
                 (6, "last".to_string()),
             ];
-            assert_eq!(lines, expected, "buffer of {buffer_bytes} bytes");
+            let case = format!("reads of {read_bytes} bytes, chunks of {chunk_messages}");
+            assert_eq!(lines, expected, "{case}");
+            let (last, full) = chunk_sizes.split_last().expect("a chunk");
+            assert!(full.iter().all(|&n| n == chunk_messages), "{case}");
+            assert!((1..=chunk_messages).contains(last), "{case}");
             assert_eq!(progress.bytes.load(Ordering::Relaxed), text.len() as u64);
         }
     }

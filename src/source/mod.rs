@@ -8,6 +8,7 @@ pub mod file;
 pub mod kafka;
 pub mod routing;
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use serde_json::json;
@@ -64,10 +65,11 @@ pub enum Positions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceBatch {
     pub epoch: u64,
-    /// The messages' bytes, back to back.
+    /// The messages' bytes: back to back when pushed, or the source's own bytes read in place
+    /// (then line ends and blank lines lie between the messages).
     pub data: Vec<u8>,
-    /// `data[ends[i-1]..ends[i]]` is message `i`.
-    pub ends: Vec<usize>,
+    /// `data[spans[i].clone()]` is message `i`.
+    pub spans: Vec<Range<usize>>,
     pub positions: Positions,
 }
 
@@ -76,31 +78,32 @@ impl SourceBatch {
         SourceBatch {
             epoch,
             data: Vec::new(),
-            ends: Vec::new(),
+            spans: Vec::new(),
             positions,
         }
     }
 
+    /// Appends a copy of `message`.
     pub fn push(&mut self, message: &[u8]) {
+        let start = self.data.len();
         self.data.extend_from_slice(message);
-        self.ends.push(self.data.len());
+        self.spans.push(start..self.data.len());
     }
 
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.spans.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.spans.is_empty()
     }
 
     /// The messages with their index in the batch.
     pub fn messages(&self) -> impl Iterator<Item = (usize, &[u8])> {
-        let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        starts
-            .zip(self.ends.iter().copied())
+        self.spans
+            .iter()
             .enumerate()
-            .map(|(i, (start, end))| (i, &self.data[start..end]))
+            .map(|(i, span)| (i, &self.data[span.clone()]))
     }
 
     /// The Kafka timestamp of message `i`, when it has one.
