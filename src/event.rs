@@ -512,15 +512,7 @@ pub(crate) fn decimal(digits: &[u8]) -> Decimal {
     }
     // Nineteen digits always fit a u64: no overflow checks on the usual path.
     if digits.len() <= 19 {
-        let mut value = 0u64;
-        for &b in digits {
-            let digit = b.wrapping_sub(b'0');
-            if digit > 9 {
-                return Decimal::NotDigits;
-            }
-            value = value * 10 + u64::from(digit);
-        }
-        return Decimal::Value(value);
+        return crate::json::short_decimal(digits).map_or(Decimal::NotDigits, Decimal::Value);
     }
     let mut value: Option<u64> = Some(0);
     for &b in digits {

@@ -212,11 +212,9 @@ impl<'a> Scanner<'a> {
     }
 
     fn digits(&mut self) -> usize {
-        let start = self.pos;
-        while let Some(b'0'..=b'9') = self.bytes.get(self.pos) {
-            self.pos += 1;
-        }
-        self.pos - start
+        let (len, _) = digit_run(self.bytes, self.pos);
+        self.pos += len;
+        len
     }
 
     /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
@@ -565,9 +563,165 @@ pub fn is_valid(text: &str) -> bool {
     scanner.skip_value().and_then(|_| scanner.end()).is_ok()
 }
 
+/// The run of ASCII digits at `bytes[start..]`: its length, and its value when it has at most
+/// 19 digits (which always fit a `u64`; past that the value is meaningless). Eight bytes are
+/// tested and converted at a time, as one word (SWAR), where eight are left to read.
+#[inline]
+pub(crate) fn digit_run(bytes: &[u8], start: usize) -> (usize, u64) {
+    let mut i = start;
+    let mut value = 0u64;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let run = leading_digits(word);
+        if run > 0 {
+            // The run's digits moved to the word's end, behind zero bytes: leading zeros.
+            let digits = word << (8 * (8 - run));
+            value = value
+                .wrapping_mul(POW10[run])
+                .wrapping_add(eight_digits(digits));
+            i += run;
+        }
+        if run < 8 {
+            return (i - start, value);
+        }
+    }
+    while let Some(&b) = bytes.get(i) {
+        let digit = b.wrapping_sub(b'0');
+        if digit > 9 {
+            break;
+        }
+        value = value.wrapping_mul(10).wrapping_add(u64::from(digit));
+        i += 1;
+    }
+    (i - start, value)
+}
+
+/// The value of `digits` when every byte is an ASCII digit and there are 1 to 19 of them.
+#[inline]
+pub(crate) fn short_decimal(digits: &[u8]) -> Option<u64> {
+    let len = digits.len();
+    if !(8..=19).contains(&len) {
+        if len == 0 || len > 19 {
+            return None;
+        }
+        let mut value = 0u64;
+        for &b in digits {
+            let digit = b.wrapping_sub(b'0');
+            if digit > 9 {
+                return None;
+            }
+            value = value * 10 + u64::from(digit);
+        }
+        return Some(value);
+    }
+    let word = |at: usize| u64::from_le_bytes(digits[at..at + 8].try_into().expect("eight"));
+    let mut value = 0u64;
+    let mut i = 0;
+    while i + 8 <= len {
+        let eight = word(i);
+        if leading_digits(eight) < 8 {
+            return None;
+        }
+        value = value * 100_000_000 + eight_digits(eight);
+        i += 8;
+    }
+    let rest = len - i;
+    if rest > 0 {
+        // The last eight bytes, the ones already read masked off (as leading zeros).
+        let tail = word(len - 8) & (u64::MAX << (8 * (8 - rest)));
+        if leading_digits(tail | u64::from_ne_bytes([b'0'; 8]) >> (8 * rest)) < 8 {
+            return None;
+        }
+        value = value * POW10[rest] + eight_digits(tail);
+    }
+    Some(value)
+}
+
+const POW10: [u64; 9] = [
+    1,
+    10,
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+];
+
+/// How many of a word's bytes, from its lowest, are ASCII digits (0 to 8).
+#[inline]
+fn leading_digits(word: u64) -> usize {
+    const ZEROS: u64 = u64::from_ne_bytes([b'0'; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Added to a byte's digit value, sets its high bit exactly when the value is above 9.
+    const PAST_NINE: u64 = u64::from_ne_bytes([0x76; 8]);
+    // A byte below `0` borrows from the bytes after it and one above `9` carries into the
+    // next: either only disturbs later bytes, so the lowest flag is the first non-digit.
+    let values = word.wrapping_sub(ZEROS);
+    let flags = (values | values.wrapping_add(PAST_NINE)) & HIGH;
+    (flags.trailing_zeros() / 8) as usize
+}
+
+/// The value of eight ASCII digits in a word, the first in its lowest byte (zero bytes count
+/// as zeros): pairs, then fours, then all eight are combined by one multiply each.
+#[inline]
+fn eight_digits(word: u64) -> u64 {
+    let pairs = ((word & 0x0F0F_0F0F_0F0F_0F0F).wrapping_mul(10 << 8 | 1)) >> 8;
+    let fours = ((pairs & 0x00FF_00FF_00FF_00FF).wrapping_mul(100 << 16 | 1)) >> 16;
+    ((fours & 0x0000_FFFF_0000_FFFF).wrapping_mul(10_000 << 32 | 1)) >> 32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digit_runs_have_their_length_and_value_at_every_length_and_boundary() {
+        // Stop bytes next to the digits' range, and bytes that would borrow or carry.
+        let stops = [b'/', b':', b'.', b'"', 0x00, 0x7F, 0x80, 0xFF];
+        let digits = b"9876543210123456789012345";
+        for len in 0..=digits.len() {
+            for &stop in &stops {
+                for tail in [0, 1, 7, 8, 20] {
+                    for lead in [0, 3] {
+                        let mut bytes = vec![b'x'; lead];
+                        bytes.extend_from_slice(&digits[..len]);
+                        bytes.push(stop);
+                        bytes.extend(std::iter::repeat_n(b'5', tail));
+                        let (run, value) = digit_run(&bytes, lead);
+                        assert_eq!(run, len, "{:?}", String::from_utf8_lossy(&bytes));
+                        if len <= 19 {
+                            let expected: u64 = std::str::from_utf8(&digits[..len])
+                                .unwrap()
+                                .parse()
+                                .unwrap_or(0);
+                            assert_eq!(value, expected, "{len} digits");
+                        }
+                    }
+                }
+            }
+            // The run at the very end of the bytes.
+            assert_eq!(digit_run(&digits[..len], 0).0, len);
+        }
+        assert_eq!(digit_run(b"0000000000000000042x", 0), (19, 42));
+        for len in 0..=21 {
+            let text = &digits[digits.len() - len..];
+            let expected = (1..=19)
+                .contains(&len)
+                .then(|| std::str::from_utf8(text).unwrap().parse::<u64>().unwrap());
+            assert_eq!(short_decimal(text), expected, "{len} digits");
+            // One byte that is not a digit, at every place.
+            for at in 0..len {
+                for &stop in &stops {
+                    let mut bad = text.to_vec();
+                    bad[at] = stop;
+                    assert_eq!(short_decimal(&bad), None, "{bad:?}");
+                }
+            }
+        }
+        assert_eq!(digit_run(b"18446744073709551615", 0).0, 20);
+    }
 
     #[test]
     fn accepts_what_rfc_8259_accepts() {
