@@ -217,8 +217,8 @@ struct SlotValues<'r, 'f, 'a> {
     fields: &'f Fields<'a>,
 }
 
-impl<'a> SlotValues<'_, '_, 'a> {
-    fn value(&self, slot: Slot) -> Option<&FieldValue<'a>> {
+impl<'f, 'a> SlotValues<'_, 'f, 'a> {
+    fn value(&self, slot: Slot) -> Option<&'f FieldValue<'a>> {
         self.route.slots[slot as usize].and_then(|i| self.fields[i].as_ref())
     }
 
@@ -239,15 +239,16 @@ impl<'a> SlotValues<'_, '_, 'a> {
             .unwrap_or_else(|| format!("<{slot:?} not in the {} schema>", self.route.event_type))
     }
 
-    fn text(&self, slot: Slot) -> Result<Option<Cow<'a, str>>, Rejection> {
+    /// A text value, borrowed from the fields (a decoded string is not copied again).
+    fn text(&self, slot: Slot) -> Result<Option<Cow<'f, str>>, Rejection> {
         Ok(match self.value(slot) {
             None => None,
-            Some(FieldValue::Text(t)) => Some(t.clone()),
+            Some(FieldValue::Text(t)) => Some(Cow::Borrowed(t.as_ref())),
             Some(FieldValue::Int(i)) => Some(Cow::Owned(i.to_string())),
         })
     }
 
-    fn required_text(&self, slot: Slot) -> Result<Cow<'a, str>, Rejection> {
+    fn required_text(&self, slot: Slot) -> Result<Cow<'f, str>, Rejection> {
         self.text(slot)?.ok_or_else(|| self.missing(slot))
     }
 
