@@ -135,7 +135,9 @@ pub fn process(
     check_fits("event_type", &route.event_type)
         .map_err(|e| Rejection::new(Reason::ValueTooLong, e))?;
     let event_type = route.event_type;
-    let op = match route.kind {
+    // Each arm places its operation with one expression, so that the operation (some 270
+    // bytes) is built where it is pushed instead of being moved there through temporaries.
+    match route.kind {
         ProcessorKind::Add => {
             let wrong_id = match slots.text(Slot::WrongRecordId)? {
                 Some(id) => id,
@@ -153,21 +155,26 @@ pub fn process(
                 Some(t) => t,
                 None => slots.time(Slot::CreateTime)?.unwrap_or(envelope.timestamp),
             };
-            RecordOp::Add(AddEvent {
-                wrong_id: fitting("wrong_id", &wrong_id)?,
-                user_id: fitting("user_id", &slots.required_text(Slot::UserId)?)?,
-                question_id: fitting("question_id", &slots.required_text(Slot::QuestionId)?)?,
-                subject: optional_fitting("subject", subject)?,
-                subject_name: optional_fitting("subject_name", subject_name)?,
-                pattern_id: optional_fitting("pattern_id", slots.text(Slot::PatternId)?)?,
-                chapter_id: slots
-                    .text(Slot::ChapterId)?
-                    .map(|c| CompactString::from(c.as_ref())),
-                question: optional_fitting("question", slots.text(Slot::Question)?)?,
-                collect_time: timestamp_seconds("collect_time", collect_ms)?,
-                stamp,
-                event_type,
-            })
+            let wrong_id = fitting("wrong_id", &wrong_id)?;
+            into.push(KeyedOp {
+                id: wide_id(&wrong_id),
+                op: RecordOp::Add(AddEvent {
+                    wrong_id,
+                    user_id: fitting("user_id", &slots.required_text(Slot::UserId)?)?,
+                    question_id: fitting("question_id", &slots.required_text(Slot::QuestionId)?)?,
+                    subject: optional_fitting("subject", subject)?,
+                    subject_name: optional_fitting("subject_name", subject_name)?,
+                    pattern_id: optional_fitting("pattern_id", slots.text(Slot::PatternId)?)?,
+                    chapter_id: slots
+                        .text(Slot::ChapterId)?
+                        .map(|c| CompactString::from(c.as_ref())),
+                    question: optional_fitting("question", slots.text(Slot::Question)?)?,
+                    collect_time: timestamp_seconds("collect_time", collect_ms)?,
+                    stamp,
+                    event_type,
+                }),
+                write: true,
+            });
         }
         ProcessorKind::Fix => {
             let wrong_id = fitting("wrong_id", &slots.required_text(Slot::WrongRecordId)?)?;
@@ -187,27 +194,31 @@ pub fn process(
                 Some(id) => id,
                 None => Cow::Borrowed(envelope.event_id.as_ref()),
             };
-            RecordOp::Fix {
-                wrong_id,
-                fix: FixEvent {
-                    fix_time_ms,
-                    fix_id: fitting("fix_id", &fix_id)?,
-                    fix_result,
-                    stamp,
-                    event_type,
+            let fix_id = fitting("fix_id", &fix_id)?;
+            into.push(KeyedOp {
+                id: wide_id(&wrong_id),
+                op: RecordOp::Fix {
+                    wrong_id,
+                    fix: FixEvent {
+                        fix_time_ms,
+                        fix_id,
+                        fix_result,
+                        stamp,
+                        event_type,
+                    },
                 },
-            }
+                write: true,
+            });
         }
-        ProcessorKind::Delete => RecordOp::Delete(DeleteEvent {
-            wrong_id: CompactString::from(slots.required_text(Slot::WrongRecordId)?.as_ref()),
-            stamp,
-        }),
-    };
-    into.push(KeyedOp {
-        id: wide_id(op.wrong_id()),
-        op,
-        write: true,
-    });
+        ProcessorKind::Delete => {
+            let wrong_id = CompactString::from(slots.required_text(Slot::WrongRecordId)?.as_ref());
+            into.push(KeyedOp {
+                id: wide_id(&wrong_id),
+                op: RecordOp::Delete(DeleteEvent { wrong_id, stamp }),
+                write: true,
+            });
+        }
+    }
     Ok(())
 }
 
