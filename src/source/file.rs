@@ -105,16 +105,11 @@ impl Dealer {
         Ok(())
     }
 
-    /// The bytes of the chunk being filled, for a reader that reads into it in place and then
-    /// adds the messages there with [`Dealer::push_span`].
-    pub fn filling(&mut self) -> &mut Vec<u8> {
-        &mut self.chunk.data
-    }
-
-    /// Adds the message at `span` of the chunk's bytes, line number `line`. When that fills
-    /// the chunk it is dealt, and the bytes from `carry_from` on (read past the message) start
-    /// the next chunk: then the result is `carry_from`, how far the bytes moved back.
-    pub fn push_span(
+    /// Adds the message at `span` of the chunk's bytes (a reader read it there in place), line
+    /// number `line`. When that fills the chunk it is dealt, and the bytes from `carry_from` on
+    /// (read past the message) start the next chunk: then the result is `carry_from`, how far
+    /// the bytes moved back.
+    fn push_span(
         &mut self,
         span: std::ops::Range<usize>,
         line: u64,
@@ -265,7 +260,7 @@ fn read_lines_in_place(
         let mean_line = bytes_cut.checked_div(number).unwrap_or(512).max(1) as usize;
         let lacking = dealer.chunk_messages.saturating_sub(dealer.chunk.len());
         let wanted = (lacking * mean_line + mean_line / 2).clamp(1, read_bytes);
-        let data = dealer.filling();
+        let data = &mut dealer.chunk.data;
         data.reserve(wanted);
         let read = (&mut file)
             .take(wanted as u64)
