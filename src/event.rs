@@ -432,6 +432,7 @@ fn string_field<'a>(
         Value::Number {
             text,
             integer: true,
+            ..
         } => Ok(Some(Cow::Borrowed(text))),
         Value::Number { text, .. } => match text.parse::<f64>() {
             Ok(f) if f.is_finite() => Ok(Some(Cow::Owned(f.to_string()))),
@@ -458,6 +459,12 @@ fn long_field(
         FieldType::Integer => (i64::from(i32::MIN), i64::from(i32::MAX), "Integer"),
         _ => (i64::MIN, i64::MAX, "Long"),
     };
+    // The scanner read an integer literal's value already.
+    if let Value::Number { value: Some(v), .. } = value {
+        if (min..=max).contains(&v) {
+            return Ok(Some(v));
+        }
+    }
     let invalid = |what: String| Rejection::new(Reason::InvalidField, format!("`{path}`: {what}"));
     let (text, negative, digits) = match &value {
         Value::Null => return Ok(None),
@@ -465,6 +472,7 @@ fn long_field(
         Value::Number {
             text,
             integer: true,
+            ..
         } => match text.strip_prefix('-') {
             Some(magnitude) => (*text, true, magnitude.as_bytes()),
             None => (*text, false, text.as_bytes()),

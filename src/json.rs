@@ -32,10 +32,12 @@ impl std::error::Error for SyntaxError {}
 pub enum Value<'a> {
     Null,
     Bool(bool),
-    /// The literal, validated; `integer` when it has no fraction and no exponent.
+    /// The literal, validated; `integer` when it has no fraction and no exponent, and then
+    /// `value` is its value when that fits an `i64` (read in the same pass as the literal).
     Number {
         text: &'a str,
         integer: bool,
+        value: Option<i64>,
     },
     /// The decoded string.
     String(Cow<'a, str>),
@@ -220,16 +222,22 @@ impl<'a> Scanner<'a> {
     /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
     fn number(&mut self) -> Result<Value<'a>> {
         let start = self.pos;
-        if self.bytes[self.pos] == b'-' {
+        let negative = self.bytes[self.pos] == b'-';
+        if negative {
             self.pos += 1;
         }
-        match self.bytes.get(self.pos) {
-            Some(b'0') => self.pos += 1,
+        let magnitude = match self.bytes.get(self.pos) {
+            Some(b'0') => {
+                self.pos += 1;
+                Some(0)
+            }
             Some(b'1'..=b'9') => {
-                self.digits();
+                let (len, magnitude) = digit_run(self.bytes, self.pos);
+                self.pos += len;
+                (len <= 19).then_some(magnitude)
             }
             _ => return self.error("invalid number"),
-        }
+        };
         let mut integer = true;
         if self.bytes.get(self.pos) == Some(&b'.') {
             integer = false;
@@ -248,9 +256,14 @@ impl<'a> Scanner<'a> {
                 return self.error("invalid number");
             }
         }
+        let value = magnitude.filter(|_| integer).and_then(|m| match negative {
+            true => 0i64.checked_sub_unsigned(m),
+            false => i64::try_from(m).ok(),
+        });
         Ok(Value::Number {
             text: &self.text[start..self.pos],
             integer,
+            value,
         })
     }
 
@@ -677,6 +690,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn integer_literals_carry_their_value_when_it_fits_an_i64() {
+        let value_of = |text: &str| match Scanner::new(text).value() {
+            Ok(Value::Number { value, .. }) => value,
+            other => panic!("{text}: {other:?}"),
+        };
+        assert_eq!(value_of("0"), Some(0));
+        assert_eq!(value_of("-0"), Some(0));
+        assert_eq!(value_of("1700000054841"), Some(1_700_000_054_841));
+        assert_eq!(value_of("9223372036854775807"), Some(i64::MAX));
+        assert_eq!(value_of("-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(value_of("9223372036854775808"), None);
+        assert_eq!(value_of("-9223372036854775809"), None);
+        assert_eq!(value_of("18446744073709551616"), None);
+        assert_eq!(value_of("12.0"), None);
+        assert_eq!(value_of("1e3"), None);
+    }
+
+    #[test]
     fn digit_runs_have_their_length_and_value_at_every_length_and_boundary() {
         // Stop bytes next to the digits' range, and bytes that would borrow or carry.
         let stops = [b'/', b':', b'.', b'"', 0x00, 0x7F, 0x80, 0xFF];
@@ -792,14 +823,16 @@ mod tests {
             seen[3].1,
             Value::Number {
                 text: "12",
-                integer: true
+                integer: true,
+                value: Some(12)
             }
         );
         assert_eq!(
             seen[4].1,
             Value::Number {
                 text: "1.5",
-                integer: false
+                integer: false,
+                value: None
             }
         );
     }
