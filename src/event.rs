@@ -306,7 +306,7 @@ fn validate_payload_into<'a>(
     mut fields: Fields<'a>,
 ) -> Result<Fields<'a>, Rejection> {
     fields.clear();
-    fields.resize(schema.fields().len(), None);
+    fields.resize_with(schema.fields().len(), || None);
     let mut keys = KeySet::default();
     for (key, value) in payload.entries.drain(..) {
         let index = schema.field_index(&key);
@@ -339,14 +339,12 @@ fn syntax(e: SyntaxError) -> Rejection {
 }
 
 /// The keys of one object seen so far, to refuse a key seen twice: the keys a reader knows by
-/// index (in a bit set), the others by name (the first few inline, so that the usual message
-/// allocates nothing here).
+/// index in a bit set, the others (rare: a key no schema names) by name in a vector, which
+/// allocates only when the first such key comes.
 #[derive(Default)]
 struct KeySet<'a> {
     known: u64,
-    inline: [&'a str; 8],
-    inline_len: usize,
-    spilled: Vec<Cow<'a, str>>,
+    others: Vec<Cow<'a, str>>,
 }
 
 impl<'a> KeySet<'a> {
@@ -366,10 +364,7 @@ impl<'a> KeySet<'a> {
     fn insert_other(&mut self, index: Option<usize>, key: Cow<'a, str>) -> Result<(), Rejection> {
         let seen = match index {
             Some(i) if i < 64 => true,
-            _ => {
-                self.inline[..self.inline_len].contains(&key.as_ref())
-                    || self.spilled.contains(&key)
-            }
+            _ => self.others.contains(&key),
         };
         if seen {
             let shown: String = key.chars().take(80).collect();
@@ -378,13 +373,7 @@ impl<'a> KeySet<'a> {
                 format!("key `{shown}`"),
             ));
         }
-        match key {
-            Cow::Borrowed(k) if self.inline_len < self.inline.len() => {
-                self.inline[self.inline_len] = k;
-                self.inline_len += 1;
-            }
-            key => self.spilled.push(key),
-        }
+        self.others.push(key);
         Ok(())
     }
 }
@@ -718,6 +707,13 @@ mod tests {
         );
         assert_eq!(
             bad(&format!("{{{base},\"fixTime\":1,\"fixTime\":2}}")),
+            Reason::DuplicateKey
+        );
+        // Keys no schema names are ignored, but not twice.
+        let unknown: String = (0..10).map(|i| format!(",\"x{i}\":{i}")).collect();
+        assert!(fix_fields(&format!("{{{base},\"fixTime\":1{unknown}}}")).is_ok());
+        assert_eq!(
+            bad(&format!("{{{base},\"fixTime\":1{unknown},\"x3\":0}}")),
             Reason::DuplicateKey
         );
         assert!(fix_fields(&format!(
