@@ -108,7 +108,7 @@ fn bench_join(c: &mut Criterion) {
     group.bench_function("records", |b| {
         b.iter_batched(
             || (JoinState::default(), ops.clone()),
-            |(mut state, ops)| state.advance(ops, Vec::new(), &desc).len(),
+            |(mut state, ops)| state.advance([ops], Vec::new(), &desc).len(),
             BatchSize::LargeInput,
         )
     });
@@ -120,7 +120,7 @@ fn bench_join(c: &mut Criterion) {
         by_chapter: Vec::new(),
     };
     loaded.advance(
-        ops.clone(),
+        [ops.clone()],
         vec![(LookupChange::Pattern("pattern_0".into(), lookup("a")), 1)],
         &desc,
     );
@@ -199,7 +199,7 @@ fn bench_sink(c: &mut Criterion) {
         ..GenOptions::default()
     });
     let desc = Spec::builtin().fix_result_desc;
-    let updates = JoinState::default().advance(ops(&generated.messages), Vec::new(), &desc);
+    let updates = JoinState::default().advance([ops(&generated.messages)], Vec::new(), &desc);
     let mut group = c.benchmark_group("sink");
     group.throughput(Throughput::Elements(updates.len() as u64));
     group.bench_function("batch_and_params", |b| {

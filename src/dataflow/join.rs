@@ -262,7 +262,7 @@ impl JoinState {
     /// whose row may have changed, sorted by id.
     pub fn advance(
         &mut self,
-        ops: impl IntoIterator<Item = KeyedOp>,
+        containers: impl IntoIterator<Item = Vec<KeyedOp>>,
         changes: Vec<(LookupChange, isize)>,
         fix_result_desc: &HashMap<i64, String>,
     ) -> Vec<RowUpdate> {
@@ -285,35 +285,38 @@ impl JoinState {
 
         // Operations apply one at a time in arrival order: the winners are maxima, so order
         // does not matter, and rows are emitted once per touched id below.
-        for op in ops {
-            let id = op.id;
-            let keys_before = keyed
-                .then(|| self.records.visible(id).map(|r| self.keys_of(r)))
-                .flatten();
-            let applied = self.records.apply(id, op.op);
-            if let (true, Some(written)) = (op.write, self.written.as_mut()) {
-                written.insert(id);
-            }
-            if let Applied::Changed { before, after } = applied {
-                // An id that was and stays invisible has no row, unless this state was restored:
-                // then the run that checkpointed it may have written one for events after the
-                // checkpoint (an add whose delete it never got to), which these events undo.
-                if before.is_some() || after.is_some() || self.restored {
-                    touched.push((id, before.is_some() || self.restored));
+        // Container by container: a flattened iterator moved each operation once more.
+        for ops in containers {
+            for op in ops {
+                let id = op.id;
+                let keys_before = keyed
+                    .then(|| self.records.visible(id).map(|r| self.keys_of(r)))
+                    .flatten();
+                let applied = self.records.apply(id, op.op);
+                if let (true, Some(written)) = (op.write, self.written.as_mut()) {
+                    written.insert(id);
                 }
-                self.live += i64::from(after.is_some()) - i64::from(before.is_some());
-                if before != after {
-                    self.index(before, id, false);
-                    self.index(after, id, true);
-                }
-                if keyed {
-                    let keys_after = self.records.visible(id).map(|r| self.keys_of(r));
-                    if keys_before != keys_after {
-                        if let Some(keys) = keys_before {
-                            self.index_keys(&keys, id, false);
-                        }
-                        if let Some(keys) = keys_after {
-                            self.index_keys(&keys, id, true);
+                if let Applied::Changed { before, after } = applied {
+                    // An id that was and stays invisible has no row, unless this state was restored:
+                    // then the run that checkpointed it may have written one for events after the
+                    // checkpoint (an add whose delete it never got to), which these events undo.
+                    if before.is_some() || after.is_some() || self.restored {
+                        touched.push((id, before.is_some() || self.restored));
+                    }
+                    self.live += i64::from(after.is_some()) - i64::from(before.is_some());
+                    if before != after {
+                        self.index(before, id, false);
+                        self.index(after, id, true);
+                    }
+                    if keyed {
+                        let keys_after = self.records.visible(id).map(|r| self.keys_of(r));
+                        if keys_before != keys_after {
+                            if let Some(keys) = keys_before {
+                                self.index_keys(&keys, id, false);
+                            }
+                            if let Some(keys) = keys_after {
+                                self.index_keys(&keys, id, true);
+                            }
                         }
                     }
                 }
@@ -585,11 +588,7 @@ pub fn join_records_with_dims<'scope>(
                     dirty = true;
                     let started = Instant::now();
                     let live_before = state.live;
-                    let mut updates = state.advance(
-                        time_ops.into_iter().flatten(),
-                        time_lookups,
-                        &fix_result_desc,
-                    );
+                    let mut updates = state.advance(time_ops, time_lookups, &fix_result_desc);
                     stats
                         .join_nanos
                         .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -690,13 +689,16 @@ mod tests {
         let desc = HashMap::new();
         // Fresh: an add and its delete in one time leave no row and write nothing.
         assert!(JoinState::default()
-            .advance(ops(7), Vec::new(), &desc)
+            .advance([ops(7)], Vec::new(), &desc)
             .is_empty());
         // Restored: the run that was killed may have written the add's row; delete it.
         let snapshot: JoinSnapshot =
             postcard::from_bytes(&JoinState::default().snapshot()).unwrap();
         let mut restored = JoinState::restore(vec![snapshot], 0, 1);
-        assert_eq!(restored.advance(ops(7), Vec::new(), &desc), vec![(7, None)]);
+        assert_eq!(
+            restored.advance([ops(7)], Vec::new(), &desc),
+            vec![(7, None)]
+        );
     }
 
     #[test]
@@ -713,7 +715,7 @@ mod tests {
             ..PatternLookup::default()
         };
         state.advance(
-            all_ops,
+            [all_ops],
             vec![(LookupChange::Pattern("p".into(), lookup.clone()), 1)],
             &desc,
         );
@@ -775,7 +777,7 @@ mod tests {
                     }
                 }
             }
-            state.advance(ops, Vec::new(), &desc);
+            state.advance([ops], Vec::new(), &desc);
             let rename = PatternLookup {
                 name: Some(format!("name {round}")),
                 ..PatternLookup::default()
