@@ -613,19 +613,13 @@ pub(crate) fn digit_run(bytes: &[u8], start: usize) -> (usize, u64) {
 #[inline]
 pub(crate) fn short_decimal(digits: &[u8]) -> Option<u64> {
     let len = digits.len();
-    if !(8..=19).contains(&len) {
-        if len == 0 || len > 19 {
-            return None;
-        }
-        let mut value = 0u64;
-        for &b in digits {
-            let digit = b.wrapping_sub(b'0');
-            if digit > 9 {
-                return None;
-            }
-            value = value * 10 + u64::from(digit);
-        }
-        return Some(value);
+    if len == 0 || len > 19 {
+        return None;
+    }
+    if len < 8 {
+        // Shorter than a word: byte by byte, as a digit run past its last word is read.
+        let (run, value) = digit_run(digits, 0);
+        return (run == len).then_some(value);
     }
     let word = |at: usize| u64::from_le_bytes(digits[at..at + 8].try_into().expect("eight"));
     let mut value = 0u64;
