@@ -297,9 +297,10 @@ impl JoinState {
                     written.insert(id);
                 }
                 if let Applied::Changed { before, after } = applied {
-                    // An id that was and stays invisible has no row, unless this state was restored:
-                    // then the run that checkpointed it may have written one for events after the
-                    // checkpoint (an add whose delete it never got to), which these events undo.
+                    // An id that was and stays invisible has no row, unless this state was
+                    // restored: then the run that checkpointed it may have written one for
+                    // events after the checkpoint (an add whose delete it never got to), which
+                    // these events undo.
                     if before.is_some() || after.is_some() || self.restored {
                         touched.push((id, before.is_some() || self.restored));
                     }
