@@ -1,12 +1,17 @@
 //! The MySQL/MariaDB writer: one transaction per batch, `INSERT … ON DUPLICATE KEY UPDATE` in
-//! statements of up to `batch_rows` rows and `DELETE … IN (…)`, prepared once per shape and
-//! cached by the connection. Deadlocks (1213), lock-wait timeouts (1205) and lost connections
-//! are transient: the caller retries the whole transaction, on a new connection if needed.
+//! statements of up to `batch_rows` rows and `DELETE … IN (…)`, of a few sizes, each prepared
+//! once per connection and kept. Deadlocks (1213), lock-wait timeouts (1205) and lost
+//! connections are transient: the caller retries the whole transaction, on a new connection if
+//! needed.
+
+use std::collections::HashMap;
 
 use mysql::prelude::Queryable;
-use mysql::{Conn, TxOpts, Value};
+use mysql::{Conn, OptsBuilder, Statement, TxOpts, Value};
 
-use super::statements::{delete_sql, owned_ids_sql, row_params, upsert_sql, Param, WideTable};
+use super::statements::{
+    delete_sql, owned_ids_sql, row_params, statement_sizes, upsert_sql, Param, WideTable,
+};
 use super::{SinkBatch, SinkError, TableWriter};
 use crate::db::DbSettings;
 use crate::schema::{civil_time, format_timestamp, Dialect};
@@ -16,8 +21,24 @@ pub struct MysqlWriter {
     settings: DbSettings,
     table: WideTable,
     batch_rows: usize,
-    conn: Option<Conn>,
+    conn: Option<Connection>,
 }
+
+/// A connection and the statements prepared on it, which live and die with it.
+struct Connection {
+    conn: Conn,
+    /// Upserts of n rows, by n: held so that each write sends only parameters, neither the
+    /// statement's text (~100 KB at 1000 rows) nor a lookup of it in the driver's cache.
+    upserts: HashMap<usize, Statement>,
+    /// Deletes of n ids, by n.
+    deletes: HashMap<usize, Statement>,
+}
+
+/// Statements the driver keeps prepared per connection: room for every size
+/// [`statement_sizes`] gives (up to 13 each for upserts and deletes at the largest
+/// `batch_rows`) and the rest. The driver closes the statement it evicts, which would break
+/// one this writer holds.
+const STATEMENT_CACHE: usize = 64;
 
 fn classify(e: mysql::Error) -> SinkError {
     match &e {
@@ -62,16 +83,21 @@ impl MysqlWriter {
         Ok(writer)
     }
 
-    fn conn(&mut self) -> Result<&mut Conn, SinkError> {
+    fn conn(&mut self) -> Result<&mut Connection, SinkError> {
         if self.conn.is_none() {
             let opts = self
                 .settings
                 .mysql_opts()
                 .map_err(|e| SinkError::permanent(e.to_string()))?;
+            let opts = OptsBuilder::from_opts(opts).stmt_cache_size(STATEMENT_CACHE);
             let conn = Conn::new(opts).map_err(|e| {
                 SinkError::transient(format!("connect to {}: {e}", self.settings.target()))
             })?;
-            self.conn = Some(conn);
+            self.conn = Some(Connection {
+                conn,
+                upserts: HashMap::new(),
+                deletes: HashMap::new(),
+            });
         }
         Ok(self.conn.as_mut().expect("connected above"))
     }
@@ -81,20 +107,44 @@ impl MysqlWriter {
         batch: &SinkBatch,
         process_time: i64,
     ) -> Result<(), mysql::Error> {
-        let (table, batch_rows) = (self.table.clone(), self.batch_rows);
-        let conn = self.conn.as_mut().expect("connected before writing");
+        let table = &self.table;
+        let Connection {
+            conn,
+            upserts,
+            deletes,
+        } = self.conn.as_mut().expect("connected before writing");
         let mut tx = conn.start_transaction(TxOpts::default())?;
-        for rows in batch.upserts.chunks(batch_rows) {
+        let mut rest = &batch.upserts[..];
+        for size in statement_sizes(rest.len(), self.batch_rows) {
+            let (rows, after) = rest.split_at(size);
+            rest = after;
             let params: Vec<Value> = rows
                 .iter()
                 .flat_map(|row| row_params(row, process_time))
                 .map(value)
                 .collect();
-            tx.exec_drop(upsert_sql(Dialect::Mysql, &table, rows.len()), params)?;
+            let statement = match upserts.get(&size) {
+                Some(statement) => statement,
+                None => {
+                    let statement = tx.prep(upsert_sql(Dialect::Mysql, table, size))?;
+                    upserts.entry(size).or_insert(statement)
+                }
+            };
+            tx.exec_drop(statement, params)?;
         }
-        for ids in batch.deletes.chunks(batch_rows) {
+        let mut rest = &batch.deletes[..];
+        for size in statement_sizes(rest.len(), self.batch_rows) {
+            let (ids, after) = rest.split_at(size);
+            rest = after;
             let params: Vec<Value> = ids.iter().map(|id| Value::Int(*id as i64)).collect();
-            tx.exec_drop(delete_sql(&table.name, ids.len()), params)?;
+            let statement = match deletes.get(&size) {
+                Some(statement) => statement,
+                None => {
+                    let statement = tx.prep(delete_sql(&table.name, size))?;
+                    deletes.entry(size).or_insert(statement)
+                }
+            };
+            tx.exec_drop(statement, params)?;
         }
         tx.commit()
     }
@@ -103,7 +153,7 @@ impl MysqlWriter {
 impl TableWriter for MysqlWriter {
     fn owned_ids(&mut self, index: usize, peers: usize) -> Result<Vec<u64>, SinkError> {
         let sql = owned_ids_sql(&self.table.name);
-        let conn = self.conn()?;
+        let conn = &mut self.conn()?.conn;
         let ids: Result<Vec<i64>, mysql::Error> =
             conn.exec(sql, (peers as i64, index as i64, index as i64));
         ids.map(|ids| ids.into_iter().map(|id| id as u64).collect())

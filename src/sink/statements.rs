@@ -77,6 +77,23 @@ pub fn delete_sql(table: &str, ids: usize) -> String {
     )
 }
 
+/// The statement sizes that write `n` rows (or ids) at most `batch_rows` at a time: full
+/// batches, then the rest as powers of two, largest first. A writer that prepares each size
+/// once then prepares at most one size per bit of `batch_rows` and the full batch, however the
+/// batches it is given vary; one statement per distinct rest would be prepared anew nearly every
+/// time (the server answering each with the definition of every parameter).
+pub fn statement_sizes(n: usize, batch_rows: usize) -> impl Iterator<Item = usize> {
+    let batch_rows = batch_rows.max(1);
+    let full = n / batch_rows;
+    let rest = n % batch_rows;
+    std::iter::repeat_n(batch_rows, full).chain(
+        (0..usize::BITS)
+            .rev()
+            .map(|bit| 1usize << bit)
+            .filter(move |size| rest & size != 0),
+    )
+}
+
 /// `SELECT id` of the rows owned by one worker: `id mod peers = index`; negative ids, which
 /// this engine never writes, belong to worker 0 so that reconcile removes them too.
 pub fn owned_ids_sql(table: &str) -> String {
@@ -142,5 +159,25 @@ mod tests {
         assert!(sql.contains(",process_time,difficulty)"));
         assert!(sql.ends_with("difficulty=VALUES(difficulty)"));
         assert_eq!(delete_sql("t", 2), "DELETE FROM t WHERE id IN (?,?)");
+    }
+
+    #[test]
+    fn statement_sizes_cover_every_row_with_few_distinct_sizes() {
+        for batch_rows in [1, 7, 1000, 3000] {
+            let mut distinct = std::collections::BTreeSet::new();
+            for n in (0..5 * batch_rows).step_by(batch_rows / 7 + 1).chain([batch_rows - 1]) {
+                let sizes: Vec<usize> = statement_sizes(n, batch_rows).collect();
+                assert_eq!(sizes.iter().sum::<usize>(), n, "{n} of {batch_rows}");
+                assert!(sizes.iter().all(|&s| s > 0 && s <= batch_rows), "{sizes:?}");
+                assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{sizes:?}");
+                distinct.extend(sizes);
+            }
+            let bits = (usize::BITS - batch_rows.leading_zeros()) as usize;
+            assert!(distinct.len() <= bits + 1, "{batch_rows}: {distinct:?}");
+        }
+        assert_eq!(
+            statement_sizes(2_999, 1000).collect::<Vec<_>>(),
+            [1000, 1000, 512, 256, 128, 64, 32, 4, 2, 1]
+        );
     }
 }
