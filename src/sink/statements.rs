@@ -165,7 +165,10 @@ mod tests {
     fn statement_sizes_cover_every_row_with_few_distinct_sizes() {
         for batch_rows in [1, 7, 1000, 3000] {
             let mut distinct = std::collections::BTreeSet::new();
-            for n in (0..5 * batch_rows).step_by(batch_rows / 7 + 1).chain([batch_rows - 1]) {
+            for n in (0..5 * batch_rows)
+                .step_by(batch_rows / 7 + 1)
+                .chain([batch_rows - 1])
+            {
                 let sizes: Vec<usize> = statement_sizes(n, batch_rows).collect();
                 assert_eq!(sizes.iter().sum::<usize>(), n, "{n} of {batch_rows}");
                 assert!(sizes.iter().all(|&s| s > 0 && s <= batch_rows), "{sizes:?}");
