@@ -287,7 +287,11 @@ impl JoinState {
         // does not matter, and rows are emitted once per touched id below.
         // Container by container: a flattened iterator moved each operation once more.
         for ops in containers {
-            for op in ops {
+            let mut ops = ops.into_iter();
+            while let Some(op) = ops.next() {
+                if let Some(ahead) = ops.as_slice().get(PREFETCH_DISTANCE) {
+                    self.records.prefetch(ahead.id);
+                }
                 let id = op.id;
                 let keys_before = keyed
                     .then(|| self.records.visible(id).map(|r| self.keys_of(r)))
@@ -374,7 +378,10 @@ impl JoinState {
         }
         // Sized once: rows are large, and growing the vector would copy them again and again.
         let mut rows = Vec::with_capacity(touched.len());
-        rows.extend(touched.into_iter().filter_map(|(id, had_row)| {
+        rows.extend(touched.iter().enumerate().filter_map(|(i, &(id, had_row))| {
+            if let Some(&(ahead, _)) = touched.get(i + PREFETCH_DISTANCE) {
+                self.records.prefetch(ahead);
+            }
             let row = self.records.visible(id).map(|record| {
                 let mut row =
                     WideRow::assemble(id, record, &self.lookup_of(record), fix_result_desc);
@@ -388,6 +395,10 @@ impl JoinState {
         rows
     }
 }
+
+/// How many records ahead of the one being read the join asks for: enough for the loads to
+/// overlap, few enough that what arrives is still cached when its turn comes.
+const PREFETCH_DISTANCE: usize = 8;
 
 /// The ids of the visible records with one pattern: a list that grows as records take the
 /// pattern, and counts those that leave it instead of searching for them. An add appends to
