@@ -315,11 +315,16 @@ fn validate_payload_into<'a>(
             continue;
         };
         let spec = &schema.fields()[index];
-        let path = FieldPath::payload(&spec.name);
-        fields[index] = match spec.ty {
-            FieldType::String => string_field(value, path)?.map(FieldValue::Text),
-            FieldType::Long | FieldType::Integer => {
-                long_field(value, path, spec.ty)?.map(FieldValue::Int)
+        // The usual values first, without a call: a string for a String field, an integer
+        // literal for a Long one.
+        fields[index] = match (spec.ty, value) {
+            (FieldType::String, Value::String(text)) => Some(FieldValue::Text(text)),
+            (FieldType::Long, Value::Number { value: Some(v), .. }) => Some(FieldValue::Int(v)),
+            (FieldType::String, value) => {
+                string_field(value, FieldPath::payload(&spec.name))?.map(FieldValue::Text)
+            }
+            (ty @ (FieldType::Long | FieldType::Integer), value) => {
+                long_field(value, FieldPath::payload(&spec.name), ty)?.map(FieldValue::Int)
             }
         };
     }
