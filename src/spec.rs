@@ -85,7 +85,7 @@ fn shape(name: &str) -> usize {
 /// as two overlapping words each, inline, instead of through a call to `memcmp`, which cost
 /// half of a field lookup.
 #[inline]
-fn same_name(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_name(a: &[u8], b: &[u8]) -> bool {
     fn word<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
         bytes[at..at + N].try_into().expect("N bytes")
     }

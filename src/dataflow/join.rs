@@ -378,20 +378,25 @@ impl JoinState {
         }
         // Sized once: rows are large, and growing the vector would copy them again and again.
         let mut rows = Vec::with_capacity(touched.len());
-        rows.extend(touched.iter().enumerate().filter_map(|(i, &(id, had_row))| {
-            if let Some(&(ahead, _)) = touched.get(i + PREFETCH_DISTANCE) {
-                self.records.prefetch(ahead);
-            }
-            let row = self.records.visible(id).map(|record| {
-                let mut row =
-                    WideRow::assemble(id, record, &self.lookup_of(record), fix_result_desc);
-                if keyed {
-                    row.extra = self.extra_values(record);
-                }
-                row
-            });
-            (had_row || row.is_some()).then_some((id, row))
-        }));
+        rows.extend(
+            touched
+                .iter()
+                .enumerate()
+                .filter_map(|(i, &(id, had_row))| {
+                    if let Some(&(ahead, _)) = touched.get(i + PREFETCH_DISTANCE) {
+                        self.records.prefetch(ahead);
+                    }
+                    let row = self.records.visible(id).map(|record| {
+                        let mut row =
+                            WideRow::assemble(id, record, &self.lookup_of(record), fix_result_desc);
+                        if keyed {
+                            row.extra = self.extra_values(record);
+                        }
+                        row
+                    });
+                    (had_row || row.is_some()).then_some((id, row))
+                }),
+        );
         rows
     }
 }

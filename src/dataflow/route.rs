@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataflow::event_type::EventType;
 use crate::source::routing::RoutingRow;
-use crate::spec::{EventSchema, ProcessorKind, Slot, Spec};
+use crate::spec::{same_name, EventSchema, ProcessorKind, Slot, Spec};
 
 /// A type's processor, compiled against the type's payload schema.
 #[derive(Debug, Clone)]
@@ -46,9 +46,15 @@ pub enum Route {
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     routes: crate::dataflow::FastMap<String, Route>,
+    /// The same routes in a list, when they are few: looked up for every event, a few short
+    /// names compared word by word cost less than hashing the event's type.
+    few: Option<Vec<(String, Route)>>,
     /// The rows it was built from, for logs and comparisons.
     pub rows: Vec<RoutingRow>,
 }
+
+/// The most routes [`RouteTable::route`] looks through one by one.
+const FEW_ROUTES: usize = 8;
 
 impl RouteTable {
     /// Builds the table from routing rows, resolving processors through `spec`.
@@ -90,12 +96,25 @@ impl RouteTable {
             };
             routes.insert(event_type.to_owned(), route);
         }
-        RouteTable { routes, rows }
+        let few = (routes.len() <= FEW_ROUTES).then(|| {
+            routes
+                .iter()
+                .map(|(event_type, route)| (event_type.clone(), route.clone()))
+                .collect()
+        });
+        RouteTable { routes, few, rows }
     }
 
     /// The route of `event_type`; `None` when no routing row names it.
+    #[inline]
     pub fn route(&self, event_type: &str) -> Option<&Route> {
-        self.routes.get(event_type)
+        match &self.few {
+            Some(few) => few
+                .iter()
+                .find(|(name, _)| same_name(name.as_bytes(), event_type.as_bytes()))
+                .map(|(_, route)| route),
+            None => self.routes.get(event_type),
+        }
     }
 }
 
@@ -300,6 +319,37 @@ mod tests {
             Some(Route::NoSchema)
         ));
         assert!(table.route("nope").is_none());
+    }
+
+    #[test]
+    fn few_routes_and_many_find_the_same_types() {
+        let spec = Spec::builtin();
+        for count in [1, FEW_ROUTES, FEW_ROUTES + 1, 40] {
+            // Names of the lengths the word-by-word comparison tells apart in different ways.
+            let types: Vec<String> = (0..count)
+                .map(|i| format!("{}{i}", "t".repeat(i % 20)))
+                .collect();
+            let rows = types
+                .iter()
+                .enumerate()
+                .map(|(i, t)| row(i as i64, t, "wrongbook_add", i % 3 != 0, 1))
+                .collect();
+            let table = RouteTable::build(rows, &spec);
+            for (i, t) in types.iter().enumerate() {
+                // The spec has no schema for these types: an enabled row routes to that.
+                let expected = if i % 3 != 0 {
+                    "Some(NoSchema)"
+                } else {
+                    "Some(Disabled)"
+                };
+                assert_eq!(processor_of(&table, t), expected, "{t} of {count}");
+            }
+            for unknown in ["", "t", "tt0", "wrongbook_add", "0 "] {
+                if !types.iter().any(|t| t == unknown) {
+                    assert!(table.route(unknown).is_none(), "{unknown} of {count}");
+                }
+            }
+        }
     }
 
     #[test]
