@@ -45,12 +45,23 @@ pub enum Route {
 /// The routing table as applied: event type → route. Types without a row are unknown.
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
-    routes: crate::dataflow::FastMap<String, Route>,
-    /// The same routes in a list, when they are few: looked up for every event, a few short
-    /// names compared word by word cost less than hashing the event's type.
-    few: Option<Vec<(String, Route)>>,
+    routes: Routes,
     /// The rows it was built from, for logs and comparisons.
     pub rows: Vec<RoutingRow>,
+}
+
+/// Routes by event type, looked up for every event.
+#[derive(Debug, Clone)]
+enum Routes {
+    /// A few: their short names compared word by word cost less than hashing the event's type.
+    Few(Vec<(String, Route)>),
+    Many(crate::dataflow::FastMap<String, Route>),
+}
+
+impl Default for Routes {
+    fn default() -> Routes {
+        Routes::Few(Vec::new())
+    }
 }
 
 /// The most routes [`RouteTable::route`] looks through one by one.
@@ -96,24 +107,22 @@ impl RouteTable {
             };
             routes.insert(event_type.to_owned(), route);
         }
-        let few = (routes.len() <= FEW_ROUTES).then(|| {
-            routes
-                .iter()
-                .map(|(event_type, route)| (event_type.clone(), route.clone()))
-                .collect()
-        });
-        RouteTable { routes, few, rows }
+        let routes = match routes.len() {
+            n if n <= FEW_ROUTES => Routes::Few(routes.into_iter().collect()),
+            _ => Routes::Many(routes),
+        };
+        RouteTable { routes, rows }
     }
 
     /// The route of `event_type`; `None` when no routing row names it.
     #[inline]
     pub fn route(&self, event_type: &str) -> Option<&Route> {
-        match &self.few {
-            Some(few) => few
+        match &self.routes {
+            Routes::Few(few) => few
                 .iter()
                 .find(|(name, _)| same_name(name.as_bytes(), event_type.as_bytes()))
                 .map(|(_, route)| route),
-            None => self.routes.get(event_type),
+            Routes::Many(routes) => routes.get(event_type),
         }
     }
 }

@@ -4,13 +4,14 @@
 //! connections are transient: the caller retries the whole transaction, on a new connection if
 //! needed.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 use mysql::prelude::Queryable;
 use mysql::{Conn, OptsBuilder, Params, Statement, TxOpts, Value};
 
 use super::statements::{
-    delete_sql, owned_ids_sql, row_params, statement_sizes, upsert_sql, Param, WideTable,
+    delete_sql, owned_ids_sql, row_params, statement_chunks, upsert_sql, Param, WideTable,
 };
 use super::{SinkBatch, SinkError, TableWriter};
 use crate::db::DbSettings;
@@ -39,6 +40,19 @@ struct Connection {
 /// `batch_rows`) and the rest. The driver closes the statement it evicts, which would break
 /// one this writer holds.
 const STATEMENT_CACHE: usize = 64;
+
+/// The statement of `size` rows from `held`, prepared (from `sql(size)`) on first use.
+fn prepared<'h>(
+    tx: &mut mysql::Transaction<'_>,
+    held: &'h mut HashMap<usize, Statement>,
+    size: usize,
+    sql: impl FnOnce(usize) -> String,
+) -> Result<&'h Statement, mysql::Error> {
+    Ok(match held.entry(size) {
+        Entry::Occupied(held) => held.into_mut(),
+        Entry::Vacant(place) => place.insert(tx.prep(sql(size))?),
+    })
+}
 
 fn classify(e: mysql::Error) -> SinkError {
     match &e {
@@ -115,10 +129,7 @@ impl MysqlWriter {
             deletes,
         } = self.conn.as_mut().expect("connected before writing");
         let mut tx = conn.start_transaction(TxOpts::default())?;
-        let mut rest = &batch.upserts[..];
-        for size in statement_sizes(rest.len(), self.batch_rows) {
-            let (rows, after) = rest.split_at(size);
-            rest = after;
+        for rows in statement_chunks(&batch.upserts, self.batch_rows) {
             // Sized once: a statement of 1000 rows has some 19,000 parameters.
             let mut params = Vec::with_capacity(rows.len() * columns);
             params.extend(
@@ -126,27 +137,14 @@ impl MysqlWriter {
                     .flat_map(|row| row_params(row, process_time))
                     .map(value),
             );
-            let statement = match upserts.get(&size) {
-                Some(statement) => statement,
-                None => {
-                    let statement = tx.prep(upsert_sql(Dialect::Mysql, table, size))?;
-                    upserts.entry(size).or_insert(statement)
-                }
-            };
+            let statement = prepared(&mut tx, upserts, rows.len(), |n| {
+                upsert_sql(Dialect::Mysql, table, n)
+            })?;
             tx.exec_drop(statement, Params::Positional(params))?;
         }
-        let mut rest = &batch.deletes[..];
-        for size in statement_sizes(rest.len(), self.batch_rows) {
-            let (ids, after) = rest.split_at(size);
-            rest = after;
+        for ids in statement_chunks(&batch.deletes, self.batch_rows) {
             let params: Vec<Value> = ids.iter().map(|id| Value::Int(*id as i64)).collect();
-            let statement = match deletes.get(&size) {
-                Some(statement) => statement,
-                None => {
-                    let statement = tx.prep(delete_sql(&table.name, size))?;
-                    deletes.entry(size).or_insert(statement)
-                }
-            };
+            let statement = prepared(&mut tx, deletes, ids.len(), |n| delete_sql(&table.name, n))?;
             tx.exec_drop(statement, Params::Positional(params))?;
         }
         tx.commit()

@@ -94,6 +94,16 @@ pub fn statement_sizes(n: usize, batch_rows: usize) -> impl Iterator<Item = usiz
     )
 }
 
+/// `items` in the statements [`statement_sizes`] gives, in order.
+pub fn statement_chunks<T>(items: &[T], batch_rows: usize) -> impl Iterator<Item = &[T]> {
+    let mut rest = items;
+    statement_sizes(items.len(), batch_rows).map(move |size| {
+        let (chunk, after) = rest.split_at(size);
+        rest = after;
+        chunk
+    })
+}
+
 /// `SELECT id` of the rows owned by one worker: `id mod peers = index`; negative ids, which
 /// this engine never writes, belong to worker 0 so that reconcile removes them too.
 pub fn owned_ids_sql(table: &str) -> String {
@@ -182,5 +192,9 @@ mod tests {
             statement_sizes(2_999, 1000).collect::<Vec<_>>(),
             [1000, 1000, 512, 256, 128, 64, 32, 4, 2, 1]
         );
+        let items: Vec<usize> = (0..2_999).collect();
+        let chunks: Vec<&[usize]> = statement_chunks(&items, 1000).collect();
+        assert_eq!(chunks.iter().map(|c| c.len()).max(), Some(1000));
+        assert_eq!(chunks.concat(), items);
     }
 }
