@@ -34,7 +34,7 @@ use differential_dataflow::VecCollection;
 use crate::dataflow::dims::{DimLookup, PatternLookup};
 use crate::dataflow::owner::{by_owner, owner};
 use crate::dataflow::process::KeyedOp;
-use crate::dataflow::records::{Applied, Record, RecordStore};
+use crate::dataflow::records::{Applied, Place, Record, RecordStore};
 use crate::dataflow::wide::{RowUpdate, WideRow};
 use crate::dataflow::{DataflowStats, FastMap, FastSet};
 use crate::source::dims::LookupRow;
@@ -266,9 +266,9 @@ impl JoinState {
         changes: Vec<(LookupChange, isize)>,
         fix_result_desc: &HashMap<i64, String>,
     ) -> Vec<RowUpdate> {
-        // (id, whether it had a row before this time), in the order touched: an id whose record
-        // appears and disappears within one time had no row and gets none.
-        let mut touched: Vec<(u64, bool)> = Vec::new();
+        // In the order touched: an id whose record appears and disappears within one time had no
+        // row and gets none.
+        let mut touched: Vec<Touched> = Vec::new();
         let mut lookup_changes = Vec::new();
         let mut table_changes = Vec::new();
         for (change, diff) in changes {
@@ -300,13 +300,22 @@ impl JoinState {
                 if let (true, Some(written)) = (op.write, self.written.as_mut()) {
                     written.insert(id);
                 }
-                if let Applied::Changed { before, after } = applied {
+                if let Applied::Changed {
+                    before,
+                    after,
+                    place,
+                } = applied
+                {
                     // An id that was and stays invisible has no row, unless this state was
                     // restored: then the run that checkpointed it may have written one for
                     // events after the checkpoint (an add whose delete it never got to), which
                     // these events undo.
                     if before.is_some() || after.is_some() || self.restored {
-                        touched.push((id, before.is_some() || self.restored));
+                        touched.push(Touched {
+                            id,
+                            place: Some(place),
+                            had_row: before.is_some() || self.restored,
+                        });
                     }
                     self.live += i64::from(after.is_some()) - i64::from(before.is_some());
                     if before != after {
@@ -339,7 +348,11 @@ impl JoinState {
                 None => entries.remove(&key),
             };
             if let Some(ids) = self.ids_by_key.get(&(table, key)) {
-                touched.extend(ids.iter().map(|&id| (id, true)));
+                touched.extend(ids.iter().map(|&id| Touched {
+                    id,
+                    place: None,
+                    had_row: true,
+                }));
             }
         }
 
@@ -355,48 +368,58 @@ impl JoinState {
                 for &id in &ids.ids {
                     // The list may still name an id whose record left the pattern, and name an
                     // id twice (duplicates go with the sort below).
-                    let Some(record) = self
-                        .records
-                        .visible(id)
-                        .filter(|r| r.add.pattern_id.as_deref() == Some(pattern.as_str()))
-                    else {
+                    let Some((place, record)) = self.records.place(id).and_then(|place| {
+                        let record = self.records.visible_at(id, place)?;
+                        let has_pattern =
+                            record.add.pattern_id.as_deref() == Some(pattern.as_str());
+                        has_pattern.then_some((place, record))
+                    }) else {
                         continue;
                     };
                     let chapter = record.add.chapter_id.as_deref();
                     if old.resolve(chapter) != new.resolve(chapter) {
-                        touched.push((id, true));
+                        touched.push(Touched {
+                            id,
+                            place: Some(place),
+                            had_row: true,
+                        });
                     }
                 }
             }
         }
 
         // Stable: each id keeps its first entry, which says whether it had a row.
-        touched.sort_by_key(|&(id, _)| id);
-        touched.dedup_by_key(|(id, _)| *id);
+        touched.sort_by_key(|t| t.id);
+        touched.dedup_by_key(|t| t.id);
         if let Some(written) = &self.written {
-            touched.retain(|(id, _)| written.contains(id));
+            touched.retain(|t| written.contains(&t.id));
         }
         // Sized once: rows are large, and growing the vector would copy them again and again.
         let mut rows = Vec::with_capacity(touched.len());
-        rows.extend(
-            touched
-                .iter()
-                .enumerate()
-                .filter_map(|(i, &(id, had_row))| {
-                    if let Some(&(ahead, _)) = touched.get(i + PREFETCH_DISTANCE) {
-                        self.records.prefetch(ahead);
+        rows.extend(touched.iter().enumerate().filter_map(
+            |(i, &Touched { id, place, had_row })| {
+                // Most ids come with their place: neither the prefetch nor the read waits
+                // for the id map.
+                match touched.get(i + PREFETCH_DISTANCE) {
+                    Some(Touched {
+                        place: Some(ahead), ..
+                    }) => self.records.prefetch_at(*ahead),
+                    Some(ahead) => self.records.prefetch(ahead.id),
+                    None => {}
+                }
+                let place = place.or_else(|| self.records.place(id));
+                let visible = place.and_then(|place| self.records.visible_at(id, place));
+                let row = visible.map(|record| {
+                    let mut row =
+                        WideRow::assemble(id, record, &self.lookup_of(record), fix_result_desc);
+                    if keyed {
+                        row.extra = self.extra_values(record);
                     }
-                    let row = self.records.visible(id).map(|record| {
-                        let mut row =
-                            WideRow::assemble(id, record, &self.lookup_of(record), fix_result_desc);
-                        if keyed {
-                            row.extra = self.extra_values(record);
-                        }
-                        row
-                    });
-                    (had_row || row.is_some()).then_some((id, row))
-                }),
-        );
+                    row
+                });
+                (had_row || row.is_some()).then_some((id, row))
+            },
+        ));
         rows
     }
 }
@@ -404,6 +427,17 @@ impl JoinState {
 /// How many records ahead of the one being read the join asks for: enough for the loads to
 /// overlap, few enough that what arrives is still cached when its turn comes.
 const PREFETCH_DISTANCE: usize = 8;
+
+/// An id whose row may have changed this time.
+#[derive(Debug, Clone, Copy)]
+struct Touched {
+    id: u64,
+    /// Where its records are, when the join knows it (an id touched by a lookup table's row
+    /// is looked up when its row is built).
+    place: Option<Place>,
+    /// Whether it had a row before this time (its first entry of the time says).
+    had_row: bool,
+}
 
 /// The ids of the visible records with one pattern: a list that grows as records take the
 /// pattern, and counts those that leave it instead of searching for them. An add appends to

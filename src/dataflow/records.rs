@@ -282,6 +282,25 @@ fn prefetch_lines<T>(value: &T) {
     let _ = value;
 }
 
+/// Where an id's records are in a [`RecordStore`]: found by one lookup, it reads the id again
+/// without another ([`RecordStore::visible_at`]). It stays valid for the store's life, because
+/// records never move and ids are never dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place(std::num::NonZeroU32);
+
+impl Place {
+    /// The place of the id whose first record is at `index` (stored plus one, so that an
+    /// `Option<Place>` takes four bytes).
+    fn of(index: u32) -> Place {
+        let stored = std::num::NonZeroU32::new(index.wrapping_add(1));
+        Place(stored.expect("fewer than 4G wrong records per worker"))
+    }
+
+    fn index(self) -> u32 {
+        self.0.get() - 1
+    }
+}
+
 /// What applying an operation did to an id's visible record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
@@ -289,10 +308,11 @@ pub enum Applied {
     Unchanged,
     /// The operation won. `before` and `after` are the pattern of the record visible before
     /// and after it (`None` when none was or is); the visible record now is
-    /// [`RecordStore::visible`].
+    /// [`RecordStore::visible_at`] `place`.
     Changed {
         before: Option<Option<CompactString>>,
         after: Option<Option<CompactString>>,
+        place: Place,
     },
 }
 
@@ -302,14 +322,33 @@ impl RecordStore {
     /// lookup waits for memory in turn.
     #[inline]
     pub fn prefetch(&self, id: u64) {
-        if let Some(&index) = self.by_id.get(&id) {
-            prefetch_lines(self.records.get(index));
+        if let Some(place) = self.place(id) {
+            self.prefetch_at(place);
         }
+    }
+
+    /// [`RecordStore::prefetch`] of the id at `place`: without the map's lookup, which waits for
+    /// memory of its own.
+    #[inline]
+    pub fn prefetch_at(&self, place: Place) {
+        prefetch_lines(self.records.get(place.index()));
+    }
+
+    /// Where the records of `id` are, when it has any.
+    #[inline]
+    pub fn place(&self, id: u64) -> Option<Place> {
+        self.by_id.get(&id).map(|&first| Place::of(first))
     }
 
     /// The visible record of `id`: the live one with the least wrong id.
     pub fn visible(&self, id: u64) -> Option<Record<'_>> {
-        self.visible_from(id, *self.by_id.get(&id)?)
+        self.visible_at(id, self.place(id)?)
+    }
+
+    /// The visible record of `id`, whose records are at `place` (from [`RecordStore::place`] or
+    /// [`Applied::Changed`] for the same id).
+    pub fn visible_at(&self, id: u64, place: Place) -> Option<Record<'_>> {
+        self.visible_from(id, place.index())
     }
 
     /// The wrong records of `id`, whose first is at `first`.
@@ -371,6 +410,7 @@ impl RecordStore {
                 return Applied::Changed {
                     before: None,
                     after,
+                    place: Place::of(index),
                 };
             }
             Entry::Occupied(entry) => {
@@ -405,7 +445,11 @@ impl RecordStore {
         let after = self
             .visible_from(id, first)
             .map(|r| r.add.pattern_id.clone());
-        Applied::Changed { before, after }
+        Applied::Changed {
+            before,
+            after,
+            place: Place::of(first),
+        }
     }
 
     /// Moves into this store the ids of `other` that `keep` accepts (restoring a checkpoint
@@ -834,5 +878,35 @@ mod tests {
         assert_eq!(groups(&store)[&7].len(), 2);
         store.apply(7, delete("007", 2));
         assert_eq!(store.visible(7).unwrap().add.wrong_id, "7");
+    }
+
+    /// The join reads rows through the place an operation returned: it must show what a
+    /// lookup of the id shows, for ids with one wrong record and with several, as ids are
+    /// added around them (records in later chunks, the map growing).
+    #[test]
+    fn a_place_reads_what_a_lookup_reads() {
+        let mut store = RecordStore::default();
+        let mut places = Vec::new();
+        for round in 0..3 {
+            for n in 0..5_000u64 {
+                let id = n * 3 + round;
+                let ops = match n % 4 {
+                    0 => vec![add(&id.to_string(), 1, "u")],
+                    1 => vec![add(&id.to_string(), 1, "u"), delete(&id.to_string(), 2)],
+                    2 => vec![fix(&id.to_string(), 5)],
+                    _ => vec![add(&id.to_string(), 3, "u"), add(&format!("0{id}"), 3, "u")],
+                };
+                for op in ops {
+                    if let Applied::Changed { place, .. } = store.apply(id, op) {
+                        places.push((id, place));
+                    }
+                }
+            }
+        }
+        for (id, place) in places {
+            assert_eq!(Some(place), store.place(id), "id {id}");
+            assert_eq!(store.visible_at(id, place), store.visible(id), "id {id}");
+        }
+        assert!(store.visible(9).is_some_and(|r| r.add.wrong_id == "09"));
     }
 }
