@@ -289,7 +289,13 @@ impl JoinState {
         for ops in containers {
             let mut ops = ops.into_iter();
             while let Some(op) = ops.next() {
-                if let Some(ahead) = ops.as_slice().get(PREFETCH_DISTANCE) {
+                // Two steps ahead: the id's slot in the map, then, once that has arrived, its
+                // record.
+                let rest = ops.as_slice();
+                if let Some(far) = rest.get(2 * PREFETCH_DISTANCE) {
+                    self.records.prefetch_slot(far.id);
+                }
+                if let Some(ahead) = rest.get(PREFETCH_DISTANCE) {
                     self.records.prefetch(ahead.id);
                 }
                 let id = op.id;

@@ -13,11 +13,10 @@
 //! holds one row per id, so the row shown is that of the live record with the least wrong id:
 //! deterministic, and independent of arrival order.
 
-use std::collections::hash_map::Entry;
-
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
+use crate::dataflow::id_table::{Entry, IdTable};
 use crate::dataflow::process::{AddEvent, DeleteEvent, EventStamp, FixEvent, RecordOp};
 use crate::dataflow::FastMap;
 
@@ -205,13 +204,14 @@ impl From<StoredRecord> for WrongRecord {
 /// The record state of the ids one worker owns.
 ///
 /// Records live in a [`Slab`] and the map holds only an id's index there: one allocation per
-/// few thousand records instead of one per record, and 16 bytes of map entry per id. An id
+/// few thousand records instead of one per record, and 16 bytes of map slot per id (an
+/// [`IdTable`], whose slots the join can prefetch). An id
 /// almost always has exactly one wrong record; the few with more (`"7"` and `"007"`) keep the
 /// others' indexes in `more`.
 #[derive(Debug, Default, Clone)]
 pub struct RecordStore {
     /// Per wide-table id, the index of its first wrong record.
-    by_id: FastMap<u64, u32>,
+    by_id: IdTable,
     /// Per id with several wrong records, the indexes of all but the first.
     more: FastMap<u64, Vec<u32>>,
     records: Slab,
@@ -268,7 +268,7 @@ impl Slab {
 
 /// Asks the processor to load the cache lines of `value` (a no-op where that cannot be asked).
 #[inline]
-fn prefetch_lines<T>(value: &T) {
+pub(crate) fn prefetch_lines<T>(value: &T) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
@@ -327,6 +327,13 @@ impl RecordStore {
         }
     }
 
+    /// Starts loading the id map's slot of `id` into the cache, for a
+    /// [`RecordStore::prefetch`] of it soon after, which then need not wait for the map.
+    #[inline]
+    pub fn prefetch_slot(&self, id: u64) {
+        self.by_id.prefetch(id);
+    }
+
     /// [`RecordStore::prefetch`] of the id at `place`: without the map's lookup, which waits for
     /// memory of its own.
     #[inline]
@@ -337,7 +344,7 @@ impl RecordStore {
     /// Where the records of `id` are, when it has any.
     #[inline]
     pub fn place(&self, id: u64) -> Option<Place> {
-        self.by_id.get(&id).map(|&first| Place::of(first))
+        self.by_id.get(id).map(Place::of)
     }
 
     /// The visible record of `id`: the live one with the least wrong id.
@@ -385,10 +392,8 @@ impl RecordStore {
     fn push(&mut self, id: u64, record: WrongRecord) -> u32 {
         let index = self.records.push(record);
         match self.by_id.entry(id) {
-            Entry::Vacant(entry) => {
-                entry.insert(index);
-            }
-            Entry::Occupied(_) => self.more.entry(id).or_default().push(index),
+            Entry::Vacant(vacant) => self.by_id.insert(vacant, index),
+            Entry::Present(_) => self.more.entry(id).or_default().push(index),
         }
         index
     }
@@ -399,11 +404,11 @@ impl RecordStore {
         // One lookup finds the id or places its new record (what `push` does, without looking
         // the id up a second time on the hot path).
         let (first, index) = match self.by_id.entry(id) {
-            Entry::Vacant(entry) => {
+            Entry::Vacant(vacant) => {
                 // A new id: any operation wins over nothing, so its record is the operation's
                 // (built once, in its slot), and nothing was visible before.
                 let index = self.records.push(WrongRecord::from_op(op));
-                entry.insert(index);
+                self.by_id.insert(vacant, index);
                 let after = self
                     .visible_from(id, index)
                     .map(|r| r.add.pattern_id.clone());
@@ -413,8 +418,7 @@ impl RecordStore {
                     place: Place::of(index),
                 };
             }
-            Entry::Occupied(entry) => {
-                let first = *entry.get();
+            Entry::Present(first) => {
                 if self.records.get(first).wrong_id() == wrong_id {
                     (first, first)
                 } else {
@@ -456,7 +460,7 @@ impl RecordStore {
     /// taken with another worker count).
     pub fn absorb(&mut self, mut other: RecordStore, keep: impl Fn(u64) -> bool) {
         let by_id = std::mem::take(&mut other.by_id);
-        for (id, first) in by_id.into_iter().filter(|(id, _)| keep(*id)) {
+        for (id, first) in by_id.iter().filter(|&(id, _)| keep(id)) {
             let more = other.more.remove(&id).unwrap_or_default();
             for index in std::iter::once(first).chain(more) {
                 let record = std::mem::replace(other.records.get_mut(index), WrongRecord::MOVED);
@@ -469,7 +473,7 @@ impl RecordStore {
     pub fn visible_records(&self) -> impl Iterator<Item = (u64, Record<'_>)> {
         self.by_id
             .iter()
-            .filter_map(|(id, first)| Some((*id, self.visible_from(*id, *first)?)))
+            .filter_map(|(id, first)| Some((id, self.visible_from(id, first)?)))
     }
 
     /// The number of wrong records that hold a fix.
@@ -500,7 +504,7 @@ impl RecordStore {
                 + optional(&a.question)
         };
         let fix_bytes = |f: &FixEvent| string(&f.stamp.event_id) + string(&f.fix_id);
-        let slots = self.by_id.capacity() * (std::mem::size_of::<(u64, u32)>() + 1);
+        let slots = self.by_id.heap_bytes();
         let more: usize = self
             .more
             .values()
@@ -541,13 +545,14 @@ impl Serialize for RecordStore {
         struct Ids<'a>(&'a RecordStore);
         impl Serialize for Ids<'_> {
             fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeMap;
                 let store = self.0;
-                serializer.collect_map(
-                    store
-                        .by_id
-                        .iter()
-                        .map(|(id, first)| (id, RecordsOf(store, *id, *first))),
-                )
+                // The length first: formats like postcard need it.
+                let mut map = serializer.serialize_map(Some(store.by_id.len()))?;
+                for (id, first) in store.by_id.iter() {
+                    map.serialize_entry(&id, &RecordsOf(store, id, first))?;
+                }
+                map.end()
             }
         }
         #[derive(Clone, Copy)]
@@ -668,7 +673,7 @@ mod tests {
         store
             .by_id
             .iter()
-            .map(|(id, first)| (*id, store.records_of(*id, *first).cloned().collect()))
+            .map(|(id, first)| (id, store.records_of(id, first).cloned().collect()))
             .collect()
     }
 
