@@ -77,7 +77,7 @@ impl IdTable {
     #[inline]
     pub fn prefetch(&self, id: u64) {
         if !self.slots.is_empty() {
-            crate::dataflow::records::prefetch_lines(&self.slots[self.home(id)]);
+            crate::dataflow::prefetch_lines(&self.slots[self.home(id)]);
         }
     }
 
@@ -130,7 +130,7 @@ impl IdTable {
         let slot = &mut self.slots[vacant.at];
         assert!(
             slot.0 == EMPTY,
-            "a vacant slot is used before the table changes"
+            "the table changed between entry() and insert()"
         );
         *slot = (vacant.id, index);
         self.len += 1;

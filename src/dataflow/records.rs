@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataflow::id_table::{Entry, IdTable};
 use crate::dataflow::process::{AddEvent, DeleteEvent, EventStamp, FixEvent, RecordOp};
-use crate::dataflow::FastMap;
+use crate::dataflow::{prefetch_lines, FastMap};
 
 /// A live record: its add and its latest fix, borrowed from the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,22 +264,6 @@ impl Slab {
         self.chunks.capacity() * std::mem::size_of::<Vec<WrongRecord>>()
             + self.chunks.len() * Self::CHUNK * std::mem::size_of::<WrongRecord>()
     }
-}
-
-/// Asks the processor to load the cache lines of `value` (a no-op where that cannot be asked).
-#[inline]
-pub(crate) fn prefetch_lines<T>(value: &T) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let start = value as *const T as *const i8;
-        for offset in (0..std::mem::size_of::<T>()).step_by(64) {
-            // SSE (baseline on x86-64); a prefetch never faults, and the address is in bounds.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.add(offset)) };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = value;
 }
 
 /// Where an id's records are in a [`RecordStore`]: found by one lookup, it reads the id again
