@@ -81,24 +81,31 @@ impl IdTable {
         }
     }
 
+    /// The slot of `id` and its index, or the empty slot where it would go. The table must
+    /// have a free slot (it is never full: see [`IdTable::entry`]).
+    #[inline]
+    fn probe(&self, id: u64) -> (usize, Option<u32>) {
+        let mask = self.slots.len() - 1;
+        let mut at = self.home(id);
+        loop {
+            let (slot_id, index) = self.slots[at];
+            if slot_id == id {
+                return (at, Some(index));
+            }
+            if slot_id == EMPTY {
+                return (at, None);
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
     /// The index of `id`.
     #[inline]
     pub fn get(&self, id: u64) -> Option<u32> {
         if self.slots.is_empty() {
             return None;
         }
-        let mask = self.slots.len() - 1;
-        let mut at = self.home(id);
-        loop {
-            let (slot_id, index) = self.slots[at];
-            if slot_id == id {
-                return Some(index);
-            }
-            if slot_id == EMPTY {
-                return None;
-            }
-            at = (at + 1) & mask;
-        }
+        self.probe(id).1
     }
 
     /// The index of `id`, or the slot where it would go (the table grows first if it must,
@@ -110,17 +117,9 @@ impl IdTable {
         if (self.len + 1) * 8 > self.slots.len() * 7 {
             self.grow();
         }
-        let mask = self.slots.len() - 1;
-        let mut at = self.home(id);
-        loop {
-            let (slot_id, index) = self.slots[at];
-            if slot_id == id {
-                return Entry::Present(index);
-            }
-            if slot_id == EMPTY {
-                return Entry::Vacant(Vacant { id, at });
-            }
-            at = (at + 1) & mask;
+        match self.probe(id) {
+            (_, Some(index)) => Entry::Present(index),
+            (at, None) => Entry::Vacant(Vacant { id, at }),
         }
     }
 
@@ -141,12 +140,8 @@ impl IdTable {
         let slots = (self.slots.len() * 2).max(16);
         let old = std::mem::replace(&mut self.slots, vec![(EMPTY, 0); slots]);
         self.shift = 64 - slots.trailing_zeros();
-        let mask = slots - 1;
         for (id, index) in old.into_iter().filter(|&(id, _)| id != EMPTY) {
-            let mut at = self.home(id);
-            while self.slots[at].0 != EMPTY {
-                at = (at + 1) & mask;
-            }
+            let (at, _) = self.probe(id);
             self.slots[at] = (id, index);
         }
     }
