@@ -319,7 +319,7 @@ impl JoinState {
                     if before.is_some() || after.is_some() || self.restored {
                         touched.push(Touched {
                             id,
-                            place: Some(place),
+                            place,
                             had_row: before.is_some() || self.restored,
                         });
                     }
@@ -354,10 +354,14 @@ impl JoinState {
                 None => entries.remove(&key),
             };
             if let Some(ids) = self.ids_by_key.get(&(table, key)) {
-                touched.extend(ids.iter().map(|&id| Touched {
-                    id,
-                    place: None,
-                    had_row: true,
+                // The index holds ids of visible records, which all have a place.
+                let records = &self.records;
+                touched.extend(ids.iter().filter_map(|&id| {
+                    Some(Touched {
+                        id,
+                        place: records.place(id)?,
+                        had_row: true,
+                    })
                 }));
             }
         }
@@ -386,7 +390,7 @@ impl JoinState {
                     if old.resolve(chapter) != new.resolve(chapter) {
                         touched.push(Touched {
                             id,
-                            place: Some(place),
+                            place,
                             had_row: true,
                         });
                     }
@@ -404,18 +408,12 @@ impl JoinState {
         let mut rows = Vec::with_capacity(touched.len());
         rows.extend(touched.iter().enumerate().filter_map(
             |(i, &Touched { id, place, had_row })| {
-                // Most ids come with their place: neither the prefetch nor the read waits
-                // for the id map.
-                match touched.get(i + PREFETCH_DISTANCE) {
-                    Some(Touched {
-                        place: Some(ahead), ..
-                    }) => self.records.prefetch_at(*ahead),
-                    Some(ahead) => self.records.prefetch(ahead.id),
-                    None => {}
+                // Ids come with their place: neither the prefetch nor the read waits for the id
+                // map.
+                if let Some(ahead) = touched.get(i + PREFETCH_DISTANCE) {
+                    self.records.prefetch_at(ahead.place);
                 }
-                let place = place.or_else(|| self.records.place(id));
-                let visible = place.and_then(|place| self.records.visible_at(id, place));
-                let row = visible.map(|record| {
+                let row = self.records.visible_at(id, place).map(|record| {
                     let mut row =
                         WideRow::assemble(id, record, &self.lookup_of(record), fix_result_desc);
                     if keyed {
@@ -438,9 +436,8 @@ const PREFETCH_DISTANCE: usize = 8;
 #[derive(Debug, Clone, Copy)]
 struct Touched {
     id: u64,
-    /// Where its records are, when the join knows it (an id touched by a lookup table's row
-    /// is looked up when its row is built).
-    place: Option<Place>,
+    /// Where its records are.
+    place: Place,
     /// Whether it had a row before this time (its first entry of the time says).
     had_row: bool,
 }
