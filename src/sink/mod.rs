@@ -184,11 +184,15 @@ impl SinkThread {
         while let Ok(command) = self.commands.recv() {
             match command {
                 SinkCommand::Write(batch) => {
-                    for row in &batch.upserts {
-                        leftover.remove(&row.id);
-                    }
-                    for id in &batch.deletes {
-                        leftover.remove(id);
+                    // Only until the first reconcile (and never without one): not a hash per
+                    // row for nothing.
+                    if !leftover.is_empty() {
+                        for row in &batch.upserts {
+                            leftover.remove(&row.id);
+                        }
+                        for id in &batch.deletes {
+                            leftover.remove(id);
+                        }
                     }
                     self.write(&batch)?;
                     self.stats
