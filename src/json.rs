@@ -336,13 +336,11 @@ impl<'a> Scanner<'a> {
             Some(_) => return self.error("control character in a string"),
             None => return self.error("EOF while parsing a string"),
         }
-        // The escaped text is at least as long as what it decodes to: find where it ends (which
-        // validates it) first, so that the decoded string is allocated once and never grows.
-        let first_escape = self.pos;
-        self.pos = start - 1;
-        self.skip_string()?;
-        let mut decoded = String::with_capacity(self.pos - 1 - start);
-        self.pos = first_escape;
+        // Decoded in the same pass that validates it. The escaped text is at least as long as
+        // what it decodes to, so room for the rest of the message, up to a short string's worth,
+        // is taken at once: a short string is allocated once and never grows (a long one grows
+        // as it is decoded, rather than reserving a long message's length for each string).
+        let mut decoded = String::with_capacity((self.bytes.len() - start).min(256));
         decoded.push_str(&self.text[start..self.pos]);
         loop {
             match self.bytes.get(self.pos) {
@@ -829,6 +827,33 @@ mod tests {
                 value: None
             }
         );
+    }
+
+    #[test]
+    fn escaped_strings_of_any_length_decode_whole() {
+        for plain in [0, 1, 15, 16, 255, 256, 257, 1000] {
+            for escapes in [1, 2, 300] {
+                let raw = format!(
+                    "{}{}{}",
+                    "é".repeat(plain),
+                    r#"\n\"\u00e9"#.repeat(escapes),
+                    "x".repeat(plain)
+                );
+                let expected = format!(
+                    "{}{}{}",
+                    "é".repeat(plain),
+                    "\n\"é".repeat(escapes),
+                    "x".repeat(plain)
+                );
+                let text = format!("\"{raw}\",1");
+                let mut scanner = Scanner::new(&text);
+                assert_eq!(
+                    scanner.value().unwrap(),
+                    Value::String(Cow::Owned(expected))
+                );
+                assert_eq!(scanner.pos, raw.len() + 2, "the cursor is past the string");
+            }
+        }
     }
 
     #[test]
