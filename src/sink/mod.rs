@@ -184,8 +184,8 @@ impl SinkThread {
         while let Ok(command) = self.commands.recv() {
             match command {
                 SinkCommand::Write(batch) => {
-                    // Only until the first reconcile (and never without one): not a hash per
-                    // row for nothing.
+                    // The set empties at the first reconcile and is empty without one: then
+                    // there is nothing to remove, and no row's id needs hashing for it.
                     if !leftover.is_empty() {
                         for row in &batch.upserts {
                             leftover.remove(&row.id);
