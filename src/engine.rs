@@ -33,6 +33,7 @@ use crate::dataflow::owner::OpsByOwner;
 use crate::dataflow::route::{Routing, RoutingHistory};
 use crate::dataflow::{build, DataflowHandles, DataflowStats};
 use crate::event::ParseBuffers;
+use crate::ops::thread_cpu::Role;
 use crate::sink::dead_letters::{DeadLetter, DeadLetterSink};
 use crate::sink::{SinkChannels, SinkCommand, SinkStats, SinkTarget, SinkThread};
 use crate::source::dims::{DimCorrection, DimDiff, DimSnapshot, DimStats};
@@ -251,9 +252,13 @@ fn start_sources(pipeline: &Pipeline) -> Result<Sources, EngineError> {
                 pipeline.source_progress.clone(),
             );
             let input = input.clone();
+            let stats = pipeline.dataflow_stats.clone();
             let reader = spawn(
                 "wrongbook-source".into(),
-                Box::new(move || read_bounded(&input, dealer)),
+                Box::new(move || {
+                    read_bounded(&input, dealer);
+                    stats.thread_cpu.add_this_thread(Role::Source);
+                }),
             )?;
             Ok(Sources {
                 receivers,
@@ -300,9 +305,13 @@ fn start_sources(pipeline: &Pipeline) -> Result<Sources, EngineError> {
                     progress: pipeline.source_progress.clone(),
                 };
                 committers.push(input.commit.then_some(consumer));
+                let stats = pipeline.dataflow_stats.clone();
                 threads.push(spawn(
                     format!("wrongbook-kafka-{worker}"),
-                    Box::new(move || reader.run(sender)),
+                    Box::new(move || {
+                        reader.run(sender);
+                        stats.thread_cpu.add_this_thread(Role::Source);
+                    }),
                 )?);
             }
             let ours: Vec<i32> = partitions
@@ -492,6 +501,10 @@ fn start_workers(
                 if let Err(message) = &result {
                     shared.failure.set(message.clone());
                 }
+                shared
+                    .dataflow_stats
+                    .thread_cpu
+                    .add_this_thread(Role::Worker);
                 result
             });
             let _ = started_tx.send(guards);
@@ -639,6 +652,7 @@ fn run_worker(
         stats: shared.sink_stats.clone(),
     };
     let failure = shared.failure.clone();
+    let stats = shared.dataflow_stats.clone();
     let sink_handle = std::thread::Builder::new()
         .name(format!("wrongbook-sink-{index}"))
         .spawn(move || {
@@ -646,6 +660,7 @@ fn run_worker(
             if let Err(e) = &result {
                 failure.set(e.to_string());
             }
+            stats.thread_cpu.add_this_thread(Role::Sink);
             result
         })
         .map_err(|e| format!("worker {index}: cannot start the sink thread: {e}"))?;

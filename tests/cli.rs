@@ -239,6 +239,16 @@ fn bench_reports_every_figure_as_json() {
         (per_cpu * cpu - 20_000.0).abs() < 1.0,
         "{per_cpu} events per CPU-second"
     );
+    // Each role's threads are counted once, by their own clocks: their sum is within what the
+    // whole process used, and the workers, which parse every event, used some of it.
+    let by_thread = &report["cpu_seconds_by_thread"];
+    let seconds = |role: &str| by_thread[role].as_f64().expect("a figure per role");
+    assert!(seconds("workers") > 0.0, "{by_thread}");
+    assert!(seconds("source") > 0.0, "{by_thread}");
+    assert!(
+        seconds("workers") + seconds("source") + seconds("sinks") <= cpu + 0.05,
+        "{by_thread} within {cpu}"
+    );
     let live = report["live_records"].as_i64().unwrap();
     assert!(live > 5_000, "{live}");
     assert!(report["rows_upserted"].as_u64().unwrap() as i64 >= live);

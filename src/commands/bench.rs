@@ -36,6 +36,7 @@ use crate::dataflow::wide::WideRow;
 use crate::dataflow::DataflowStats;
 use crate::engine::{run_pipeline, EngineError, Pipeline};
 use crate::event::{parse_envelope, validate_payload, ParseBuffers};
+use crate::ops::thread_cpu::CpuSeconds;
 use crate::sink::dead_letters::DeadLetterMemory;
 use crate::sink::memory::MemoryTable;
 use crate::sink::statements::{row_params, upsert_sql};
@@ -97,6 +98,11 @@ pub struct BenchReport {
     /// Events per CPU-second: throughput per core, which other load on the machine changes
     /// much less than events per wall-clock second.
     pub events_per_cpu_second: Option<f64>,
+    /// CPU time of the run's threads by role, from their own clocks (zero where the system
+    /// does not tell a thread's CPU time). On one worker the source reader and the sink
+    /// threads run on the other cores; with a worker per core their time comes out of the
+    /// workers', which is what keeps two workers from twice one worker's throughput.
+    pub cpu_seconds_by_thread: CpuSeconds,
     pub live_records: i64,
     pub keys_with_state: u64,
     pub rows_upserted: u64,
@@ -340,6 +346,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         events_per_cpu_second: cpu
             .filter(|c| *c > 0.0)
             .map(|c| summary.messages as f64 / c),
+        cpu_seconds_by_thread: dataflow_stats.thread_cpu.seconds(),
         live_records: live,
         keys_with_state: dataflow_stats.keys.load(Relaxed),
         rows_upserted: summary.rows_upserted,
@@ -610,6 +617,11 @@ pub fn format_report(r: &BenchReport) -> String {
             "  CPU {cpu:.2}s over all threads = {per_cpu:.0} events per CPU-second\n"
         ));
     }
+    let by_thread = &r.cpu_seconds_by_thread;
+    out.push_str(&format!(
+        "  CPU by thread: workers {:.2}s, source reader {:.2}s, sink threads {:.2}s\n",
+        by_thread.workers, by_thread.source, by_thread.sinks
+    ));
     out.push_str(&format!(
         "  worker time: ingest {:.2}s, join {:.2}s; sink writes {:.2}s\n",
         r.worker_ingest_seconds, r.worker_join_seconds, r.sink_write_seconds

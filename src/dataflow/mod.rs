@@ -74,6 +74,8 @@ pub struct DataflowStats {
     pub fixes: std::sync::atomic::AtomicU64,
     /// Time spent applying operations and lookup changes and building rows, ns.
     pub join_nanos: std::sync::atomic::AtomicU64,
+    /// CPU time of the run's ended threads, by role.
+    pub thread_cpu: crate::ops::thread_cpu::ThreadCpu,
     /// Ingest → committed, per epoch.
     pub end_to_end: crate::ops::metrics::LatencyHistogram,
     /// Per worker, when the oldest batch ingested but not yet committed was ingested (ms since
