@@ -11,7 +11,8 @@ use mysql::prelude::Queryable;
 use mysql::{Conn, OptsBuilder, Params, Statement, TxOpts, Value};
 
 use super::statements::{
-    delete_sql, owned_ids_sql, row_params, statement_chunks, upsert_sql, Param, WideTable,
+    delete_sql, lookup_params, owned_ids_sql, seed_params, statement_chunks, upsert_sql, Param,
+    WideTable,
 };
 use super::{SinkBatch, SinkError, TableWriter};
 use crate::db::DbSettings;
@@ -132,11 +133,10 @@ impl MysqlWriter {
         for rows in statement_chunks(&batch.upserts, self.batch_rows) {
             // Sized once: a statement of 1000 rows has some 19,000 parameters.
             let mut params = Vec::with_capacity(rows.len() * columns);
-            params.extend(
-                rows.iter()
-                    .flat_map(|row| row_params(row, process_time))
-                    .map(value),
-            );
+            for row in rows {
+                params.extend(seed_params(row, process_time).map(value));
+                params.extend(lookup_params(row).map(value));
+            }
             let statement = prepared(&mut tx, upserts, rows.len(), |n| {
                 upsert_sql(Dialect::Mysql, table, n)
             })?;

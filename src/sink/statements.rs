@@ -122,6 +122,15 @@ fn time(seconds: Option<i64>) -> Param<'static> {
 
 /// The parameters of `row`, in [`WIDE_COLUMNS`] order, then its lookup columns.
 pub fn row_params(row: &WideRow, process_time: i64) -> impl Iterator<Item = Param<'_>> {
+    seed_params(row, process_time)
+        .into_iter()
+        .chain(lookup_params(row))
+}
+
+/// The parameters of `row`'s seed columns, in [`WIDE_COLUMNS`] order: an array, so that a
+/// writer collecting many rows' parameters extends its vector by a known count per row
+/// instead of one parameter at a time.
+pub fn seed_params(row: &WideRow, process_time: i64) -> [Param<'_>; WIDE_COLUMNS.len()] {
     [
         Param::Int(row.id as i64),
         Param::Text(&row.wrong_id),
@@ -143,8 +152,11 @@ pub fn row_params(row: &WideRow, process_time: i64) -> impl Iterator<Item = Para
         Param::Text(&row.event_type),
         time(Some(process_time)),
     ]
-    .into_iter()
-    .chain(row.extra.iter().map(text))
+}
+
+/// The parameters of `row`'s lookup columns, in the spec's order.
+pub fn lookup_params(row: &WideRow) -> impl ExactSizeIterator<Item = Param<'_>> {
+    row.extra.iter().map(text)
 }
 
 #[cfg(test)]
