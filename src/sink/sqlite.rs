@@ -5,7 +5,7 @@
 use rusqlite::types::Value;
 use rusqlite::Connection;
 
-use super::statements::{delete_sql, owned_ids_sql, row_params, upsert_sql, Param, WideTable};
+use super::statements::{delete_sql, owned_ids_sql, rows_params, upsert_sql, Param, WideTable};
 use super::{SinkBatch, SinkError, TableWriter};
 use crate::db::{open_sqlite, DbSettings, DbUrl};
 use crate::schema::{format_timestamp, Dialect};
@@ -75,11 +75,7 @@ impl TableWriter for SqliteWriter {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(classify)?;
         for rows in batch.upserts.chunks(self.batch_rows) {
-            let params: Vec<Value> = rows
-                .iter()
-                .flat_map(|row| row_params(row, process_time))
-                .map(value)
-                .collect();
+            let params: Vec<Value> = rows_params(rows, process_time, value);
             let mut stmt = tx
                 .prepare_cached(&upsert_sql(Dialect::Sqlite, &self.table, rows.len()))
                 .map_err(classify)?;
