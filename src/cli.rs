@@ -94,7 +94,9 @@ pub enum Command {
         /// Configuration file (TOML; every key can be overridden by WRONGBOOK_SECTION__KEY).
         #[arg(short, long)]
         config: Option<PathBuf>,
-        /// The JSONL dump to replay.
+        /// The JSONL dump to replay. A regular file is read through a memory map, as long as
+        /// it is when the replay starts: it must not be truncated or rewritten meanwhile (the
+        /// replay stops with an error naming it, exit status 74).
         #[arg(long, required_unless_present = "from", conflicts_with = "from")]
         input: Option<PathBuf>,
         /// Replay the topic from here: `earliest`, ms since the epoch, or

@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 
-use super::{Positions, SourceBatch, SourceEvent};
+use super::mapped::{MappedChunk, MappedFile};
+use super::{ChunkBytes, Positions, SourceBatch, SourceEvent};
 
 /// How far a source has read, for progress displays.
 #[derive(Debug, Default)]
@@ -119,6 +120,29 @@ impl Dealer {
         self.pushed(line, carry_from)
     }
 
+    /// Adds the message at `span` of a mapped file, line number `line`; the chunk being filled
+    /// becomes the file's bytes from its first message to this one.
+    fn push_mapped(
+        &mut self,
+        file: &Arc<MappedFile>,
+        span: std::ops::Range<usize>,
+        line: u64,
+    ) -> Result<(), Closed> {
+        let start = match &mut self.chunk.data {
+            ChunkBytes::Mapped(chunk) if !self.chunk.spans.is_empty() => {
+                chunk.extend_to(span.end);
+                chunk.start()
+            }
+            data => {
+                *data = ChunkBytes::Mapped(MappedChunk::new(file.clone(), span.clone()));
+                span.start
+            }
+        };
+        self.chunk.spans.push(span.start - start..span.end - start);
+        self.pushed(line, 0)?;
+        Ok(())
+    }
+
     /// Counts the message just added; deals the chunk when it is full (see
     /// [`Dealer::push_span`] for `carry_from`).
     fn pushed(&mut self, line: u64, carry_from: usize) -> Result<usize, Closed> {
@@ -137,13 +161,16 @@ impl Dealer {
     fn deal(&mut self, carry_from: usize) -> Result<(), Closed> {
         let worker = (self.chunk_index % self.peers as u64) as usize;
         let mut next = SourceBatch::new(0, (self.make_positions)());
-        // Sized like the chunk it follows, and a quarter more: filling it should not grow it
-        // (a chunk a little larger than the last would copy all of it once more).
-        let carried = &self.chunk.data[carry_from.min(self.chunk.data.len())..];
-        let bytes = self.chunk.data.len() - carried.len();
-        next.data.reserve(bytes + bytes / 4 + carried.len());
-        next.data.extend_from_slice(carried);
-        self.chunk.data.truncate(bytes);
+        if let ChunkBytes::Owned(data) = &mut self.chunk.data {
+            // Sized like the chunk it follows, and a quarter more: filling it should not grow
+            // it (a chunk a little larger than the last would copy all of it once more).
+            let carried = &data[carry_from.min(data.len())..];
+            let bytes = data.len() - carried.len();
+            let next_data = next.data.owned();
+            next_data.reserve(bytes + bytes / 4 + carried.len());
+            next_data.extend_from_slice(carried);
+            data.truncate(bytes);
+        }
         next.spans.reserve(self.chunk_messages);
         match &mut next.positions {
             Positions::Indexed { first } => *first = self.read,
@@ -226,8 +253,54 @@ enum ReadError {
     Closed,
 }
 
+/// Reads the file at `path` through a memory map when it can be mapped (a regular file), and
+/// with reads into the chunks otherwise (pipes, special files).
 fn read_lines(path: &Path, dealer: &mut Dealer) -> Result<(), ReadError> {
-    read_lines_in_place(path, dealer, 1 << 20)
+    let io = |e: std::io::Error| ReadError::Io(format!("reading {}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(io)?;
+    match MappedFile::map(&file, path).map_err(io)? {
+        Some(mapped) => read_lines_mapped(Arc::new(mapped), dealer).map_err(|_| ReadError::Closed),
+        None => read_lines_in_place(path, dealer, 1 << 20),
+    }
+}
+
+/// Cuts the lines of a mapped file into chunks that point into the mapping: the workers parse
+/// the page cache's bytes, and nothing is copied. The same lines as [`read_lines_in_place`]:
+/// a `\r` before a line's `\n` is not part of it; blank lines are not messages. A replay reads
+/// the file as long as it was when mapped.
+fn read_lines_mapped(file: Arc<MappedFile>, dealer: &mut Dealer) -> Result<(), Closed> {
+    let bytes = file.bytes();
+    let progress = dealer.progress.clone();
+    progress
+        .total_bytes
+        .store(bytes.len() as u64, Ordering::Relaxed);
+    let mut number = 0u64;
+    let mut start = 0usize;
+    let push = |dealer: &mut Dealer, start: usize, end: usize, number: u64| {
+        let end = match bytes[start..end] {
+            [.., b'\r'] => end - 1,
+            _ => end,
+        };
+        if start == end {
+            return Ok(());
+        }
+        dealer.push_mapped(&file, start..end, number)?;
+        file.reader_at(end);
+        if dealer.chunk.is_empty() {
+            progress.bytes.store(end as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    };
+    for end in memchr::memchr_iter(b'\n', bytes) {
+        number += 1;
+        push(dealer, start, end, number)?;
+        start = end + 1;
+    }
+    if start < bytes.len() {
+        push(dealer, start, bytes.len(), number + 1)?;
+    }
+    progress.bytes.store(bytes.len() as u64, Ordering::Relaxed);
+    Ok(())
 }
 
 /// Reads `path` into the chunks themselves, at most `read_bytes` at a time: each read lands in
@@ -260,7 +333,7 @@ fn read_lines_in_place(
         let mean_line = bytes_cut.checked_div(number).unwrap_or(512).max(1) as usize;
         let lacking = dealer.chunk_messages.saturating_sub(dealer.chunk.len());
         let wanted = (lacking * mean_line + mean_line / 2).clamp(1, read_bytes);
-        let data = &mut dealer.chunk.data;
+        let data = dealer.chunk.data.owned();
         data.reserve(wanted);
         let read = (&mut file)
             .take(wanted as u64)
@@ -278,7 +351,7 @@ fn read_lines_in_place(
             }
             return Ok(());
         }
-        while let Some(at) = memchr::memchr(b'\n', &dealer.chunk.data[scanned..]) {
+        while let Some(at) = memchr::memchr(b'\n', &dealer.chunk.data.bytes()[scanned..]) {
             let end = scanned + at;
             number += 1;
             bytes_cut += (end + 1 - line_start) as u64;
@@ -301,7 +374,7 @@ fn push_line(
     next: usize,
     number: u64,
 ) -> Result<usize, Closed> {
-    let end = match dealer.chunk.data[start..end] {
+    let end = match dealer.chunk.data.bytes()[start..end] {
         [.., b'\r'] => end - 1,
         _ => end,
     };
@@ -380,55 +453,99 @@ mod tests {
         assert_eq!(seen, expected);
     }
 
-    #[test]
-    fn lines_split_across_reads_and_chunks_are_read_whole_with_their_numbers() {
+    /// Reads `text` as a file with `read` into chunks of `chunk_messages`, and gives back its
+    /// messages with their line numbers and the sizes of the chunks dealt.
+    fn read_file_with(
+        text: &str,
+        chunk_messages: usize,
+        read: impl FnOnce(&Path, &mut Dealer) -> Result<(), ReadError>,
+    ) -> (Vec<(u64, String)>, Vec<usize>) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("in.jsonl");
-        // Blank lines, CRLF, a long line, and no newline at the end.
-        let text = "first\n\nsecond line\r\n\r\nthe third line is longer than the buffer\nlast";
         std::fs::write(&path, text).unwrap();
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        let progress = Arc::new(SourceProgress::default());
+        let mut dealer = Dealer::new(
+            vec![sender],
+            0,
+            1,
+            chunk_messages,
+            100,
+            positions_for(&BoundedInput::File(path.clone())),
+            progress.clone(),
+        );
+        assert!(read(&path, &mut dealer).is_ok());
+        dealer.finish().unwrap();
+        assert_eq!(progress.bytes.load(Ordering::Relaxed), text.len() as u64);
+        let mut lines = Vec::new();
+        let mut chunk_sizes = Vec::new();
+        for event in receiver.try_iter() {
+            if let SourceEvent::Batch(batch) = event {
+                chunk_sizes.push(batch.len());
+                for (i, message) in batch.messages() {
+                    let SourcePosition::Line { line, .. } = batch.position(i) else {
+                        panic!("file messages have line numbers");
+                    };
+                    lines.push((line, String::from_utf8(message.to_vec()).unwrap()));
+                }
+            }
+        }
+        (lines, chunk_sizes)
+    }
+
+    // Blank lines, CRLF, a long line, and no newline at the end.
+    const AWKWARD_LINES: &str =
+        "first\n\nsecond line\r\n\r\nthe third line is longer than the buffer\nlast";
+
+    fn awkward_lines_expected() -> Vec<(u64, String)> {
+        vec![
+            (1, "first".to_string()),
+            (3, "second line".to_string()),
+            (5, "the third line is longer than the buffer".to_string()),
+            (6, "last".to_string()),
+        ]
+    }
+
+    fn assert_full_chunks(chunk_sizes: &[usize], chunk_messages: usize, case: &str) {
+        let (last, full) = chunk_sizes.split_last().expect("a chunk");
+        assert!(full.iter().all(|&n| n == chunk_messages), "{case}");
+        assert!((1..=chunk_messages).contains(last), "{case}");
+    }
+
+    #[test]
+    fn lines_split_across_reads_and_chunks_are_read_whole_with_their_numbers() {
         for (read_bytes, chunk_messages) in [1, 3, 7, 64, 1 << 20]
             .into_iter()
             .flat_map(|r| [1, 2, 100].map(|c| (r, c)))
         {
-            let (sender, receiver) = crossbeam_channel::unbounded();
-            let progress = Arc::new(SourceProgress::default());
-            let mut dealer = Dealer::new(
-                vec![sender],
-                0,
-                1,
-                chunk_messages,
-                100,
-                positions_for(&BoundedInput::File(path.clone())),
-                progress.clone(),
-            );
-            assert!(read_lines_in_place(&path, &mut dealer, read_bytes).is_ok());
-            dealer.finish().unwrap();
-            let mut lines = Vec::new();
-            let mut chunk_sizes = Vec::new();
-            for event in receiver.try_iter() {
-                if let SourceEvent::Batch(batch) = event {
-                    chunk_sizes.push(batch.len());
-                    for (i, message) in batch.messages() {
-                        let SourcePosition::Line { line, .. } = batch.position(i) else {
-                            panic!("file messages have line numbers");
-                        };
-                        lines.push((line, String::from_utf8(message.to_vec()).unwrap()));
-                    }
-                }
-            }
-            let expected = vec![
-                (1, "first".to_string()),
-                (3, "second line".to_string()),
-                (5, "the third line is longer than the buffer".to_string()),
-                (6, "last".to_string()),
-            ];
+            let (lines, chunk_sizes) =
+                read_file_with(AWKWARD_LINES, chunk_messages, |path, dealer| {
+                    read_lines_in_place(path, dealer, read_bytes)
+                });
             let case = format!("reads of {read_bytes} bytes, chunks of {chunk_messages}");
-            assert_eq!(lines, expected, "{case}");
-            let (last, full) = chunk_sizes.split_last().expect("a chunk");
-            assert!(full.iter().all(|&n| n == chunk_messages), "{case}");
-            assert!((1..=chunk_messages).contains(last), "{case}");
-            assert_eq!(progress.bytes.load(Ordering::Relaxed), text.len() as u64);
+            assert_eq!(lines, awkward_lines_expected(), "{case}");
+            assert_full_chunks(&chunk_sizes, chunk_messages, &case);
+        }
+    }
+
+    #[test]
+    fn a_mapped_file_is_cut_into_the_same_lines_as_a_read_one() {
+        for chunk_messages in [1, 2, 100] {
+            let (lines, chunk_sizes) = read_file_with(AWKWARD_LINES, chunk_messages, read_lines);
+            let case = format!("chunks of {chunk_messages}");
+            assert_eq!(lines, awkward_lines_expected(), "{case}");
+            assert_full_chunks(&chunk_sizes, chunk_messages, &case);
+        }
+        // Chunks that span pages, and a file that ends with its newline.
+        let text: String = (1..=5000).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+        for chunk_messages in [7, 1000] {
+            let (mapped, mapped_sizes) = read_file_with(&text, chunk_messages, read_lines);
+            let (read, read_sizes) = read_file_with(&text, chunk_messages, |path, dealer| {
+                read_lines_in_place(path, dealer, 1 << 20)
+            });
+            assert_eq!(mapped.len(), 5000);
+            assert_eq!(mapped, read, "chunks of {chunk_messages}");
+            assert_eq!(mapped_sizes, read_sizes, "chunks of {chunk_messages}");
         }
     }
 }

@@ -6,6 +6,7 @@
 pub mod dims;
 pub mod file;
 pub mod kafka;
+pub mod mapped;
 pub mod routing;
 
 use std::ops::Range;
@@ -66,8 +67,8 @@ pub enum Positions {
 pub struct SourceBatch {
     pub epoch: u64,
     /// The messages' bytes: back to back when pushed, or the source's own bytes read in place
-    /// (then line ends and blank lines lie between the messages).
-    pub data: Vec<u8>,
+    /// or mapped (then line ends and blank lines lie between the messages).
+    pub data: ChunkBytes,
     /// `data[spans[i].clone()]` is message `i`.
     pub spans: Vec<Range<usize>>,
     pub positions: Positions,
@@ -77,7 +78,7 @@ impl SourceBatch {
     pub fn new(epoch: u64, positions: Positions) -> SourceBatch {
         SourceBatch {
             epoch,
-            data: Vec::new(),
+            data: ChunkBytes::Owned(Vec::new()),
             spans: Vec::new(),
             positions,
         }
@@ -85,9 +86,10 @@ impl SourceBatch {
 
     /// Appends a copy of `message`.
     pub fn push(&mut self, message: &[u8]) {
-        let start = self.data.len();
-        self.data.extend_from_slice(message);
-        self.spans.push(start..self.data.len());
+        let data = self.data.owned();
+        let start = data.len();
+        data.extend_from_slice(message);
+        self.spans.push(start..data.len());
     }
 
     pub fn len(&self) -> usize {
@@ -103,7 +105,7 @@ impl SourceBatch {
         self.spans
             .iter()
             .enumerate()
-            .map(|(i, span)| (i, &self.data[span.clone()]))
+            .map(|(i, span)| (i, &self.data.bytes()[span.clone()]))
     }
 
     /// The Kafka timestamp of message `i`, when it has one.
@@ -135,6 +137,51 @@ impl SourceBatch {
         }
     }
 }
+
+/// The bytes a batch's messages lie in.
+#[derive(Debug, Clone)]
+pub enum ChunkBytes {
+    /// Bytes of the batch's own: copied, or read into it.
+    Owned(Vec<u8>),
+    /// Part of a memory-mapped file, given back to the kernel when the batch is dropped.
+    Mapped(mapped::MappedChunk),
+}
+
+impl ChunkBytes {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            ChunkBytes::Owned(data) => data,
+            ChunkBytes::Mapped(chunk) => chunk.bytes(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes().is_empty()
+    }
+
+    /// The bytes as a vector to add to; mapped bytes are copied into one first.
+    pub fn owned(&mut self) -> &mut Vec<u8> {
+        if let ChunkBytes::Mapped(chunk) = self {
+            *self = ChunkBytes::Owned(chunk.bytes().to_vec());
+        }
+        match self {
+            ChunkBytes::Owned(data) => data,
+            ChunkBytes::Mapped(_) => unreachable!("mapped bytes were just copied"),
+        }
+    }
+}
+
+impl PartialEq for ChunkBytes {
+    fn eq(&self, other: &ChunkBytes) -> bool {
+        self.bytes() == other.bytes()
+    }
+}
+
+impl Eq for ChunkBytes {}
 
 /// What a source tells a worker.
 #[derive(Debug)]
