@@ -1068,12 +1068,12 @@ impl WorkerLoop<'_> {
                 Outcome::DeadLetter(rejection) => self
                     .shared
                     .dead_letters
-                    .send(DeadLetter {
-                        reason: rejection.reason,
-                        detail: rejection.detail,
-                        source: batch.position(i),
-                        raw: message.to_vec(),
-                    })
+                    .send(DeadLetter::new(
+                        rejection.reason,
+                        rejection.detail,
+                        batch.position(i),
+                        message,
+                    ))
                     .map_err(|e| format!("writing a dead letter: {e}"))?,
             }
         }

@@ -48,7 +48,7 @@ impl RecentDeadLetters {
             detail: letter.detail.chars().take(500).collect(),
             source: letter.source.to_json(),
             preview: preview(&letter.raw),
-            bytes: letter.raw.len(),
+            bytes: letter.raw_bytes.unwrap_or(letter.raw.len()),
         });
     }
 

@@ -17,16 +17,53 @@ use crate::event::Reason;
 use crate::schema::format_timestamp;
 use crate::source::SourcePosition;
 
+/// How much of a `message_too_large` message its dead letter keeps. Such a message may be of
+/// any length (a file with a corrupt or missing line end can make one line of gigabytes), and
+/// the alerts topic takes records of about a megabyte; its source locates the whole message.
+pub const TOO_LARGE_RAW_BYTES: usize = 64 * 1024;
+
 /// A message that ended as a dead letter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
     pub reason: Reason,
     pub detail: String,
     pub source: SourcePosition,
+    /// The message, or for `message_too_large` its first [`TOO_LARGE_RAW_BYTES`] (cut where a
+    /// character ends, when it is text).
     pub raw: Vec<u8>,
+    /// The message's length, when `raw` holds only its start.
+    pub raw_bytes: Option<usize>,
 }
 
 impl DeadLetter {
+    /// The dead letter of `message`.
+    pub fn new(
+        reason: Reason,
+        detail: String,
+        source: SourcePosition,
+        message: &[u8],
+    ) -> DeadLetter {
+        let (raw, raw_bytes) =
+            if reason == Reason::MessageTooLarge && message.len() > TOO_LARGE_RAW_BYTES {
+                let start = &message[..TOO_LARGE_RAW_BYTES];
+                let end = match std::str::from_utf8(start) {
+                    // Text cut inside its last character: drop the partial character.
+                    Err(e) if e.error_len().is_none() => e.valid_up_to(),
+                    _ => start.len(),
+                };
+                (message[..end].to_vec(), Some(message.len()))
+            } else {
+                (message.to_vec(), None)
+            };
+        DeadLetter {
+            reason,
+            detail,
+            source,
+            raw,
+            raw_bytes,
+        }
+    }
+
     /// The alert record (SPEC §7), as one line of JSON: `raw` as text when it is UTF-8, else
     /// base64. Written straight from the letter, without building a JSON tree first: a replay
     /// of a dump with bad messages spent ~2 % of its worker's time building those trees.
@@ -43,6 +80,7 @@ impl DeadLetter {
             detail: &self.detail,
             kind: "dead_letter",
             raw,
+            raw_bytes: self.raw_bytes,
             raw_encoding,
             reason: self.reason.as_str(),
             severity: "warning",
@@ -60,6 +98,8 @@ struct DeadLetterRecord<'a> {
     detail: &'a str,
     kind: &'static str,
     raw: Cow<'a, str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw_bytes: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     raw_encoding: Option<&'static str>,
     reason: &'static str,
@@ -215,5 +255,43 @@ impl DeadLetterSink for DeadLetterMemory {
 
     fn flush(&self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn letter(reason: Reason, message: &[u8]) -> DeadLetter {
+        DeadLetter::new(reason, String::new(), SourcePosition::Index(7), message)
+    }
+
+    #[test]
+    fn a_too_large_message_keeps_its_start_and_length_in_its_dead_letter() {
+        let long = "题".repeat(TOO_LARGE_RAW_BYTES);
+        let cut = letter(Reason::MessageTooLarge, long.as_bytes());
+        // Cut where the last whole character ends, so the start stays text.
+        assert_eq!(cut.raw.len(), TOO_LARGE_RAW_BYTES / 3 * 3);
+        assert_eq!(cut.raw_bytes, Some(long.len()));
+        let record: serde_json::Value = serde_json::from_str(&cut.to_line(0)).unwrap();
+        assert_eq!(record["raw_bytes"], long.len());
+        assert!(record.get("raw_encoding").is_none());
+        assert!(long.starts_with(record["raw"].as_str().unwrap()));
+        // Bytes that are not text are cut at the limit.
+        let binary = vec![0xff; TOO_LARGE_RAW_BYTES + 1];
+        let cut = letter(Reason::MessageTooLarge, &binary);
+        assert_eq!(cut.raw.len(), TOO_LARGE_RAW_BYTES);
+        assert_eq!(cut.raw_bytes, Some(binary.len()));
+    }
+
+    #[test]
+    fn other_dead_letters_keep_the_whole_message() {
+        let long = "x".repeat(TOO_LARGE_RAW_BYTES * 2);
+        let whole = letter(Reason::InvalidField, long.as_bytes());
+        assert_eq!(whole.raw, long.as_bytes());
+        assert_eq!(whole.raw_bytes, None);
+        assert!(!whole.to_line(0).contains("raw_bytes"));
+        let short = letter(Reason::MessageTooLarge, b"{}");
+        assert_eq!((short.raw.as_slice(), short.raw_bytes), (&b"{}"[..], None));
     }
 }
