@@ -260,7 +260,7 @@ fn read_lines(path: &Path, dealer: &mut Dealer) -> Result<(), ReadError> {
     let file = std::fs::File::open(path).map_err(io)?;
     match MappedFile::map(&file, path).map_err(io)? {
         Some(mapped) => read_lines_mapped(Arc::new(mapped), dealer).map_err(|_| ReadError::Closed),
-        None => read_lines_in_place(path, dealer, 1 << 20),
+        None => read_lines_in_place(file, path, dealer, 1 << 20),
     }
 }
 
@@ -303,18 +303,19 @@ fn read_lines_mapped(file: Arc<MappedFile>, dealer: &mut Dealer) -> Result<(), C
     Ok(())
 }
 
-/// Reads `path` into the chunks themselves, at most `read_bytes` at a time: each read lands in
-/// the chunk being filled and its lines are cut where they lie, so a byte is copied once, by
-/// the kernel. Only what was read past a full chunk's last line moves on to the next chunk;
-/// reads are sized by the mean line so far to what the chunk still lacks, so that is little.
+/// Reads `file` (opened from `path`) into the chunks themselves, at most `read_bytes` at a
+/// time: each read lands in the chunk being filled and its lines are cut where they lie, so a
+/// byte is copied once, by the kernel. Only what was read past a full chunk's last line moves
+/// on to the next chunk; reads are sized by the mean line so far to what the chunk still
+/// lacks, so that is little.
 /// A `\r` before a line's `\n` is not part of it; blank lines are not messages.
 fn read_lines_in_place(
+    mut file: std::fs::File,
     path: &Path,
     dealer: &mut Dealer,
     read_bytes: usize,
 ) -> Result<(), ReadError> {
     let io = |e: std::io::Error| ReadError::Io(format!("reading {}: {e}", path.display()));
-    let mut file = std::fs::File::open(path).map_err(io)?;
     if let Ok(meta) = file.metadata() {
         dealer
             .progress
@@ -520,7 +521,12 @@ mod tests {
         {
             let (lines, chunk_sizes) =
                 read_file_with(AWKWARD_LINES, chunk_messages, |path, dealer| {
-                    read_lines_in_place(path, dealer, read_bytes)
+                    read_lines_in_place(
+                        std::fs::File::open(path).unwrap(),
+                        path,
+                        dealer,
+                        read_bytes,
+                    )
                 });
             let case = format!("reads of {read_bytes} bytes, chunks of {chunk_messages}");
             assert_eq!(lines, awkward_lines_expected(), "{case}");
@@ -541,11 +547,49 @@ mod tests {
         for chunk_messages in [7, 1000] {
             let (mapped, mapped_sizes) = read_file_with(&text, chunk_messages, read_lines);
             let (read, read_sizes) = read_file_with(&text, chunk_messages, |path, dealer| {
-                read_lines_in_place(path, dealer, 1 << 20)
+                read_lines_in_place(std::fs::File::open(path).unwrap(), path, dealer, 1 << 20)
             });
             assert_eq!(mapped.len(), 5000);
             assert_eq!(mapped, read, "chunks of {chunk_messages}");
             assert_eq!(mapped_sizes, read_sizes, "chunks of {chunk_messages}");
         }
+    }
+
+    #[test]
+    fn a_named_pipe_is_read_as_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.fifo");
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let writer = {
+            let path = path.clone();
+            std::thread::spawn(move || std::fs::write(path, AWKWARD_LINES).unwrap())
+        };
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        let mut dealer = Dealer::new(
+            vec![sender],
+            0,
+            1,
+            2,
+            100,
+            positions_for(&BoundedInput::File(path.clone())),
+            Arc::new(SourceProgress::default()),
+        );
+        assert!(read_lines(&path, &mut dealer).is_ok());
+        dealer.finish().unwrap();
+        writer.join().unwrap();
+        let mut lines = Vec::new();
+        for event in receiver.try_iter() {
+            if let SourceEvent::Batch(batch) = event {
+                for (i, message) in batch.messages() {
+                    let SourcePosition::Line { line, .. } = batch.position(i) else {
+                        panic!("file messages have line numbers");
+                    };
+                    lines.push((line, String::from_utf8(message.to_vec()).unwrap()));
+                }
+            }
+        }
+        assert_eq!(lines, awkward_lines_expected());
     }
 }
