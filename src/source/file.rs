@@ -478,6 +478,13 @@ mod tests {
         assert!(read(&path, &mut dealer).is_ok());
         dealer.finish().unwrap();
         assert_eq!(progress.bytes.load(Ordering::Relaxed), text.len() as u64);
+        lines_dealt(&receiver)
+    }
+
+    /// The messages dealt to `receiver` with their line numbers, and the sizes of the chunks.
+    fn lines_dealt(
+        receiver: &crossbeam_channel::Receiver<SourceEvent>,
+    ) -> (Vec<(u64, String)>, Vec<usize>) {
         let mut lines = Vec::new();
         let mut chunk_sizes = Vec::new();
         for event in receiver.try_iter() {
@@ -579,17 +586,8 @@ mod tests {
         assert!(read_lines(&path, &mut dealer).is_ok());
         dealer.finish().unwrap();
         writer.join().unwrap();
-        let mut lines = Vec::new();
-        for event in receiver.try_iter() {
-            if let SourceEvent::Batch(batch) = event {
-                for (i, message) in batch.messages() {
-                    let SourcePosition::Line { line, .. } = batch.position(i) else {
-                        panic!("file messages have line numbers");
-                    };
-                    lines.push((line, String::from_utf8(message.to_vec()).unwrap()));
-                }
-            }
-        }
+        let (lines, chunk_sizes) = lines_dealt(&receiver);
         assert_eq!(lines, awkward_lines_expected());
+        assert_full_chunks(&chunk_sizes, 2, "a named pipe");
     }
 }
