@@ -277,13 +277,9 @@ fn read_lines_mapped(file: Arc<MappedFile>, dealer: &mut Dealer) -> Result<(), C
     let mut number = 0u64;
     let mut start = 0usize;
     let push = |dealer: &mut Dealer, start: usize, end: usize, number: u64| {
-        let end = match bytes[start..end] {
-            [.., b'\r'] => end - 1,
-            _ => end,
-        };
-        if start == end {
+        let Some(end) = message_end(bytes, start, end) else {
             return Ok(());
-        }
+        };
         dealer.push_mapped(&file, start..end, number)?;
         file.reader_at(end);
         if dealer.chunk.is_empty() {
@@ -375,14 +371,20 @@ fn push_line(
     next: usize,
     number: u64,
 ) -> Result<usize, Closed> {
-    let end = match dealer.chunk.data.bytes()[start..end] {
+    match message_end(dealer.chunk.data.bytes(), start, end) {
+        Some(end) => dealer.push_span(start..end, number, next),
+        None => Ok(0),
+    }
+}
+
+/// Where the message of line `bytes[start..end]` (without its `\n`) ends: a `\r` before the
+/// `\n` is not part of it. `None` when the line is blank: blank lines are not messages.
+fn message_end(bytes: &[u8], start: usize, end: usize) -> Option<usize> {
+    let end = match bytes[start..end] {
         [.., b'\r'] => end - 1,
         _ => end,
     };
-    if start == end {
-        return Ok(0);
-    }
-    dealer.push_span(start..end, number, next)
+    (start < end).then_some(end)
 }
 
 /// The positions of a new chunk of `input`.
