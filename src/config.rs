@@ -167,7 +167,8 @@ pub struct SinkConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
-    /// Messages a source hands a worker at once.
+    /// Messages a source hands a worker at once (from a regular file, about this many: it is
+    /// cut by bytes, by the mean length of its first lines).
     pub chunk_messages: usize,
     /// Messages a worker takes into one epoch at most.
     pub epoch_max_messages: usize,

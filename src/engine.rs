@@ -847,13 +847,13 @@ impl WorkerLoop<'_> {
                     let caught_up = !probe.less_than(&epoch.saturating_sub(max_ahead));
                     if caught_up {
                         match source.try_recv() {
-                            Ok(SourceEvent::Batch(mut batch)) => {
+                            Ok(SourceEvent::Batch(batch)) => {
                                 idle = false;
-                                if let EpochClock::Wall(_) = clock {
-                                    batch.epoch = self.epoch().max(clock.now());
-                                }
-                                self.advance_to(batch.epoch);
-                                self.ingest(&batch)?;
+                                self.take(batch)?;
+                            }
+                            Ok(SourceEvent::FileChunk(chunk)) => {
+                                idle = false;
+                                self.take(chunk.split())?;
                             }
                             Ok(SourceEvent::CaughtUp) => {
                                 caught_up_at = Some(self.epoch());
@@ -1010,6 +1010,15 @@ impl WorkerLoop<'_> {
     fn rows_written(&self) -> u64 {
         let stats = &self.shared.sink_stats;
         stats.rows_upserted.load(Ordering::Relaxed) + stats.rows_deleted.load(Ordering::Relaxed)
+    }
+
+    /// Ingests a batch at its epoch, or on a wall clock at the clock's.
+    fn take(&mut self, mut batch: SourceBatch) -> Result<(), String> {
+        if let EpochClock::Wall(_) = self.shared.clock {
+            batch.epoch = self.epoch().max(self.shared.clock.now());
+        }
+        self.advance_to(batch.epoch);
+        self.ingest(&batch)
     }
 
     fn ingest(&mut self, batch: &SourceBatch) -> Result<(), String> {

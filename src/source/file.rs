@@ -3,8 +3,12 @@
 //!
 //! Epochs are assigned here, not by the workers: chunk `k` goes to worker `k mod workers` at
 //! epoch `k / (workers × chunks_per_epoch)`, so all workers move through the same epochs and
-//! the end of input is one epoch that everyone reaches. In a cluster, every process reads the
-//! file and keeps the chunks of its own workers.
+//! the end of input is one epoch that everyone reaches. In a cluster, every process cuts the
+//! file the same way and keeps the chunks of its own workers.
+//!
+//! A regular file is mapped and cut into chunks of about `chunk_messages` lines by their bytes;
+//! the workers split them into lines ([`super::chunk_lines`]). Other inputs are split into
+//! lines here, `chunk_messages` to a chunk.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -13,8 +17,9 @@ use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 
-use super::mapped::{MappedChunk, MappedFile};
-use super::{ChunkBytes, Positions, SourceBatch, SourceEvent};
+use super::chunk_lines::{ChunkLines, FileChunk};
+use super::mapped::MappedFile;
+use super::{ChunkBytes, LineBase, Positions, SourceBatch, SourceEvent};
 
 /// How far a source has read, for progress displays.
 #[derive(Debug, Default)]
@@ -66,6 +71,11 @@ pub struct Dealer {
     read: u64,
     chunk: SourceBatch,
     make_positions: Box<dyn Fn() -> Positions + Send>,
+    /// The reader splits a mapped file's chunk into lines itself when the worker it goes to has
+    /// at least this many chunks waiting: while it keeps ahead of the workers, its time is
+    /// spare. A worker whose queue runs lower gets its chunk unsplit and splits it, so the one
+    /// reader never holds back many workers.
+    split_when_waiting: usize,
     pub progress: Arc<SourceProgress>,
 }
 
@@ -90,6 +100,7 @@ impl Dealer {
             read: 0,
             chunk,
             make_positions,
+            split_when_waiting: 2,
             progress,
         }
     }
@@ -120,29 +131,6 @@ impl Dealer {
         self.pushed(line, carry_from)
     }
 
-    /// Adds the message at `span` of a mapped file, line number `line`; the chunk being filled
-    /// becomes the file's bytes from its first message to this one.
-    fn push_mapped(
-        &mut self,
-        file: &Arc<MappedFile>,
-        span: std::ops::Range<usize>,
-        line: u64,
-    ) -> Result<(), Closed> {
-        let start = match &mut self.chunk.data {
-            ChunkBytes::Mapped(chunk) if !self.chunk.spans.is_empty() => {
-                chunk.extend_to(span.end);
-                chunk.start()
-            }
-            data => {
-                *data = ChunkBytes::Mapped(MappedChunk::new(file.clone(), span.clone()));
-                span.start
-            }
-        };
-        self.chunk.spans.push(span.start - start..span.end - start);
-        self.pushed(line, 0)?;
-        Ok(())
-    }
-
     /// Counts the message just added; deals the chunk when it is full (see
     /// [`Dealer::push_span`] for `carry_from`).
     fn pushed(&mut self, line: u64, carry_from: usize) -> Result<usize, Closed> {
@@ -157,9 +145,20 @@ impl Dealer {
         Ok(carry_from)
     }
 
+    /// Takes the next turn: the epoch of the next chunk and, when one of this process's workers
+    /// gets it, that worker's local index.
+    fn next_turn(&mut self) -> (u64, Option<usize>) {
+        let worker = (self.chunk_index % self.peers as u64) as usize;
+        let epoch = self.epoch_of(self.chunk_index);
+        self.chunk_index += 1;
+        let local = worker
+            .checked_sub(self.first_worker)
+            .filter(|local| *local < self.senders.len());
+        (epoch, local)
+    }
+
     /// Sends the chunk to its worker; its bytes from `carry_from` on start the next chunk.
     fn deal(&mut self, carry_from: usize) -> Result<(), Closed> {
-        let worker = (self.chunk_index % self.peers as u64) as usize;
         let mut next = SourceBatch::new(0, (self.make_positions)());
         if let ChunkBytes::Owned(data) = &mut self.chunk.data {
             // Sized like the chunk it follows, and a quarter more: filling it should not grow
@@ -178,18 +177,41 @@ impl Dealer {
             Positions::Kafka { .. } => {}
         }
         let mut chunk = std::mem::replace(&mut self.chunk, next);
-        chunk.epoch = self.epoch_of(self.chunk_index);
-        self.chunk_index += 1;
-        if let Some(local) = worker.checked_sub(self.first_worker) {
-            if let Some(sender) = self.senders.get(local) {
-                // Counted by the process whose worker ingests it.
-                self.progress
-                    .messages
-                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                sender.send(SourceEvent::Batch(chunk)).map_err(|_| Closed)?;
-            }
+        let (epoch, local) = self.next_turn();
+        chunk.epoch = epoch;
+        if let Some(local) = local {
+            // Counted by the process whose worker ingests it.
+            self.progress
+                .messages
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            self.senders[local]
+                .send(SourceEvent::Batch(chunk))
+                .map_err(|_| Closed)?;
         }
         Ok(())
+    }
+
+    /// Deals chunk `index` of a mapped file, which is cut: to its worker when that is one of
+    /// this process's, split here or there (see [`Dealer::split_when_waiting`]). The
+    /// chunks of other processes' workers have their line ends counted here, for the line
+    /// numbers of the chunks after them.
+    fn deal_file_chunk(&mut self, lines: &Arc<ChunkLines>, index: usize) -> Result<(), Closed> {
+        let (epoch, local) = self.next_turn();
+        match local {
+            Some(local) => {
+                let chunk = FileChunk::new(lines.clone(), index, epoch);
+                let sender = &self.senders[local];
+                let event = match sender.len() >= self.split_when_waiting {
+                    true => SourceEvent::Batch(chunk.split()),
+                    false => SourceEvent::FileChunk(chunk),
+                };
+                sender.send(event).map_err(|_| Closed)
+            }
+            None => {
+                lines.count(index);
+                Ok(())
+            }
+        }
     }
 
     /// Deals the last chunk and tells every worker where input ends.
@@ -259,44 +281,63 @@ fn read_lines(path: &Path, dealer: &mut Dealer) -> Result<(), ReadError> {
     let io = |e: std::io::Error| ReadError::Io(format!("reading {}: {e}", path.display()));
     let file = std::fs::File::open(path).map_err(io)?;
     match MappedFile::map(&file, path).map_err(io)? {
-        Some(mapped) => read_lines_mapped(Arc::new(mapped), dealer).map_err(|_| ReadError::Closed),
+        Some(mapped) => {
+            let chunk_bytes = chunk_bytes_for(mapped.bytes(), dealer.chunk_messages);
+            let name = Arc::from(path.display().to_string());
+            cut_mapped(Arc::new(mapped), name, chunk_bytes, dealer).map_err(|_| ReadError::Closed)
+        }
         None => read_lines_in_place(file, path, dealer, 1 << 20),
     }
 }
 
-/// Cuts the lines of a mapped file into chunks that point into the mapping: the workers parse
-/// the page cache's bytes, and nothing is copied. The same lines as [`read_lines_in_place`]:
-/// a `\r` before a line's `\n` is not part of it; blank lines are not messages. A replay reads
-/// the file as long as it was when mapped.
-fn read_lines_mapped(file: Arc<MappedFile>, dealer: &mut Dealer) -> Result<(), Closed> {
+/// Cuts a mapped file into chunks that point into the mapping: the workers split them into
+/// lines and parse the page cache's own bytes, and nothing is copied. A chunk ends at the first
+/// line end past `chunk_bytes`, so the reader reads little more than a line per chunk; the
+/// workers find the same lines as [`read_lines_in_place`]. A replay reads the file as long as it
+/// was when mapped.
+fn cut_mapped(
+    file: Arc<MappedFile>,
+    name: Arc<str>,
+    chunk_bytes: usize,
+    dealer: &mut Dealer,
+) -> Result<(), Closed> {
     let bytes = file.bytes();
     let progress = dealer.progress.clone();
     progress
         .total_bytes
         .store(bytes.len() as u64, Ordering::Relaxed);
-    let mut number = 0u64;
+    let lines = Arc::new(ChunkLines::new(
+        file.clone(),
+        name,
+        chunk_bytes,
+        dealer.chunk_messages,
+        progress.clone(),
+    ));
+    let chunk_bytes = chunk_bytes.max(1);
     let mut start = 0usize;
-    let push = |dealer: &mut Dealer, start: usize, end: usize, number: u64| {
-        let Some(end) = message_end(bytes, start, end) else {
-            return Ok(());
-        };
-        dealer.push_mapped(&file, start..end, number)?;
+    let mut index = 0usize;
+    while start < bytes.len() {
+        let past = (start + chunk_bytes - 1).min(bytes.len());
+        let end = memchr::memchr(b'\n', &bytes[past..]).map_or(bytes.len(), |at| past + at + 1);
+        lines.cut(index, end);
+        dealer.deal_file_chunk(&lines, index)?;
+        // After the chunk holds its bytes: the windows it lies in stay mapped.
         file.reader_at(end);
-        if dealer.chunk.is_empty() {
-            progress.bytes.store(end as u64, Ordering::Relaxed);
-        }
-        Ok(())
-    };
-    for end in memchr::memchr_iter(b'\n', bytes) {
-        number += 1;
-        push(dealer, start, end, number)?;
-        start = end + 1;
+        progress.bytes.store(end as u64, Ordering::Relaxed);
+        start = end;
+        index += 1;
     }
-    if start < bytes.len() {
-        push(dealer, start, bytes.len(), number + 1)?;
-    }
-    progress.bytes.store(bytes.len() as u64, Ordering::Relaxed);
     Ok(())
+}
+
+/// The bytes of a mapped file's chunk: about `chunk_messages` lines, by the mean length of the
+/// lines in its first MiB, and between a page and 64 MiB.
+fn chunk_bytes_for(bytes: &[u8], chunk_messages: usize) -> usize {
+    let sample = &bytes[..bytes.len().min(1 << 20)];
+    let lines = memchr::memchr_iter(b'\n', sample).count().max(1);
+    (sample.len() / lines)
+        .saturating_mul(chunk_messages)
+        .clamp(4096, 64 << 20)
 }
 
 /// Reads `file` (opened from `path`) into the chunks themselves, at most `read_bytes` at a
@@ -379,7 +420,7 @@ fn push_line(
 
 /// Where the message of line `bytes[start..end]` (without its `\n`) ends: a `\r` before the
 /// `\n` is not part of it. `None` when the line is blank: blank lines are not messages.
-fn message_end(bytes: &[u8], start: usize, end: usize) -> Option<usize> {
+pub(super) fn message_end(bytes: &[u8], start: usize, end: usize) -> Option<usize> {
     let end = match bytes[start..end] {
         [.., b'\r'] => end - 1,
         _ => end,
@@ -394,6 +435,7 @@ pub fn positions_for(input: &BoundedInput) -> Box<dyn Fn() -> Positions + Send> 
             let file: Arc<str> = Arc::from(path.display().to_string());
             Box::new(move || Positions::Lines {
                 file: file.clone(),
+                base: LineBase::Start,
                 lines: Vec::new(),
             })
         }
@@ -490,17 +532,28 @@ mod tests {
         let mut lines = Vec::new();
         let mut chunk_sizes = Vec::new();
         for event in receiver.try_iter() {
-            if let SourceEvent::Batch(batch) = event {
-                chunk_sizes.push(batch.len());
-                for (i, message) in batch.messages() {
-                    let SourcePosition::Line { line, .. } = batch.position(i) else {
-                        panic!("file messages have line numbers");
-                    };
-                    lines.push((line, String::from_utf8(message.to_vec()).unwrap()));
-                }
-            }
+            let batch = match event {
+                SourceEvent::Batch(batch) => batch,
+                SourceEvent::FileChunk(chunk) => chunk.split(),
+                _ => continue,
+            };
+            chunk_sizes.push(batch.len());
+            lines.extend(lines_of(&batch));
         }
         (lines, chunk_sizes)
+    }
+
+    /// The messages of a file's batch with their line numbers.
+    fn lines_of(batch: &SourceBatch) -> Vec<(u64, String)> {
+        batch
+            .messages()
+            .map(|(i, message)| {
+                let SourcePosition::Line { line, .. } = batch.position(i) else {
+                    panic!("file messages have line numbers");
+                };
+                (line, String::from_utf8(message.to_vec()).unwrap())
+            })
+            .collect()
     }
 
     // Blank lines, CRLF, a long line, and no newline at the end.
@@ -543,25 +596,135 @@ mod tests {
         }
     }
 
+    /// Cuts `text`, mapped, into chunks of at least `chunk_bytes` for `peers` workers of which
+    /// this process runs `ours` (from the first), and gives back the messages with their line
+    /// numbers: from the batches the workers split, in the order given by `order` (which
+    /// reorders the chunks dealt), and the bytes of each chunk.
+    fn cut_mapped_with(
+        text: &str,
+        chunk_bytes: usize,
+        peers: usize,
+        ours: usize,
+        split_when_waiting: usize,
+        order: impl FnOnce(&mut Vec<FileChunk>),
+    ) -> (Vec<(u64, String)>, Vec<usize>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        std::fs::write(&path, text).unwrap();
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..ours).map(|_| crossbeam_channel::unbounded()).unzip();
+        let progress = Arc::new(SourceProgress::default());
+        let mut dealer = Dealer::new(
+            senders,
+            peers - ours,
+            peers,
+            1,
+            100,
+            positions_for(&BoundedInput::File(path.clone())),
+            progress.clone(),
+        );
+        dealer.split_when_waiting = split_when_waiting;
+        let file = std::fs::File::open(&path).unwrap();
+        let mapped = Arc::new(MappedFile::map(&file, &path).unwrap().expect("mapped"));
+        let name = Arc::from(path.display().to_string());
+        cut_mapped(mapped, name, chunk_bytes, &mut dealer).unwrap();
+        dealer.finish().unwrap();
+        assert_eq!(progress.bytes.load(Ordering::Relaxed), text.len() as u64);
+        let (mut chunks, mut split) = (Vec::new(), Vec::new());
+        for event in receivers.iter().flat_map(|rx| rx.try_iter()) {
+            match event {
+                SourceEvent::FileChunk(chunk) => chunks.push(chunk),
+                SourceEvent::Batch(batch) => split.push(batch),
+                _ => {}
+            }
+        }
+        // Dealt to queues nobody takes from: the first chunks of each queue go unsplit.
+        let dealt = chunks.len() + split.len();
+        assert_eq!(
+            chunks.len(),
+            dealt.min(split_when_waiting.saturating_mul(ours))
+        );
+        order(&mut chunks);
+        let mut lines = Vec::new();
+        let mut chunk_bytes = Vec::new();
+        // Each chunk's line numbers are asked for as soon as it is split, before the chunks
+        // after it in `order` are split.
+        for batch in split
+            .into_iter()
+            .chain(chunks.into_iter().map(FileChunk::split))
+        {
+            chunk_bytes.push(batch.data.len());
+            lines.extend(lines_of(&batch));
+        }
+        lines.sort();
+        let read = lines.len() as u64;
+        assert_eq!(progress.messages.load(Ordering::Relaxed), read);
+        (lines, chunk_bytes)
+    }
+
     #[test]
     fn a_mapped_file_is_cut_into_the_same_lines_as_a_read_one() {
-        for chunk_messages in [1, 2, 100] {
-            let (lines, chunk_sizes) = read_file_with(AWKWARD_LINES, chunk_messages, read_lines);
-            let case = format!("chunks of {chunk_messages}");
+        let in_order = |_: &mut Vec<FileChunk>| {};
+        for chunk_bytes in [1, 2, 7, 100, 1 << 20] {
+            let (lines, sizes) =
+                cut_mapped_with(AWKWARD_LINES, chunk_bytes, 1, 1, usize::MAX, in_order);
+            let case = format!("chunks of {chunk_bytes} bytes");
             assert_eq!(lines, awkward_lines_expected(), "{case}");
-            assert_full_chunks(&chunk_sizes, chunk_messages, &case);
+            let (last, full) = sizes.split_last().expect("a chunk");
+            assert!(full.iter().all(|&n| n >= chunk_bytes), "{case}");
+            assert!(*last >= 1, "{case}");
         }
         // Chunks that span pages, and a file that ends with its newline.
         let text: String = (1..=5000).map(|i| format!("{{\"n\":{i}}}\n")).collect();
-        for chunk_messages in [7, 1000] {
-            let (mapped, mapped_sizes) = read_file_with(&text, chunk_messages, read_lines);
-            let (read, read_sizes) = read_file_with(&text, chunk_messages, |path, dealer| {
-                read_lines_in_place(std::fs::File::open(path).unwrap(), path, dealer, 1 << 20)
-            });
-            assert_eq!(mapped.len(), 5000);
-            assert_eq!(mapped, read, "chunks of {chunk_messages}");
-            assert_eq!(mapped_sizes, read_sizes, "chunks of {chunk_messages}");
+        let (read, _) = read_file_with(&text, 1000, |path, dealer| {
+            read_lines_in_place(std::fs::File::open(path).unwrap(), path, dealer, 1 << 20)
+        });
+        assert_eq!(read.len(), 5000);
+        for chunk_bytes in [7, 5000, 100_000] {
+            // Split by the workers, by the reader, and by both.
+            for split_when_waiting in [usize::MAX, 0, 3] {
+                let (mapped, _) =
+                    cut_mapped_with(&text, chunk_bytes, 1, 1, split_when_waiting, in_order);
+                let case = format!("chunks of {chunk_bytes} bytes, {split_when_waiting}");
+                assert_same_lines(&mapped, &read, &case);
+            }
         }
+    }
+
+    /// Fails at the first line that differs, rather than printing thousands.
+    fn assert_same_lines(got: &[(u64, String)], expected: &[(u64, String)], case: &str) {
+        for (got, expected) in got.iter().zip(expected) {
+            assert_eq!(got, expected, "{case}");
+        }
+        assert_eq!(got.len(), expected.len(), "{case}");
+    }
+
+    #[test]
+    fn line_numbers_hold_whatever_order_chunks_are_split_in() {
+        let text: String = (1..=3000)
+            .map(|i| match i % 7 {
+                0 => "\n".to_string(),
+                3 => format!("{{\"n\":{i}}}\r\n"),
+                _ => format!("{{\"n\":{i}}}\n"),
+            })
+            .collect();
+        let expected: Vec<(u64, String)> = (1..=3000u64)
+            .filter(|i| i % 7 != 0)
+            .map(|i| (i, format!("{{\"n\":{i}}}")))
+            .collect();
+        // Later chunks split first: earlier ones are counted when a line number needs them.
+        let (lines, _) = cut_mapped_with(&text, 500, 1, 1, usize::MAX, |chunks| chunks.reverse());
+        assert_same_lines(&lines, &expected, "split last first");
+        // Two workers in another process take every other chunk: the reader counts theirs.
+        let (lines, _) = cut_mapped_with(&text, 500, 4, 2, usize::MAX, |_| {});
+        let ours: Vec<u64> = lines.iter().map(|(line, _)| *line).collect();
+        assert!(!lines.is_empty() && lines.len() < expected.len());
+        let expected_ours: Vec<(u64, String)> = expected
+            .iter()
+            .filter(|(line, _)| ours.contains(line))
+            .cloned()
+            .collect();
+        assert_same_lines(&lines, &expected_ours, "another process's chunks");
     }
 
     #[test]

@@ -202,23 +202,6 @@ impl MappedChunk {
     pub fn bytes(&self) -> &[u8] {
         &self.file.bytes()[self.range.clone()]
     }
-
-    /// Where the chunk starts in the file.
-    pub fn start(&self) -> usize {
-        self.range.start
-    }
-
-    /// Extends the chunk to end at `end` of the file.
-    pub fn extend_to(&mut self, end: usize) {
-        assert!(
-            end >= self.range.end && end <= self.file.len,
-            "a chunk grows inside its file"
-        );
-        let held = MappedFile::windows(&self.range);
-        self.range.end = end;
-        let now = MappedFile::windows(&self.range);
-        self.file.hold(held.end.max(now.start)..now.end);
-    }
 }
 
 impl Clone for MappedChunk {
@@ -392,8 +375,7 @@ mod tests {
         let mut start = 0;
         while start < text.len() {
             let end = (start + chunk_bytes).min(text.len());
-            let mut chunk = MappedChunk::new(mapped.clone(), start..start + 1);
-            chunk.extend_to(end);
+            let chunk = MappedChunk::new(mapped.clone(), start..end);
             mapped.reader_at(end);
             sum += chunk.bytes().iter().map(|&b| b as u64).sum::<u64>();
             assert_eq!(chunk.bytes(), &text[start..end]);

@@ -3,6 +3,7 @@
 //! they came from a file or from Kafka. Dimension snapshots and the routing table are read
 //! from the database by `dims` and `routing`.
 
+pub mod chunk_lines;
 pub mod dims;
 pub mod file;
 pub mod kafka;
@@ -46,9 +47,12 @@ impl SourcePosition {
 /// How the messages of a batch are located in their source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Positions {
-    /// Consecutive non-blank lines of a file, starting at `first_line`; `lines[i]` is the line
-    /// number of message `i`.
-    Lines { file: Arc<str>, lines: Vec<u64> },
+    /// Non-blank lines of a file: message `i` is on line `lines[i]` counted from `base`.
+    Lines {
+        file: Arc<str>,
+        base: LineBase,
+        lines: Vec<u64>,
+    },
     /// In-memory messages starting at `first`.
     Indexed { first: u64 },
     /// Kafka messages: `partitions[i]` and `offsets[i]` locate message `i`; `timestamps[i]`
@@ -119,9 +123,9 @@ impl SourceBatch {
     /// Where message `i` came from.
     pub fn position(&self, i: usize) -> SourcePosition {
         match &self.positions {
-            Positions::Lines { file, lines } => SourcePosition::Line {
+            Positions::Lines { file, base, lines } => SourcePosition::Line {
                 file: file.clone(),
-                line: lines[i],
+                line: base.lines_before() + lines[i],
             },
             Positions::Indexed { first } => SourcePosition::Index(first + i as u64),
             Positions::Kafka {
@@ -137,6 +141,38 @@ impl SourceBatch {
         }
     }
 }
+
+/// Where a batch's line numbers count from.
+#[derive(Debug, Clone)]
+pub enum LineBase {
+    /// The file's start: the numbers are the lines' own.
+    Start,
+    /// The start of a mapped file's chunk (by index), whose line numbers are worked out when
+    /// asked for.
+    Chunk(Arc<chunk_lines::ChunkLines>, usize),
+}
+
+impl LineBase {
+    /// The lines before the first one counted from here.
+    pub fn lines_before(&self) -> u64 {
+        match self {
+            LineBase::Start => 0,
+            LineBase::Chunk(lines, index) => lines.lines_before(*index),
+        }
+    }
+}
+
+impl PartialEq for LineBase {
+    fn eq(&self, other: &LineBase) -> bool {
+        match (self, other) {
+            (LineBase::Start, LineBase::Start) => true,
+            (LineBase::Chunk(a, i), LineBase::Chunk(b, j)) => Arc::ptr_eq(a, b) && i == j,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for LineBase {}
 
 /// The bytes a batch's messages lie in.
 #[derive(Debug, Clone)]
@@ -187,6 +223,8 @@ impl Eq for ChunkBytes {}
 #[derive(Debug)]
 pub enum SourceEvent {
     Batch(SourceBatch),
+    /// A chunk of a mapped file, for the worker to split into a batch.
+    FileChunk(chunk_lines::FileChunk),
     /// Everything that was in the source when the job started has been sent.
     CaughtUp,
     /// No more input; every worker advances to `final_epoch`.
