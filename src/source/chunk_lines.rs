@@ -111,7 +111,7 @@ impl ChunkLines {
 /// bytes of the mapping until it is dropped.
 #[derive(Debug)]
 pub struct FileChunk {
-    pub epoch: u64,
+    epoch: u64,
     index: usize,
     bytes: MappedChunk,
     lines: Arc<ChunkLines>,
