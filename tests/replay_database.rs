@@ -56,11 +56,31 @@ fn replay_matches_reference(db: TestDatabase) {
     );
     let dead_letters = std::fs::read_to_string(db.dir().join("events.dead-letters.jsonl")).unwrap();
     assert_eq!(dead_letters.lines().count(), model.dead);
+    // Each names the line of the input its message is on.
+    let input_bytes = std::fs::read(&input).unwrap();
+    let input_lines: Vec<&[u8]> = input_bytes.split(|&b| b == b'\n').collect();
     for line in dead_letters.lines() {
         let record: serde_json::Value = serde_json::from_str(line).unwrap();
         assert_eq!(record["kind"], "dead_letter");
-        assert!(record["reason"].is_string() && record["source"]["line"].is_u64());
-        assert!(record["raw"].is_string());
+        assert!(record["reason"].is_string());
+        let number = record["source"]["line"].as_u64().expect("a line number") as usize;
+        let raw = record["raw"].as_str().expect("raw as a string");
+        let raw = match record["raw_encoding"].as_str() {
+            Some("base64") => {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD
+                    .decode(raw)
+                    .unwrap()
+            }
+            _ => raw.as_bytes().to_vec(),
+        };
+        let on_line = input_lines[number - 1];
+        let on_line = on_line.strip_suffix(b"\r").unwrap_or(on_line);
+        assert!(
+            on_line.starts_with(&raw)
+                && (raw.len() == on_line.len() || record["raw_bytes"].is_u64()),
+            "dead letter {line} is not line {number} of the input"
+        );
     }
 
     // A second replay over the now-full table, on another worker count, changes nothing.
