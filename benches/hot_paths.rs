@@ -24,10 +24,11 @@ use wrongbook::dataflow::join::{JoinState, LookupChange};
 use wrongbook::dataflow::owner::OpsByOwner;
 use wrongbook::dataflow::process::KeyedOp;
 use wrongbook::dataflow::route::RouteTable;
+use wrongbook::dataflow::wide::WideRow;
 use wrongbook::event::{parse_envelope, ParseBuffers};
 use wrongbook::schema::Dialect;
-use wrongbook::sink::batch_of;
 use wrongbook::sink::statements::{row_params, upsert_sql, WideTable};
+use wrongbook::sink::SinkBatch;
 use wrongbook::source::dims::{DimDiff, DimSnapshot};
 use wrongbook::spec::Spec;
 
@@ -206,9 +207,10 @@ fn bench_sink(c: &mut Criterion) {
         b.iter_batched(
             || updates.clone(),
             |updates| {
-                let batch = batch_of(1, updates);
+                let batch = SinkBatch::new(1, updates);
+                let upserts: Vec<&WideRow> = batch.upserts().collect();
                 let mut params = 0;
-                for rows in batch.upserts.chunks(1000) {
+                for rows in upserts.chunks(1000) {
                     let sql = upsert_sql(
                         Dialect::Mysql,
                         &WideTable::plain("dwd_wrong_record_wide_delta"),

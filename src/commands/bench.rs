@@ -40,7 +40,7 @@ use crate::ops::thread_cpu::CpuSeconds;
 use crate::sink::dead_letters::DeadLetterMemory;
 use crate::sink::memory::MemoryTable;
 use crate::sink::statements::{row_params, upsert_sql};
-use crate::sink::{batch_of, SinkStats, SinkTarget};
+use crate::sink::{SinkBatch, SinkStats, SinkTarget};
 use crate::source::dims::{DimSnapshot, PatternRow};
 use crate::source::file::{BoundedInput, SourceProgress};
 use crate::spec::Spec;
@@ -479,9 +479,10 @@ fn measure_stages(messages: &[Vec<u8>], dims: &DimSnapshot) -> Vec<StageFigure> 
     // Sink: batch building and statement parameters (no database).
     let row_count = rows.len();
     let started = Instant::now();
-    let batch = batch_of(1, rows);
+    let batch = SinkBatch::new(1, rows);
+    let upserts: Vec<&WideRow> = batch.upserts().collect();
     let mut params = 0usize;
-    for chunk in batch.upserts.chunks(1000) {
+    for chunk in upserts.chunks(1000) {
         params += upsert_sql(
             crate::schema::Dialect::Mysql,
             &crate::sink::statements::WideTable::plain("t"),

@@ -44,7 +44,7 @@ impl TableWriter for MemoryTable {
         for id in &batch.deletes {
             rows.remove(id);
         }
-        for row in &batch.upserts {
+        for row in batch.upserts() {
             rows.insert(row.id, row.clone());
         }
         Ok(())

@@ -62,12 +62,79 @@ impl SinkError {
     }
 }
 
-/// The consolidated changes of one time on one worker's share of the table.
+/// The consolidated changes of one time on one worker's share of the table: each id's last
+/// update, as an upsert or a delete, in the order of the ids.
+///
+/// The rows stay where the join put them: a row is some 480 bytes, and moving each into a
+/// vector of upserts was ~2 % of a worker's time. The batch keeps where its upserts are.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SinkBatch {
     pub epoch: u64,
-    pub upserts: Vec<WideRow>,
+    /// The row updates as received.
+    updates: Vec<RowUpdate>,
+    /// Where the upserted rows are in `updates`, in the order of their ids.
+    upserts: Vec<u32>,
+    /// The ids deleted, in order.
     pub deletes: Vec<u64>,
+}
+
+impl SinkBatch {
+    /// The batch of one time's row updates: for an id updated more than once, the later
+    /// update wins.
+    pub fn new(epoch: u64, updates: Vec<RowUpdate>) -> SinkBatch {
+        let index = |i: usize| u32::try_from(i).expect("fewer than 2^32 row updates in a time");
+        // Each id with the place of its update; for one id, the later place sorts last.
+        let mut order: Vec<(u64, u32)> = updates
+            .iter()
+            .enumerate()
+            .map(|(i, (id, _))| (*id, index(i)))
+            .collect();
+        order.sort_unstable();
+        let mut upserts = Vec::with_capacity(order.len());
+        let mut deletes = Vec::new();
+        for (k, &(id, at)) in order.iter().enumerate() {
+            if order.get(k + 1).is_some_and(|next| next.0 == id) {
+                continue;
+            }
+            match updates[at as usize].1 {
+                Some(_) => upserts.push(at),
+                None => deletes.push(id),
+            }
+        }
+        SinkBatch {
+            epoch,
+            updates,
+            upserts,
+            deletes,
+        }
+    }
+
+    /// A batch that deletes `ids` (in order) and upserts nothing.
+    pub fn deleting(epoch: u64, ids: Vec<u64>) -> SinkBatch {
+        SinkBatch {
+            epoch,
+            deletes: ids,
+            ..SinkBatch::default()
+        }
+    }
+
+    /// The rows to upsert, in the order of their ids.
+    pub fn upserts(&self) -> impl ExactSizeIterator<Item = &WideRow> {
+        self.upserts
+            .iter()
+            .map(|&at| match &self.updates[at as usize].1 {
+                Some(row) => row,
+                None => unreachable!("an upsert has a row"),
+            })
+    }
+
+    pub fn upsert_count(&self) -> usize {
+        self.upserts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.upserts.is_empty() && self.deletes.is_empty()
+    }
 }
 
 /// Writes a worker's share of the wide table.
@@ -187,7 +254,7 @@ impl SinkThread {
                     // The set empties at the first reconcile and is empty without one: then
                     // there is nothing to remove, and no row's id needs hashing for it.
                     if !leftover.is_empty() {
-                        for row in &batch.upserts {
+                        for row in batch.upserts() {
                             leftover.remove(&row.id);
                         }
                         for id in &batch.deletes {
@@ -197,7 +264,7 @@ impl SinkThread {
                     self.write(&batch)?;
                     self.stats
                         .rows_upserted
-                        .fetch_add(batch.upserts.len() as u64, Ordering::Relaxed);
+                        .fetch_add(batch.upsert_count() as u64, Ordering::Relaxed);
                     self.stats
                         .rows_deleted
                         .fetch_add(batch.deletes.len() as u64, Ordering::Relaxed);
@@ -209,11 +276,7 @@ impl SinkThread {
                     if !leftover.is_empty() {
                         let mut ids: Vec<u64> = leftover.drain().collect();
                         ids.sort_unstable();
-                        let batch = SinkBatch {
-                            epoch: u64::MAX,
-                            upserts: Vec::new(),
-                            deletes: ids,
-                        };
+                        let batch = SinkBatch::deleting(u64::MAX, ids);
                         self.write(&batch)?;
                         self.stats
                             .rows_reconciled
@@ -290,33 +353,6 @@ pub struct SinkChannels {
     pub failure: FailureSlot,
 }
 
-/// The batch of one time: each id's last update, as an upsert or a delete.
-pub fn batch_of(epoch: u64, mut updates: Vec<RowUpdate>) -> SinkBatch {
-    // Stable: for an id updated twice, the later update comes last and wins.
-    updates.sort_by_key(|(id, _)| *id);
-    let mut batch = SinkBatch {
-        epoch,
-        // Rows are large: growing the vector step by step would copy them again and again.
-        upserts: Vec::with_capacity(updates.len()),
-        deletes: Vec::new(),
-    };
-    // Which updates are their id's last, decided before the rows move: each row then moves
-    // once, into the batch (a row is some 480 bytes; looking ahead by peeking moved it thrice).
-    let last_of_id: Vec<bool> = updates
-        .windows(2)
-        .map(|pair| pair[0].0 != pair[1].0)
-        .chain(std::iter::once(true))
-        .collect();
-    for ((id, row), last) in updates.into_iter().zip(last_of_id) {
-        match row {
-            _ if !last => {}
-            Some(row) => batch.upserts.push(row),
-            None => batch.deletes.push(id),
-        }
-    }
-    batch
-}
-
 /// Row updates waiting for their time to complete (the containers as received), with the
 /// capability that holds the time.
 type PendingTimes = BTreeMap<u64, (Capability<u64>, Vec<Vec<RowUpdate>>)>;
@@ -368,8 +404,8 @@ pub fn sink_operator<'scope>(
                     } else {
                         containers.into_iter().flatten().collect()
                     };
-                    let batch = batch_of(time, updates);
-                    if !batch.upserts.is_empty() || !batch.deletes.is_empty() {
+                    let batch = SinkBatch::new(time, updates);
+                    if !batch.is_empty() {
                         unsent.push_back((cap, batch));
                     }
                 }
@@ -429,9 +465,10 @@ mod tests {
 
     #[test]
     fn a_batch_holds_each_ids_last_update() {
-        let batch = batch_of(
+        let batch = SinkBatch::new(
             3,
             vec![
+                (4, Some(row(4, "y"))),
                 (2, Some(row(2, "first"))),
                 (1, None),
                 (2, Some(row(2, "second"))),
@@ -440,7 +477,11 @@ mod tests {
             ],
         );
         assert_eq!(batch.epoch, 3);
-        assert_eq!(batch.upserts, vec![row(2, "second")]);
+        assert_eq!(
+            batch.upserts().collect::<Vec<_>>(),
+            vec![&row(2, "second"), &row(4, "y")]
+        );
+        assert_eq!(batch.upsert_count(), 2);
         assert_eq!(batch.deletes, vec![1, 3]);
     }
 
@@ -463,7 +504,7 @@ mod tests {
                         message: "deadlock".into(),
                     });
                 }
-                self.written.extend(batch.upserts.iter().map(|r| r.id));
+                self.written.extend(batch.upserts().map(|r| r.id));
                 self.written.extend(&batch.deletes);
                 Ok(())
             }
@@ -488,11 +529,10 @@ mod tests {
                 stats: stats.clone(),
             };
             command_tx
-                .send(SinkCommand::Write(SinkBatch {
-                    epoch: 4,
-                    upserts: vec![row(7, "u")],
-                    deletes: vec![],
-                }))
+                .send(SinkCommand::Write(SinkBatch::new(
+                    4,
+                    vec![(7, Some(row(7, "u")))],
+                )))
                 .unwrap();
             command_tx.send(SinkCommand::Reconcile).unwrap();
             command_tx.send(SinkCommand::Finish).unwrap();

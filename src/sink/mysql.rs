@@ -14,6 +14,7 @@ use super::statements::{
     delete_sql, owned_ids_sql, rows_params, statement_chunks, upsert_sql, Param, WideTable,
 };
 use super::{SinkBatch, SinkError, TableWriter};
+use crate::dataflow::wide::WideRow;
 use crate::db::DbSettings;
 use crate::schema::{civil_time, format_timestamp, Dialect};
 
@@ -128,7 +129,8 @@ impl MysqlWriter {
             deletes,
         } = self.conn.as_mut().expect("connected before writing");
         let mut tx = conn.start_transaction(TxOpts::default())?;
-        for rows in statement_chunks(&batch.upserts, self.batch_rows) {
+        let rows_upserted: Vec<&WideRow> = batch.upserts().collect();
+        for rows in statement_chunks(&rows_upserted, self.batch_rows) {
             let params = rows_params(rows, process_time, value);
             let statement = prepared(&mut tx, upserts, rows.len(), |n| {
                 upsert_sql(Dialect::Mysql, table, n)

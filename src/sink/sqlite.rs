@@ -7,6 +7,7 @@ use rusqlite::Connection;
 
 use super::statements::{delete_sql, owned_ids_sql, rows_params, upsert_sql, Param, WideTable};
 use super::{SinkBatch, SinkError, TableWriter};
+use crate::dataflow::wide::WideRow;
 use crate::db::{open_sqlite, DbSettings, DbUrl};
 use crate::schema::{format_timestamp, Dialect};
 
@@ -74,7 +75,8 @@ impl TableWriter for SqliteWriter {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(classify)?;
-        for rows in batch.upserts.chunks(self.batch_rows) {
+        let upserts: Vec<&WideRow> = batch.upserts().collect();
+        for rows in upserts.chunks(self.batch_rows) {
             let params: Vec<Value> = rows_params(rows, process_time, value);
             let mut stmt = tx
                 .prepare_cached(&upsert_sql(Dialect::Sqlite, &self.table, rows.len()))

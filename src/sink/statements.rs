@@ -131,13 +131,13 @@ pub fn row_params(row: &WideRow, process_time: i64) -> impl Iterator<Item = Para
 /// is sized once (a statement of 1000 rows has some 19,000) and extended by a known count per
 /// row, where a flattened iterator of [`row_params`] would push them one at a time.
 pub fn rows_params<'r, V>(
-    rows: &'r [WideRow],
+    rows: &[&'r WideRow],
     process_time: i64,
     value: impl Fn(Param<'r>) -> V,
 ) -> Vec<V> {
     let per_row = WIDE_COLUMNS.len() + rows.first().map_or(0, |row| row.extra.len());
     let mut params = Vec::with_capacity(rows.len() * per_row);
-    for row in rows {
+    for &row in rows {
         params.extend(seed_params(row, process_time).map(&value));
         params.extend(lookup_params(row).map(&value));
     }
@@ -205,7 +205,8 @@ mod tests {
             let rows: Vec<WideRow> = (1..=3).map(|id| row(id, extra.clone())).collect();
             let expected: Vec<Param<'_>> = rows.iter().flat_map(|r| row_params(r, 9)).collect();
             assert_eq!(expected.len(), 3 * (WIDE_COLUMNS.len() + extra.len()));
-            assert_eq!(rows_params(&rows, 9, |p| p), expected);
+            let refs: Vec<&WideRow> = rows.iter().collect();
+            assert_eq!(rows_params(&refs, 9, |p| p), expected);
         }
     }
 
