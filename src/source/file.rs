@@ -6,9 +6,10 @@
 //! the end of input is one epoch that everyone reaches. In a cluster, every process cuts the
 //! file the same way and keeps the chunks of its own workers.
 //!
-//! A regular file is mapped and cut into chunks of about `chunk_messages` lines by their bytes;
-//! the workers split them into lines ([`super::chunk_lines`]). Other inputs are split into
-//! lines here, `chunk_messages` to a chunk.
+//! A regular file is mapped and cut into chunks of about `chunk_messages` lines by their bytes,
+//! split into lines here while the workers have chunks waiting and by the workers otherwise
+//! ([`super::chunk_lines`]). Other inputs are split into lines here, `chunk_messages` to a
+//! chunk.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -290,11 +291,11 @@ fn read_lines(path: &Path, dealer: &mut Dealer) -> Result<(), ReadError> {
     }
 }
 
-/// Cuts a mapped file into chunks that point into the mapping: the workers split them into
-/// lines and parse the page cache's own bytes, and nothing is copied. A chunk ends at the first
-/// line end past `chunk_bytes`, so the reader reads little more than a line per chunk; the
-/// workers find the same lines as [`read_lines_in_place`]. A replay reads the file as long as it
-/// was when mapped.
+/// Cuts a mapped file into chunks that point into the mapping: the workers parse the page
+/// cache's own bytes, and nothing is copied. A chunk ends at the first line end past
+/// `chunk_bytes`, so cutting reads little more than a line per chunk; splitting a chunk into
+/// lines, here or in a worker, finds the same lines as [`read_lines_in_place`]. A replay reads
+/// the file as long as it was when mapped.
 fn cut_mapped(
     file: Arc<MappedFile>,
     name: Arc<str>,
