@@ -45,7 +45,7 @@ impl SourcePosition {
 }
 
 /// How the messages of a batch are located in their source.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Positions {
     /// Non-blank lines of a file: message `i` is on line `lines[i]` counted from `base`.
     Lines {
@@ -67,7 +67,7 @@ pub enum Positions {
 
 /// A batch of raw messages for one worker, all of one epoch (for sources that assign epochs;
 /// streaming sources leave it 0 and the worker stamps the batch with its clock).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct SourceBatch {
     pub epoch: u64,
     /// The messages' bytes: back to back when pushed, or the source's own bytes read in place
@@ -162,18 +162,6 @@ impl LineBase {
     }
 }
 
-impl PartialEq for LineBase {
-    fn eq(&self, other: &LineBase) -> bool {
-        match (self, other) {
-            (LineBase::Start, LineBase::Start) => true,
-            (LineBase::Chunk(a, i), LineBase::Chunk(b, j)) => Arc::ptr_eq(a, b) && i == j,
-            _ => false,
-        }
-    }
-}
-
-impl Eq for LineBase {}
-
 /// The bytes a batch's messages lie in.
 #[derive(Debug, Clone)]
 pub enum ChunkBytes {
@@ -210,14 +198,6 @@ impl ChunkBytes {
         }
     }
 }
-
-impl PartialEq for ChunkBytes {
-    fn eq(&self, other: &ChunkBytes) -> bool {
-        self.bytes() == other.bytes()
-    }
-}
-
-impl Eq for ChunkBytes {}
 
 /// What a source tells a worker.
 #[derive(Debug)]
