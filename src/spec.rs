@@ -134,8 +134,10 @@ impl EventSchema {
         &self.fields
     }
 
-    /// The index of the field called `name`, if the schema has one.
-    #[inline]
+    /// The index of the field called `name`, if the schema has one. Always inlined: as a call
+    /// (which the optimizer chose once the whole program was optimized as one unit) it cost
+    /// the payload check ~15 % more.
+    #[inline(always)]
     pub fn field_index(&self, name: &str) -> Option<usize> {
         match self.by_shape[shape(name)] {
             NO_FIELD => None,
