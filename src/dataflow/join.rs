@@ -405,25 +405,27 @@ impl JoinState {
             touched.retain(|t| written.contains(&t.id));
         }
         // Sized once: rows are large, and growing the vector would copy them again and again.
+        // A plain loop: a row built in a closure and returned through an `Option` was copied
+        // twice more on its way into the vector.
         let mut rows = Vec::with_capacity(touched.len());
-        rows.extend(touched.iter().enumerate().filter_map(
-            |(i, &Touched { id, place, had_row })| {
-                // Ids come with their place: neither the prefetch nor the read waits for the id
-                // map.
-                if let Some(ahead) = touched.get(i + PREFETCH_DISTANCE) {
-                    self.records.prefetch_at(ahead.place);
-                }
-                let row = self.records.visible_at(id, place).map(|record| {
+        for (i, &Touched { id, place, had_row }) in touched.iter().enumerate() {
+            // Ids come with their place: neither the prefetch nor the read waits for the id map.
+            if let Some(ahead) = touched.get(i + PREFETCH_DISTANCE) {
+                self.records.prefetch_at(ahead.place);
+            }
+            match self.records.visible_at(id, place) {
+                Some(record) => {
                     let mut row =
                         WideRow::assemble(id, record, &self.lookup_of(record), fix_result_desc);
                     if keyed {
                         row.extra = self.extra_values(record);
                     }
-                    row
-                });
-                (had_row || row.is_some()).then_some((id, row))
-            },
-        ));
+                    rows.push((id, Some(row)));
+                }
+                None if had_row => rows.push((id, None)),
+                None => {}
+            }
+        }
         rows
     }
 }
