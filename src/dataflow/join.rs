@@ -465,10 +465,16 @@ impl TouchedIds {
         }
     }
 
-    /// Empties it, keeping its allocations.
+    /// Empties it, keeping its allocations unless a large time (a dimension change that
+    /// touched many rows) grew them past what an ordinary time needs.
     fn clear(&mut self) {
-        self.first.clear();
-        self.seen.clear();
+        const KEPT_ENTRIES: usize = 1 << 16;
+        if self.first.capacity() > KEPT_ENTRIES {
+            *self = TouchedIds::default();
+        } else {
+            self.first.clear();
+            self.seen.clear();
+        }
     }
 }
 
