@@ -3,11 +3,11 @@
 //! The reader cuts a mapped file into chunks at line ends without reading their lines: it only
 //! looks for the first line end past each chunk's size. A chunk is split into lines
 //! ([`FileChunk::split`]) by the reader while it has the time, else by the worker that takes
-//! it, and the split records how many line ends the chunk held. A message's line number is then the line ends in every chunk before its
-//! own plus its line within its chunk. Only dead letters need it, so it is worked out when asked
-//! ([`ChunkLines::lines_before`]); an earlier chunk that no worker has split yet (it is still on
-//! its way) is counted then. In a cluster, the chunks of other processes' workers are counted by
-//! the reader as it cuts them.
+//! it, and the split records how many line ends the chunk held. A message's line number is
+//! then the line ends in every chunk before its own plus its line within its chunk. Only dead
+//! letters need it, so it is worked out when asked ([`ChunkLines::lines_before`]); an earlier
+//! chunk that no worker has split yet (it is still on its way) is counted then. In a cluster,
+//! the chunks of other processes' workers are counted by the reader as it cuts them.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
