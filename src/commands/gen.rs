@@ -9,6 +9,7 @@
 
 use std::io::Write;
 
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::source::dims::{DimSnapshot, PatternRow, TeachingTypePtRow, TeachingTypeRow};
@@ -312,7 +313,7 @@ pub fn generate_into(opts: &GenOptions, emit: impl FnMut(Vec<u8>)) -> (DimSnapsh
         };
         let user = format!("user_{}", rng.skewed(users));
         let question = format!("q_{}", rng.below(5_000));
-        let mut life: Vec<Value> = Vec::new();
+        let mut life: Vec<String> = Vec::new();
         let add_event_id = next_id(&mut rng);
         let explicit_id = rng.chance(0.9);
         let record_id = if explicit_id {
@@ -320,7 +321,7 @@ pub fn generate_into(opts: &GenOptions, emit: impl FnMut(Vec<u8>)) -> (DimSnapsh
         } else {
             add_event_id.clone()
         };
-        let add = |rng: &mut Rng, ts: i64, event_id: String| -> Value {
+        let add = |rng: &mut Rng, ts: i64, event_id: String| -> String {
             let mut payload = json!({
                 "userId": user,
                 "questionId": if rng.chance(0.1) { json!(rng.below(100_000)) } else { json!(question) },
@@ -415,7 +416,7 @@ pub fn generate_into(opts: &GenOptions, emit: impl FnMut(Vec<u8>)) -> (DimSnapsh
         }
         for e in life {
             if messages.produced < opts.events {
-                messages.push(e.to_string().into_bytes());
+                messages.push(e.into_bytes());
             }
         }
     }
@@ -423,14 +424,28 @@ pub fn generate_into(opts: &GenOptions, emit: impl FnMut(Vec<u8>)) -> (DimSnapsh
     (dims, dims_changed)
 }
 
-fn event(event_type: &str, ts: i64, event_id: &str, payload: Value) -> Value {
-    json!({
-        "domain": "wrongbook",
-        "type": event_type,
-        "timestamp": ts,
-        "eventId": event_id,
-        "payload": payload,
-    })
+/// A message with its fields in the seed's order (`domain`, `type`, `timestamp`, `eventId`,
+/// `payload`), as a producer serializing its `BusinessEvent` class writes them. (A
+/// `serde_json::Value` would sort them: `payload` before `type`.)
+fn event(event_type: &str, ts: i64, event_id: &str, payload: Value) -> String {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct BusinessEvent<'a> {
+        domain: &'a str,
+        #[serde(rename = "type")]
+        event_type: &'a str,
+        timestamp: i64,
+        event_id: &'a str,
+        payload: Value,
+    }
+    let event = BusinessEvent {
+        domain: "wrongbook",
+        event_type,
+        timestamp: ts,
+        event_id,
+        payload,
+    };
+    serde_json::to_string(&event).expect("an event serializes")
 }
 
 /// One bad message, of a class chosen at random.
