@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use crate::json::{Scanner, SyntaxError, Value};
-use crate::spec::{EventSchema, FieldType};
+use crate::spec::{EventSchema, FieldSpec, FieldType};
 
 /// Why a message is a dead letter. The names are stable: they appear in the dead-letter output,
 /// in summaries and in metrics.
@@ -115,12 +115,31 @@ pub struct Envelope<'a> {
     pub payload: Payload<'a>,
 }
 
-/// The entries of a payload object, in message order, values decoded (nested objects and
-/// arrays as raw text). Duplicate keys are refused by [`validate_payload`], once the event is
-/// known to be routed.
+/// A payload object as parsing left it: read straight into its schema's fields when the
+/// schema was known by the time the payload came (the message's domain and type came before
+/// it, as in the seed's field order), else its entries in message order, values decoded
+/// (nested objects and arrays as raw text), for [`Payload::validate`] to check once the type
+/// is known. Duplicate keys are refused either way.
 #[derive(Debug, Default)]
 pub struct Payload<'a> {
     entries: Vec<Entry<'a>>,
+    /// The fields by the schema (filled when `checked` is `Some(Ok(()))`).
+    fields: Fields<'a>,
+    /// What checking the payload as it was read found, if it was.
+    checked: Option<Result<(), Rejection>>,
+}
+
+impl<'a> Payload<'a> {
+    /// Checks the payload against its type's schema and returns the values in schema order.
+    /// Fields the schema does not name are ignored. `schema` must be the schema that
+    /// [`ParseBuffers::parse_envelope`]'s `schema_of` gave for this message, if it gave one.
+    pub fn validate(&mut self, schema: &EventSchema) -> Result<Fields<'a>, Rejection> {
+        let fields = std::mem::take(&mut self.fields);
+        match self.checked.take() {
+            Some(checked) => checked.map(|()| fields),
+            None => validate_entries(schema, &mut self.entries, fields),
+        }
+    }
 }
 
 /// One entry of a payload object: its key and its value.
@@ -136,27 +155,34 @@ pub struct ParseBuffers {
 }
 
 impl ParseBuffers {
-    /// Parses a message's envelope (see [`parse_envelope`]) into the kept entries vector.
-    pub fn parse_envelope<'a>(
+    /// Parses a message's envelope (see [`parse_envelope`]) into the kept vectors. When the
+    /// domain and type come before the payload, `schema_of(domain, type)` is asked for the
+    /// payload's schema, and a payload it gives one for is checked as it is read.
+    pub fn parse_envelope<'a, 's>(
         &mut self,
         raw: &'a [u8],
         max_bytes: usize,
+        schema_of: impl FnMut(&str, &str) -> Option<&'s EventSchema>,
     ) -> Result<Envelope<'a>, Rejection> {
-        parse_envelope_into(raw, max_bytes, recycle(std::mem::take(&mut self.entries)))
+        parse_envelope_into(
+            raw,
+            max_bytes,
+            Payload {
+                entries: recycle(std::mem::take(&mut self.entries)),
+                fields: recycle(std::mem::take(&mut self.fields)),
+                checked: None,
+            },
+            schema_of,
+        )
     }
 
-    /// Validates a payload (see [`validate_payload`]) into the kept fields vector.
-    pub fn validate_payload<'a>(
-        &mut self,
-        schema: &EventSchema,
-        payload: &mut Payload<'a>,
-    ) -> Result<Fields<'a>, Rejection> {
-        validate_payload_into(schema, payload, recycle(std::mem::take(&mut self.fields)))
-    }
-
-    /// Takes back a message's entries vector once it is done with its payload.
+    /// Takes back a message's vectors once it is done with its payload (the fields vector
+    /// only if [`Payload::validate`] did not take it out).
     pub fn keep_payload(&mut self, payload: Payload<'_>) {
         self.entries = recycle(payload.entries);
+        if payload.fields.capacity() > 0 {
+            self.fields = recycle(payload.fields);
+        }
     }
 
     /// Takes back a message's fields vector once it is done with its fields.
@@ -193,16 +219,18 @@ pub type Fields<'a> = Vec<Option<FieldValue<'a>>>;
 /// those is the reason, else the first wrong field in message order, else the first missing
 /// field. (Keys the payload holds twice are refused by [`validate_payload`].)
 pub fn parse_envelope(raw: &[u8], max_bytes: usize) -> Result<Envelope<'_>, Rejection> {
-    parse_envelope_into(raw, max_bytes, Vec::with_capacity(16))
+    parse_envelope_into(raw, max_bytes, Payload::default(), |_, _| None)
 }
 
-/// [`parse_envelope`], the payload's entries read into `entries` (emptied first).
-fn parse_envelope_into<'a>(
+/// [`ParseBuffers::parse_envelope`], the payload read into `payload`'s vectors (emptied
+/// first).
+fn parse_envelope_into<'a, 's>(
     raw: &'a [u8],
     max_bytes: usize,
-    mut entries: Vec<Entry<'a>>,
+    mut payload: Payload<'a>,
+    mut schema_of: impl FnMut(&str, &str) -> Option<&'s EventSchema>,
 ) -> Result<Envelope<'a>, Rejection> {
-    entries.clear();
+    payload.entries.clear();
     if raw.len() > max_bytes {
         return Err(Rejection::new(
             Reason::MessageTooLarge,
@@ -225,8 +253,8 @@ fn parse_envelope_into<'a>(
             Err(e) => syntax(e),
         });
     }
-    let mut domain = None;
-    let mut event_type = None;
+    let mut domain: Option<Cow<'a, str>> = None;
+    let mut event_type: Option<Cow<'a, str>> = None;
     let mut timestamp = None;
     let mut event_id = None;
     // Whether the payload is an object (its entries in `entries`); `None` when absent or null.
@@ -249,7 +277,19 @@ fn parse_envelope_into<'a>(
             continue;
         };
         if slot == 4 && scanner.peek() == Some(b'{') {
-            scanner.object_entries(&mut entries).map_err(syntax)?;
+            let schema = match (&domain, &event_type) {
+                (Some(domain), Some(event_type)) => schema_of(domain.as_ref(), event_type.as_ref()),
+                _ => None,
+            };
+            match schema {
+                Some(schema) => {
+                    let checked = read_payload(&mut scanner, schema, &mut payload.fields);
+                    payload.checked = Some(checked.map_err(syntax)?);
+                }
+                None => scanner
+                    .object_entries(&mut payload.entries)
+                    .map_err(syntax)?,
+            }
             payload_is_object = Some(true);
             continue;
         }
@@ -286,49 +326,102 @@ fn parse_envelope_into<'a>(
         event_type: event_type.ok_or_else(|| missing("type"))?,
         timestamp: timestamp.ok_or_else(|| missing("timestamp"))?,
         event_id: event_id.ok_or_else(|| missing("eventId"))?,
-        payload: Payload { entries },
+        payload,
     })
 }
 
-/// Checks a payload object against its type's schema and returns the values in schema order.
-/// Fields the schema does not name are ignored.
+/// Checks a payload object against its type's schema and returns the values in schema order
+/// (see [`Payload::validate`]).
 pub fn validate_payload<'a>(
     schema: &EventSchema,
     mut payload: Payload<'a>,
 ) -> Result<Fields<'a>, Rejection> {
-    validate_payload_into(schema, &mut payload, Vec::new())
+    payload.validate(schema)
 }
 
-/// [`validate_payload`], the values moved out of `payload` into `fields` (emptied first).
-fn validate_payload_into<'a>(
+/// [`Payload::validate`] of a payload read as entries, the values moved out of `entries` into
+/// `fields` (emptied first).
+fn validate_entries<'a>(
     schema: &EventSchema,
-    payload: &mut Payload<'a>,
+    entries: &mut Vec<Entry<'a>>,
     mut fields: Fields<'a>,
 ) -> Result<Fields<'a>, Rejection> {
     fields.clear();
     fields.resize_with(schema.fields().len(), || None);
     let mut keys = KeySet::default();
-    for (key, value) in payload.entries.drain(..) {
+    for (key, value) in entries.drain(..) {
         let index = schema.field_index(&key);
         keys.insert(index, key)?;
         let Some(index) = index else {
             continue;
         };
-        let spec = &schema.fields()[index];
-        // The usual values first, without a call: a string for a String field, an integer
-        // literal for a Long one.
-        fields[index] = match (spec.ty, value) {
-            (FieldType::String, Value::String(text)) => Some(FieldValue::Text(text)),
-            (FieldType::Long, Value::Number { value: Some(v), .. }) => Some(FieldValue::Int(v)),
-            (FieldType::String, value) => {
-                string_field(value, FieldPath::payload(&spec.name))?.map(FieldValue::Text)
-            }
-            (ty @ (FieldType::Long | FieldType::Integer), value) => {
-                long_field(value, FieldPath::payload(&spec.name), ty)?.map(FieldValue::Int)
-            }
-        };
+        fields[index] = typed_field(&schema.fields()[index], value)?;
     }
-    for (spec, value) in schema.fields().iter().zip(&fields) {
+    check_required(schema, &fields)?;
+    Ok(fields)
+}
+
+/// Reads the payload object at the cursor straight into `fields` (emptied first) by its
+/// schema, with the outcome [`validate_entries`] has on the same entries. The outer result is
+/// a syntax error; the inner one the payload's first wrong field or repeated key, after which
+/// the rest of the object is only scanned (so that a syntax error further on outranks it), or
+/// else its first missing field.
+fn read_payload<'a>(
+    scanner: &mut Scanner<'a>,
+    schema: &EventSchema,
+    fields: &mut Fields<'a>,
+) -> Result<Result<(), Rejection>, SyntaxError> {
+    fields.clear();
+    fields.resize_with(schema.fields().len(), || None);
+    let mut keys = KeySet::default();
+    let mut wrong = None;
+    scanner.object_with(|scanner, key| {
+        if wrong.is_some() {
+            return scanner.skip_value();
+        }
+        let index = schema.field_index(&key);
+        if let Err(rejection) = keys.insert(index, key) {
+            wrong = Some(rejection);
+            return scanner.skip_value();
+        }
+        let Some(index) = index else {
+            return scanner.skip_value();
+        };
+        match typed_field(&schema.fields()[index], scanner.value()?) {
+            Ok(value) => fields[index] = value,
+            Err(rejection) => wrong = Some(rejection),
+        }
+        Ok(())
+    })?;
+    Ok(match wrong {
+        Some(rejection) => Err(rejection),
+        None => check_required(schema, fields),
+    })
+}
+
+/// A payload value by its field's type rule.
+#[inline(always)]
+fn typed_field<'a>(
+    spec: &FieldSpec,
+    value: Value<'a>,
+) -> Result<Option<FieldValue<'a>>, Rejection> {
+    // The usual values first, without a call: a string for a String field, an integer literal
+    // for a Long one.
+    Ok(match (spec.ty, value) {
+        (FieldType::String, Value::String(text)) => Some(FieldValue::Text(text)),
+        (FieldType::Long, Value::Number { value: Some(v), .. }) => Some(FieldValue::Int(v)),
+        (FieldType::String, value) => {
+            string_field(value, FieldPath::payload(&spec.name))?.map(FieldValue::Text)
+        }
+        (ty @ (FieldType::Long | FieldType::Integer), value) => {
+            long_field(value, FieldPath::payload(&spec.name), ty)?.map(FieldValue::Int)
+        }
+    })
+}
+
+/// The first of the schema's required fields that `fields` lacks, as a rejection.
+fn check_required(schema: &EventSchema, fields: &Fields<'_>) -> Result<(), Rejection> {
+    for (spec, value) in schema.fields().iter().zip(fields) {
         if spec.required && value.is_none() {
             return Err(Rejection::new(
                 Reason::MissingField,
@@ -336,7 +429,7 @@ fn validate_payload_into<'a>(
             ));
         }
     }
-    Ok(fields)
+    Ok(())
 }
 
 fn syntax(e: SyntaxError) -> Rejection {
@@ -546,21 +639,43 @@ mod tests {
         let mut entries = Vec::new();
         scanner.object_entries(&mut entries).map_err(syntax)?;
         scanner.end().map_err(syntax)?;
-        Ok(Payload { entries })
+        Ok(Payload {
+            entries,
+            ..Payload::default()
+        })
     }
 
-    fn fix_fields(payload: &str) -> Result<Vec<Option<FieldValue<'_>>>, Rejection> {
-        let spec = Spec::builtin();
-        validate_payload(&spec.event_types["wrongbook_fix"], payload_of(payload)?).map(|f| {
-            f.into_iter()
-                .map(|v| {
-                    v.map(|v| match v {
-                        FieldValue::Text(t) => FieldValue::Text(Cow::Owned(t.into_owned())),
-                        FieldValue::Int(i) => FieldValue::Int(i),
-                    })
+    fn owned(fields: Fields<'_>) -> Fields<'static> {
+        fields
+            .into_iter()
+            .map(|v| {
+                v.map(|v| match v {
+                    FieldValue::Text(t) => FieldValue::Text(Cow::Owned(t.into_owned())),
+                    FieldValue::Int(i) => FieldValue::Int(i),
                 })
-                .collect()
-        })
+            })
+            .collect()
+    }
+
+    /// A fix payload's fields, checked both ways, which must agree: read as entries and
+    /// validated once the type is known, and checked as it is read (its type came first).
+    fn fix_fields(payload: &str) -> Result<Fields<'static>, Rejection> {
+        let spec = Spec::builtin();
+        let schema = &spec.event_types["wrongbook_fix"];
+        let deferred = validate_payload(schema, payload_of(payload)?).map(owned);
+        let message = format!(
+            r#"{{"domain":"wrongbook","type":"wrongbook_fix","timestamp":1,"eventId":"e","payload":{payload}}}"#
+        );
+        let mut buffers = ParseBuffers::default();
+        let as_read = buffers
+            .parse_envelope(message.as_bytes(), MAX, |_, _| Some(schema))
+            .and_then(|mut envelope| {
+                assert!(envelope.payload.checked.is_some(), "checked as read");
+                envelope.payload.validate(schema)
+            })
+            .map(owned);
+        assert_eq!(deferred, as_read, "{payload}");
+        deferred
     }
 
     #[test]
@@ -725,6 +840,77 @@ mod tests {
             "{{{base},\"fixTime\":1,\"attempts\":\"2147483647\"}}"
         ))
         .is_ok());
+    }
+
+    #[test]
+    fn a_payload_checked_as_read_is_outranked_as_a_deferred_one_is() {
+        let spec = Spec::builtin();
+        let schema = &spec.event_types["wrongbook_fix"];
+        let parse = |message: &str| {
+            let mut asked = Vec::new();
+            let result = ParseBuffers::default()
+                .parse_envelope(message.as_bytes(), MAX, |domain, event_type| {
+                    asked.push((domain.to_owned(), event_type.to_owned()));
+                    Some(schema)
+                })
+                .and_then(|mut envelope| envelope.payload.validate(schema))
+                .map(owned);
+            (result.map_err(|r| r.reason), asked)
+        };
+        let wrong = r#"{"fixTime":true}"#;
+        // A syntax error after the payload outranks its wrong field; so does a wrong envelope
+        // field; a key the envelope holds twice too.
+        let head = r#"{"domain":"wrongbook","type":"wrongbook_fix","eventId":"e""#;
+        let cases = [
+            (
+                format!(r#"{head},"payload":{wrong},"timestamp":1,}}"#),
+                Reason::InvalidJson,
+            ),
+            (
+                format!(r#"{head},"payload":{wrong},"timestamp":true}}"#),
+                Reason::InvalidField,
+            ),
+            (
+                format!(r#"{head},"payload":{wrong},"timestamp":1,"eventId":"f"}}"#),
+                Reason::DuplicateKey,
+            ),
+            (
+                format!(r#"{head},"payload":{wrong},"timestamp":1}}"#),
+                Reason::InvalidField,
+            ),
+            // The payload's first problem in message order wins, and then only syntax counts.
+            (
+                format!(r#"{head},"timestamp":1,"payload":{{"fixTime":1,"fixTime":true}}}}"#),
+                Reason::DuplicateKey,
+            ),
+            (
+                format!(r#"{head},"timestamp":1,"payload":{{"fixTime":true,"fixTime":1,"x":[}}}}"#),
+                Reason::InvalidJson,
+            ),
+            (
+                format!(r#"{head},"timestamp":1,"payload":{{"fixTime":1}}}}"#),
+                Reason::MissingField,
+            ),
+        ];
+        for (message, reason) in cases {
+            let (result, asked) = parse(&message);
+            assert_eq!(result, Err(reason), "{message}");
+            assert_eq!(
+                asked,
+                [("wrongbook".into(), "wrongbook_fix".into())],
+                "{message}"
+            );
+        }
+        // Only a payload after both the domain and the type is checked as it is read.
+        for message in [
+            r#"{"type":"wrongbook_fix","payload":{},"domain":"wrongbook","timestamp":1,"eventId":"e"}"#,
+            r#"{"domain":"wrongbook","payload":{},"type":"wrongbook_fix","timestamp":1,"eventId":"e"}"#,
+            r#"{"domain":"wrongbook","type":null,"payload":{},"timestamp":1,"eventId":"e"}"#,
+        ] {
+            let (result, asked) = parse(message);
+            assert!(asked.is_empty(), "{message}");
+            assert!(result.is_err(), "{message}");
+        }
     }
 
     #[test]

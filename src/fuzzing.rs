@@ -13,10 +13,10 @@ use crate::dataflow::process::{KeyedOp, RecordOp};
 use crate::dataflow::records::Record;
 use crate::dataflow::route::RouteTable;
 use crate::dataflow::wide::WideRow;
-use crate::event::ParseBuffers;
+use crate::event::{parse_envelope, Envelope, Fields, ParseBuffers, Rejection};
 use crate::schema::{check_fits, format_timestamp, Dialect, WIDE_COLUMNS};
 use crate::sink::statements::{row_params, upsert_sql, Param, WideTable};
-use crate::spec::Spec;
+use crate::spec::{EventSchema, Spec};
 
 fn ingestor() -> &'static (Ingestor, RouteTable, HashMap<i64, String>) {
     static INGESTOR: OnceLock<(Ingestor, RouteTable, HashMap<i64, String>)> = OnceLock::new();
@@ -37,6 +37,7 @@ fn ingestor() -> &'static (Ingestor, RouteTable, HashMap<i64, String>) {
 /// fits its column; one parameter per column.
 pub fn message(data: &[u8]) {
     json_validity(data);
+    payload_checks_agree(data);
     let (ingestor, routes, desc) = ingestor();
     // The second pass reuses the first one's buffers, as a worker does from message to message.
     let mut buffers = ParseBuffers::default();
@@ -81,6 +82,36 @@ pub fn message(data: &[u8]) {
     }
     let sql = upsert_sql(Dialect::Mysql, &WideTable::plain("t"), 1);
     assert_eq!(sql.matches('?').count(), params.len());
+}
+
+/// A payload checked as it is read (its domain and type came first) has the outcome it has
+/// when read as entries and validated after the envelope: the same fields, or the same
+/// rejection, detail and all.
+fn payload_checks_agree(data: &[u8]) {
+    fn checked<'a>(
+        envelope: Result<Envelope<'a>, Rejection>,
+        spec: &Spec,
+    ) -> Result<Option<Result<Fields<'a>, Rejection>>, Rejection> {
+        envelope.map(|mut envelope| {
+            schema_of(spec, &envelope.domain, &envelope.event_type)
+                .map(|schema| envelope.payload.validate(schema))
+        })
+    }
+    fn schema_of<'s>(spec: &'s Spec, domain: &str, event_type: &str) -> Option<&'s EventSchema> {
+        (domain == spec.domain)
+            .then(|| spec.event_types.get(event_type))
+            .flatten()
+    }
+    let (ingestor, _, _) = ingestor();
+    let (spec, max) = (&*ingestor.spec, ingestor.max_message_bytes);
+    let mut buffers = ParseBuffers::default();
+    let as_read = buffers.parse_envelope(data, max, |domain, ty| schema_of(spec, domain, ty));
+    let deferred = parse_envelope(data, max);
+    assert_eq!(
+        checked(as_read, spec),
+        checked(deferred, spec),
+        "the payload's outcome depends on when it is checked"
+    );
 }
 
 /// The message scanner ([`crate::json`]) accepts exactly the RFC 8259 texts serde_json accepts

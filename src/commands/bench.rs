@@ -35,7 +35,7 @@ use crate::dataflow::route::{Route, RouteTable};
 use crate::dataflow::wide::WideRow;
 use crate::dataflow::DataflowStats;
 use crate::engine::{run_pipeline, EngineError, Pipeline};
-use crate::event::{parse_envelope, validate_payload, ParseBuffers};
+use crate::event::{parse_envelope, ParseBuffers};
 use crate::ops::thread_cpu::CpuSeconds;
 use crate::sink::dead_letters::DeadLetterMemory;
 use crate::sink::memory::MemoryTable;
@@ -423,9 +423,7 @@ fn measure_stages(messages: &[Vec<u8>], dims: &DimSnapshot) -> Vec<StageFigure> 
             continue;
         };
         if let Some(Route::Process(route)) = routes.route(&envelope.event_type) {
-            if let Ok(fields) =
-                validate_payload(&route.schema, std::mem::take(&mut envelope.payload))
-            {
+            if let Ok(fields) = envelope.payload.validate(&route.schema) {
                 parsed.push((envelope, fields));
             }
         }

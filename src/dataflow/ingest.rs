@@ -59,11 +59,26 @@ impl Ingestor {
         buffers: &mut ParseBuffers,
         accepted: &mut OpsByOwner,
     ) -> (Cow<'a, str>, Outcome) {
-        let mut envelope = match buffers.parse_envelope(raw, self.max_message_bytes) {
+        // When the domain and type come before the payload, the payload is checked as it is
+        // read, against the schema of the route looked up then (and kept: the type cannot
+        // change after, a second `type` key is a dead letter).
+        let mut early_route = None;
+        let schema_of = |domain: &str, event_type: &str| {
+            if domain != self.spec.domain {
+                return None;
+            }
+            let route = routes.route(event_type);
+            early_route = Some(route);
+            match route? {
+                Route::Process(route) => Some(&route.schema),
+                _ => None,
+            }
+        };
+        let mut envelope = match buffers.parse_envelope(raw, self.max_message_bytes, schema_of) {
             Ok(envelope) => envelope,
             Err(rejection) => return (Cow::Borrowed(UNPARSED), Outcome::DeadLetter(rejection)),
         };
-        let route = routes.route(&envelope.event_type);
+        let route = early_route.unwrap_or_else(|| routes.route(&envelope.event_type));
         let label = if route.is_some()
             || self
                 .spec
@@ -118,7 +133,7 @@ impl Ingestor {
             }
             Some(Route::Process(route)) => route,
         };
-        let fields = match buffers.validate_payload(&route.schema, &mut envelope.payload) {
+        let fields = match envelope.payload.validate(&route.schema) {
             Ok(fields) => fields,
             Err(rejection) => return Outcome::DeadLetter(rejection),
         };
