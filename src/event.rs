@@ -133,6 +133,7 @@ impl<'a> Payload<'a> {
     /// Checks the payload against its type's schema and returns the values in schema order.
     /// Fields the schema does not name are ignored. `schema` must be the schema that
     /// [`ParseBuffers::parse_envelope`]'s `schema_of` gave for this message, if it gave one.
+    #[inline]
     pub fn validate(&mut self, schema: &EventSchema) -> Result<Fields<'a>, Rejection> {
         let fields = std::mem::take(&mut self.fields);
         match self.checked.take() {
@@ -178,6 +179,7 @@ impl ParseBuffers {
 
     /// Takes back a message's vectors once it is done with its payload (the fields vector
     /// only if [`Payload::validate`] did not take it out).
+    #[inline]
     pub fn keep_payload(&mut self, payload: Payload<'_>) {
         self.entries = recycle(payload.entries);
         if payload.fields.capacity() > 0 {
