@@ -296,7 +296,11 @@ fn optional_fitting(
     column: &str,
     value: Option<Cow<'_, str>>,
 ) -> Result<Option<CompactString>, Rejection> {
-    value.map(|v| fitting(column, &v)).transpose()
+    // A match rather than `map` and `transpose`, whose closure the compiler kept as a call.
+    match value {
+        Some(value) => fitting(column, &value).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// Milliseconds as whole seconds, when a TIMESTAMP column can hold them.
