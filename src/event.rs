@@ -110,8 +110,8 @@ pub struct Envelope<'a> {
     /// Event time, ms since the epoch.
     pub timestamp: i64,
     pub event_id: Cow<'a, str>,
-    /// The payload object's entries, read in the same pass (their fields are checked by
-    /// [`validate_payload`]).
+    /// The payload object, read in the same pass (its fields are checked then or by
+    /// [`Payload::validate`]).
     pub payload: Payload<'a>,
 }
 
@@ -214,12 +214,13 @@ pub enum FieldValue<'a> {
 pub type Fields<'a> = Vec<Option<FieldValue<'a>>>;
 
 /// Parses the envelope of a message: UTF-8, RFC 8259 JSON, an object, the four envelope fields
-/// typed per SPEC §2 and a payload object (its fields are checked by [`validate_payload`]).
+/// typed per SPEC §2 and a payload object (its fields are checked by [`Payload::validate`]).
 ///
 /// The whole message is validated in one pass, and the payload's entries read in it. A syntax
 /// error anywhere, or a key the envelope holds twice, outranks a wrong field: the first found of
 /// those is the reason, else the first wrong field in message order, else the first missing
-/// field. (Keys the payload holds twice are refused by [`validate_payload`].)
+/// field. (Keys the payload holds twice are refused by [`Payload::validate`], and so are its
+/// wrong fields, which rank below the envelope's.)
 pub fn parse_envelope(raw: &[u8], max_bytes: usize) -> Result<Envelope<'_>, Rejection> {
     parse_envelope_into(raw, max_bytes, Payload::default(), |_, _| None)
 }
