@@ -260,7 +260,7 @@ fn parse_envelope_into<'a, 's>(
     let mut event_type: Option<Cow<'a, str>> = None;
     let mut timestamp = None;
     let mut event_id = None;
-    // Whether the payload is an object (its entries in `entries`); `None` when absent or null.
+    // Whether the payload is an object (read into `payload`); `None` when absent or null.
     let mut payload_is_object: Option<bool> = None;
     let mut wrong_field: Option<Rejection> = None;
     let mut keys = KeySet::default();
