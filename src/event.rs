@@ -333,15 +333,6 @@ fn parse_envelope_into<'a, 's>(
     })
 }
 
-/// Checks a payload object against its type's schema and returns the values in schema order
-/// (see [`Payload::validate`]).
-pub fn validate_payload<'a>(
-    schema: &EventSchema,
-    mut payload: Payload<'a>,
-) -> Result<Fields<'a>, Rejection> {
-    payload.validate(schema)
-}
-
 /// [`Payload::validate`] of a payload read as entries, the values moved out of `entries` into
 /// `fields` (emptied first).
 fn validate_entries<'a>(
@@ -689,7 +680,7 @@ mod tests {
     fn fix_fields(payload: &str) -> Result<Fields<'static>, Rejection> {
         let spec = Spec::builtin();
         let schema = &spec.event_types["wrongbook_fix"];
-        let deferred = validate_payload(schema, payload_of(payload)?).map(owned);
+        let deferred = payload_of(payload)?.validate(schema).map(owned);
         let message = format!(
             r#"{{"domain":"wrongbook","type":"wrongbook_fix","timestamp":1,"eventId":"e","payload":{payload}}}"#
         );
