@@ -16,6 +16,7 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
     /// Log filter (tracing's env-filter syntax), e.g. `info` or `wrongbook=debug`.
+    // Its variable is in `config::COMMAND_LINE_VARS`, which configuration overrides skip.
     #[arg(long, global = true, env = "WRONGBOOK_LOG", default_value = "info")]
     pub log: String,
     #[command(subcommand)]

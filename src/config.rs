@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 /// The prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "WRONGBOOK_";
 
+/// Variables with the prefix that the command line reads itself (`--log`), not keys.
+pub const COMMAND_LINE_VARS: [&str; 1] = ["WRONGBOOK_LOG"];
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -397,6 +400,9 @@ impl Config {
             let Some(key) = var.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
+            if COMMAND_LINE_VARS.contains(&var.as_str()) {
+                continue;
+            }
             apply_env_override(&mut table, &skeleton, &var, key, &value)?;
         }
         let mut config: Config =
@@ -645,6 +651,8 @@ mod tests {
                 ("WRONGBOOK_WORKERS", "4"),
                 ("WRONGBOOK_KAFKA__BOOTSTRAP_SERVERS", "k:9092"),
                 ("WRONGBOOK_MYSQL__PASSWORD", "s3cret"),
+                // `--log`'s variable, which the command line reads: not a key.
+                ("WRONGBOOK_LOG", "debug"),
                 ("OTHER", "x"),
             ]),
         )
