@@ -1,7 +1,8 @@
-//! `replay` into a real database, MariaDB (each test in its own database) and SQLite: the
-//! table ends equal to the reference model; a later dimension snapshot corrects old rows; a
-//! table holding stale and wrong rows ends exact; a value too long for its column is a dead
-//! letter, never a truncated row.
+//! `replay` into a real database, MariaDB (each test in its own database; both of its write
+//! paths, bulk executions and multi-row statements) and SQLite: the table ends equal to the
+//! reference model; a later dimension snapshot corrects old rows; a table holding stale and
+//! wrong rows ends exact; a value too long for its column is a dead letter, never a truncated
+//! row.
 
 mod common;
 
@@ -83,9 +84,15 @@ fn replay_matches_reference(db: TestDatabase) {
         );
     }
 
-    // A second replay over the now-full table, on another worker count, changes nothing.
+    // A second replay, on another worker count and (on MariaDB) with multi-row statements
+    // instead of bulk executions, corrects every row of the now-full table.
+    db.connect()
+        .execute_script("UPDATE dwd_wrong_record_wide_delta SET user_id = 'stale'")
+        .unwrap();
+    let mut multi_row = db.config.clone();
+    multi_row.sink.mariadb_bulk = false;
     replay(
-        &db.config,
+        &multi_row,
         &ReplayOptions {
             input,
             workers: Some(3),

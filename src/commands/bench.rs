@@ -40,7 +40,7 @@ use crate::ops::thread_cpu::CpuSeconds;
 use crate::sink::dead_letters::DeadLetterMemory;
 use crate::sink::memory::MemoryTable;
 use crate::sink::statements::{row_params, upsert_sql};
-use crate::sink::{SinkBatch, SinkStats, SinkTarget};
+use crate::sink::{SinkBatch, SinkStats, SinkTarget, WriteOptions};
 use crate::source::dims::{DimSnapshot, PatternRow};
 use crate::source::file::{BoundedInput, SourceProgress};
 use crate::spec::Spec;
@@ -248,7 +248,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
                 SinkTarget::Database {
                     settings,
                     table: bench_table(config),
-                    batch_rows: config.sink.batch_rows,
+                    options: WriteOptions::of(&config.sink),
                 },
                 target,
             )

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::dataflow::route::{RouteTable, Routing};
 use crate::engine::{LaterDims, Pipeline, RunSummary};
 use crate::sink::dead_letters::DeadLetterFile;
-use crate::sink::SinkTarget;
+use crate::sink::{SinkTarget, WriteOptions};
 use crate::source::dims::DimSnapshot;
 use crate::source::file::BoundedInput;
 use crate::source::routing::{history_file, replay_history};
@@ -129,7 +129,7 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<RunSummary, JobEr
             SinkTarget::Database {
                 settings,
                 table,
-                batch_rows: config.sink.batch_rows,
+                options: WriteOptions::of(&config.sink),
             }
         },
         reconcile: !opts.dry_run,
@@ -377,7 +377,7 @@ pub fn replay_topic(config: &Config, opts: &TopicReplayOptions) -> Result<RunSum
         sink: SinkTarget::Database {
             settings,
             table,
-            batch_rows: config.sink.batch_rows,
+            options: WriteOptions::of(&config.sink),
         },
         reconcile: whole,
         dead_letters: Arc::new(dead_letters),

@@ -31,7 +31,7 @@ use crate::ops::status::RecordingSink;
 use crate::ops::thresholds::ThresholdWatch;
 use crate::sink::alerts::KafkaAlerts;
 use crate::sink::dead_letters::DeadLetterSink;
-use crate::sink::{SinkStats, SinkTarget};
+use crate::sink::{SinkStats, SinkTarget, WriteOptions};
 use crate::source::dims::{DimRefresher, DimStats};
 use crate::source::file::SourceProgress;
 use crate::source::kafka::{ensure_topic, StartAt};
@@ -208,7 +208,7 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<RunSummary, JobError> {
         sink: SinkTarget::Database {
             settings,
             table,
-            batch_rows: config.sink.batch_rows,
+            options: WriteOptions::of(&config.sink),
         },
         // A restored state matches the table; a rebuilt one reconciles it once caught up.
         reconcile: restored.is_none(),

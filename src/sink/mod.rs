@@ -3,9 +3,10 @@
 //! Each worker owns the rows whose id is `≡ worker (mod workers)`, and the join produces each
 //! row on its owner. Once the frontier has passed a time, the [`sink_operator`] turns that
 //! time's row updates into one batch: an id with a row is an upsert, an id without one is a
-//! delete. The batch goes over a bounded channel to the worker's own sink thread, which writes it as one transaction of multi-row statements and acknowledges. The
-//! operator holds the time's capability until then, so a probe after the sink tells which
-//! times are in the database. Blocking I/O never runs on a timely worker thread.
+//! delete. The batch goes over a bounded channel to the worker's own sink thread, which writes
+//! it as one transaction (multi-row statements, or bulk executions on MariaDB) and
+//! acknowledges. The operator holds the time's capability until then, so a probe after the sink
+//! tells which times are in the database. Blocking I/O never runs on a timely worker thread.
 //!
 //! Reconcile: when asked, a sink thread first reads the ids the table holds in its share; ids
 //! the dataflow writes are crossed off, and what is left when the input is exhausted is
@@ -34,6 +35,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 use timely::scheduling::SyncActivator;
 
+use crate::config::SinkConfig;
 use crate::dataflow::wide::{RowUpdate, WideRow};
 use crate::db::DbSettings;
 
@@ -145,6 +147,24 @@ pub trait TableWriter: Send {
     fn write(&mut self, batch: &SinkBatch, process_time: i64) -> Result<(), SinkError>;
 }
 
+/// How a database writer shapes its statements (the `[sink]` settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// Rows (or ids) per statement or bulk execution.
+    pub batch_rows: usize,
+    /// Upserts as bulk executions where the server is MariaDB 10.2.7 or later.
+    pub mariadb_bulk: bool,
+}
+
+impl WriteOptions {
+    pub fn of(config: &SinkConfig) -> WriteOptions {
+        WriteOptions {
+            batch_rows: config.batch_rows,
+            mariadb_bulk: config.mariadb_bulk,
+        }
+    }
+}
+
 /// Where wide rows go.
 #[derive(Clone)]
 pub enum SinkTarget {
@@ -152,7 +172,7 @@ pub enum SinkTarget {
     Database {
         settings: DbSettings,
         table: statements::WideTable,
-        batch_rows: usize,
+        options: WriteOptions,
     },
     /// An in-memory table (benchmarks, tests, embedding).
     Memory(memory::MemoryTable),
@@ -167,17 +187,17 @@ impl SinkTarget {
             SinkTarget::Database {
                 settings,
                 table,
-                batch_rows,
+                options,
             } => match settings.url {
                 crate::db::DbUrl::Mysql(_) => Ok(Box::new(mysql::MysqlWriter::connect(
                     settings.clone(),
                     table.clone(),
-                    *batch_rows,
+                    *options,
                 )?)),
                 crate::db::DbUrl::Sqlite(_) => Ok(Box::new(sqlite::SqliteWriter::open(
                     settings,
                     table.clone(),
-                    *batch_rows,
+                    options.batch_rows,
                 )?)),
             },
             SinkTarget::Memory(table) => Ok(Box::new(table.clone())),
