@@ -11,6 +11,7 @@
 
 pub mod dims;
 pub mod event_type;
+pub mod huge_pages;
 pub mod id_table;
 pub mod ingest;
 pub mod join;
