@@ -167,7 +167,8 @@ pub struct SinkConfig {
     /// array of parameter rows (`COM_STMT_BULK_EXECUTE`) instead of multi-row statements:
     /// the server then parses and plans nothing per row, about half its CPU per row. `false`
     /// always writes multi-row statements (for a proxy in front of MariaDB that does not
-    /// pass bulk executions through).
+    /// pass bulk executions through). A wide table with triggers gets multi-row statements
+    /// either way.
     pub mariadb_bulk: bool,
     /// The session time zone times are written in.
     pub time_zone: String,

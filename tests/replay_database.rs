@@ -14,6 +14,10 @@ use wrongbook::commands::gen::{
 };
 use wrongbook::commands::init_db::init_db;
 use wrongbook::commands::replay::{replay, ReplayOptions};
+use wrongbook::config::Config;
+use wrongbook::sink::mysql::MysqlWriter;
+use wrongbook::sink::statements::WideTable;
+use wrongbook::sink::WriteOptions;
 
 fn prepare(db: &TestDatabase, opts: &GenOptions) -> (Generated, PathBuf) {
     let generated = generate(opts);
@@ -215,6 +219,72 @@ fn scratch_table_and_too_long_values(db: TestDatabase) {
         table[&2][4].as_deref(),
         Some("数学"),
         "subject name from the spec's map"
+    );
+}
+
+/// Upserts go to MariaDB as bulk executions, unless turned off or the wide table has triggers
+/// (MDEV-24411); with a trigger the table still ends equal to the reference model and the
+/// trigger sees every row.
+#[test]
+fn mariadb_bulk_executions_are_not_used_on_a_table_with_triggers() {
+    let Some(db) = TestDatabase::mariadb() else {
+        return;
+    };
+    let opts = GenOptions {
+        events: 3_000,
+        seed: 11,
+        ..GenOptions::default()
+    };
+    let (generated, input) = prepare(&db, &opts);
+    let (_, expected) = reference(&generated.messages, &generated.dims);
+    let writes_bulk = |config: &Config| {
+        MysqlWriter::connect(
+            config.database(),
+            WideTable::plain("dwd_wrong_record_wide_delta"),
+            WriteOptions::of(&config.sink),
+        )
+        .expect("connect a writer")
+        .writes_bulk()
+    };
+    assert!(writes_bulk(&db.config), "MariaDB takes bulk executions");
+    let mut multi_row = db.config.clone();
+    multi_row.sink.mariadb_bulk = false;
+    assert!(!writes_bulk(&multi_row), "turned off");
+
+    db.connect()
+        .execute_script(
+            "CREATE TABLE wide_audit (id BIGINT);
+             CREATE TRIGGER wide_audited AFTER INSERT ON dwd_wrong_record_wide_delta
+             FOR EACH ROW INSERT INTO wide_audit VALUES (NEW.id)",
+        )
+        .unwrap();
+    assert!(!writes_bulk(&db.config), "the table has a trigger");
+    replay(
+        &db.config,
+        &ReplayOptions {
+            input,
+            workers: Some(2),
+            ..ReplayOptions::default()
+        },
+    )
+    .expect("replay into a table with a trigger");
+    assert_tables_equal(
+        &db.read_table("dwd_wrong_record_wide_delta"),
+        &expected,
+        "with a trigger",
+    );
+    let count = |sql: &str| {
+        db.connect().query(sql).unwrap().rows[0][0]
+            .to_int()
+            .unwrap()
+    };
+    assert_eq!(
+        count(
+            "SELECT COUNT(*) FROM dwd_wrong_record_wide_delta \
+             WHERE id NOT IN (SELECT id FROM wide_audit)"
+        ),
+        Some(0),
+        "the trigger saw every row inserted"
     );
 }
 

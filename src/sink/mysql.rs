@@ -8,7 +8,9 @@
 //! bulk executions (`COM_STMT_BULK_EXECUTE`) of the single-row statement, `batch_rows` rows of
 //! parameters each: the rows are applied in the same order with the same effect, and the
 //! server, which does not parse or plan a multi-row statement's rows, spends about half the
-//! CPU per row (BENCHMARKS.md, fourteenth session). MySQL has no bulk execution.
+//! CPU per row (BENCHMARKS.md, fourteenth session). MySQL has no bulk execution. A wide table
+//! with triggers gets multi-row statements too: MariaDB has applied bulk executions wrongly on
+//! tables with triggers (MDEV-24411, an `ON DUPLICATE KEY UPDATE` bulk that inserted one row).
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -85,6 +87,31 @@ fn has_bulk_execution(version: &str) -> bool {
     }
 }
 
+/// Whether upserts into `table` may go as bulk executions on `conn`: the server has them, and
+/// the table has no triggers (see the module's note).
+fn bulk_is_safe(conn: &mut Conn, table: &str) -> Result<bool, mysql::Error> {
+    let version: Option<String> = conn.query_first("SELECT VERSION()")?;
+    let version = version.unwrap_or_default();
+    if !has_bulk_execution(&version) {
+        tracing::debug!(version, "sink: multi-row statements (no bulk executions)");
+        return Ok(false);
+    }
+    let triggers: Option<u64> = conn.exec_first(
+        "SELECT COUNT(*) FROM information_schema.TRIGGERS \
+         WHERE EVENT_OBJECT_SCHEMA = DATABASE() AND EVENT_OBJECT_TABLE = ?",
+        (table,),
+    )?;
+    if triggers.unwrap_or(0) > 0 {
+        tracing::info!(
+            table,
+            "sink: the wide table has triggers; writing multi-row statements, not bulk executions"
+        );
+        return Ok(false);
+    }
+    tracing::debug!(version, "sink: bulk executions");
+    Ok(true)
+}
+
 fn classify(e: mysql::Error) -> SinkError {
     match &e {
         mysql::Error::MySqlError(server) if server.code == 1213 || server.code == 1205 => {
@@ -128,6 +155,11 @@ impl MysqlWriter {
         Ok(writer)
     }
 
+    /// Whether upserts go as bulk executions on the current connection (none: `false`).
+    pub fn writes_bulk(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.bulk)
+    }
+
     fn conn(&mut self) -> Result<&mut Connection, SinkError> {
         if self.conn.is_none() {
             let opts = self
@@ -139,18 +171,8 @@ impl MysqlWriter {
                 SinkError::transient(format!("connect to {}: {e}", self.settings.target()))
             };
             let mut conn = Conn::new(opts).map_err(connect_error)?;
-            let bulk = self.options.mariadb_bulk && {
-                let version: Option<String> = conn
-                    .query_first("SELECT VERSION()")
-                    .map_err(connect_error)?;
-                let bulk = version.as_deref().is_some_and(has_bulk_execution);
-                tracing::debug!(
-                    version = version.as_deref().unwrap_or("unknown"),
-                    bulk,
-                    "sink: connected"
-                );
-                bulk
-            };
+            let bulk = self.options.mariadb_bulk
+                && bulk_is_safe(&mut conn, &self.table.name).map_err(connect_error)?;
             self.conn = Some(Connection {
                 conn,
                 bulk,
