@@ -138,10 +138,7 @@ impl IdTable {
     /// Doubles the slots (at least 16) and places every id again.
     fn grow(&mut self) {
         let slots = (self.slots.len() * 2).max(16);
-        let mut fresh = Vec::with_capacity(slots);
-        super::huge_pages::advise(&fresh);
-        fresh.resize(slots, (EMPTY, 0));
-        let old = std::mem::replace(&mut self.slots, fresh);
+        let old = std::mem::replace(&mut self.slots, vec![(EMPTY, 0); slots]);
         self.shift = 64 - slots.trailing_zeros();
         for (id, index) in old.into_iter().filter(|&(id, _)| id != EMPTY) {
             let (at, _) = self.probe(id);

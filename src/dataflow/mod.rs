@@ -11,7 +11,6 @@
 
 pub mod dims;
 pub mod event_type;
-pub mod huge_pages;
 pub mod id_table;
 pub mod ingest;
 pub mod join;

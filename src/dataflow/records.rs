@@ -219,15 +219,14 @@ pub struct RecordStore {
 
 /// Records in chunks of [`Slab::CHUNK`] that never move once allocated: an index stays valid,
 /// and growing never copies what is stored (one vector would copy every record, and for a
-/// moment hold twice their memory, each time it doubled). A chunk spans several 2 MiB pages, in
-/// which the kernel may back it ([`super::huge_pages`]); only what is written is resident.
+/// moment hold twice their memory, each time it doubled).
 #[derive(Debug, Default, Clone)]
 struct Slab {
     chunks: Vec<Vec<WrongRecord>>,
 }
 
 impl Slab {
-    const CHUNK: usize = 1 << 15;
+    const CHUNK: usize = 4096;
 
     fn push(&mut self, record: WrongRecord) -> u32 {
         if self
@@ -235,9 +234,7 @@ impl Slab {
             .last()
             .is_none_or(|chunk| chunk.len() == Self::CHUNK)
         {
-            let chunk = Vec::with_capacity(Self::CHUNK);
-            super::huge_pages::advise(&chunk);
-            self.chunks.push(chunk);
+            self.chunks.push(Vec::with_capacity(Self::CHUNK));
         }
         let full_chunks = self.chunks.len() - 1;
         let chunk = self
@@ -263,11 +260,9 @@ impl Slab {
         self.chunks.iter().flatten()
     }
 
-    /// The bytes of the records held, not of the last chunk's room, which is not resident
-    /// until written.
     fn heap_bytes(&self) -> usize {
         self.chunks.capacity() * std::mem::size_of::<Vec<WrongRecord>>()
-            + self.chunks.iter().map(Vec::len).sum::<usize>() * std::mem::size_of::<WrongRecord>()
+            + self.chunks.len() * Self::CHUNK * std::mem::size_of::<WrongRecord>()
     }
 }
 
