@@ -344,12 +344,9 @@ fn validate_entries<'a>(
     fields.resize_with(schema.fields().len(), || None);
     let mut keys = KeySet::default();
     for (key, value) in entries.drain(..) {
-        let index = schema.field_index(&key);
-        keys.insert(index, key)?;
-        let Some(index) = index else {
-            continue;
-        };
-        fields[index] = typed_field(&schema.fields()[index], value)?;
+        if let Some(index) = keys.field_of(schema, key)? {
+            fields[index] = typed_field(&schema.fields()[index], value)?;
+        }
     }
     check_required(schema, &fields)?;
     Ok(fields)
@@ -373,13 +370,13 @@ fn read_payload<'a>(
         if wrong.is_some() {
             return scanner.skip_value();
         }
-        let index = schema.field_index(&key);
-        if let Err(rejection) = keys.insert(index, key) {
-            wrong = Some(rejection);
-            return scanner.skip_value();
-        }
-        let Some(index) = index else {
-            return scanner.skip_value();
+        let index = match keys.field_of(schema, key) {
+            Ok(Some(index)) => index,
+            Ok(None) => return scanner.skip_value(),
+            Err(rejection) => {
+                wrong = Some(rejection);
+                return scanner.skip_value();
+            }
         };
         match typed_field(&schema.fields()[index], scanner.value()?) {
             Ok(value) => fields[index] = value,
@@ -435,6 +432,20 @@ struct KeySet<'a> {
 }
 
 impl<'a> KeySet<'a> {
+    /// The field `schema` gives payload key `key` (`None`: one it does not name), or a
+    /// rejection if the object held the key already: the one rule for a payload's keys,
+    /// however the payload is read.
+    #[inline(always)]
+    fn field_of(
+        &mut self,
+        schema: &EventSchema,
+        key: Cow<'a, str>,
+    ) -> Result<Option<usize>, Rejection> {
+        let index = schema.field_index(&key);
+        self.insert(index, key)?;
+        Ok(index)
+    }
+
     #[inline]
     fn insert(&mut self, index: Option<usize>, key: Cow<'a, str>) -> Result<(), Rejection> {
         match index {
