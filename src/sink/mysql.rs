@@ -198,10 +198,9 @@ impl MysqlWriter {
         } = self.conn.as_mut().expect("connected before writing");
         let mut tx = conn.start_transaction(TxOpts::default())?;
         let rows_upserted: Vec<&WideRow> = batch.upserts().collect();
+        let upsert_of = |n| upsert_sql(Dialect::Mysql, table, n);
         if *bulk && !rows_upserted.is_empty() {
-            let statement = prepared(&mut tx, upserts, 1, |n| {
-                upsert_sql(Dialect::Mysql, table, n)
-            })?;
+            let statement = prepared(&mut tx, upserts, 1, upsert_of)?;
             for rows in rows_upserted.chunks(batch_rows) {
                 let params = rows.iter().map(|row| {
                     Params::Positional(row_params(row, process_time).map(value).collect())
@@ -211,9 +210,7 @@ impl MysqlWriter {
         } else {
             for rows in statement_chunks(&rows_upserted, batch_rows) {
                 let params = rows_params(rows, process_time, value);
-                let statement = prepared(&mut tx, upserts, rows.len(), |n| {
-                    upsert_sql(Dialect::Mysql, table, n)
-                })?;
+                let statement = prepared(&mut tx, upserts, rows.len(), upsert_of)?;
                 tx.exec_drop(statement, Params::Positional(params))?;
             }
         }
