@@ -39,7 +39,7 @@ use crate::sink::{SinkChannels, SinkCommand, SinkStats, SinkTarget, SinkThread};
 use crate::source::dims::{DimCorrection, DimDiff, DimSnapshot, DimStats};
 use crate::source::file::{positions_for, read_bounded, BoundedInput, Dealer, SourceProgress};
 use crate::source::kafka::{self, KafkaSourceError, PartitionReader, StartAt};
-use crate::source::{Positions, SourceBatch, SourceEvent};
+use crate::source::{worker_queue, Positions, SourceBatch, SourceEvent, WorkerInbox};
 use crate::spec::Spec;
 
 /// Why a run failed.
@@ -215,7 +215,7 @@ struct WorkerReport {
 /// The source side of a run: each worker's channel, the threads feeding them, and the Kafka
 /// consumers that commit each worker's offsets.
 struct Sources {
-    receivers: Vec<Mutex<Option<Receiver<SourceEvent>>>>,
+    receivers: Vec<Mutex<Option<WorkerInbox>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
     committers: Vec<Option<Arc<BaseConsumer>>>,
     topic: Arc<str>,
@@ -230,9 +230,9 @@ fn start_sources(pipeline: &Pipeline) -> Result<Sources, EngineError> {
     let mut senders = Vec::with_capacity(workers);
     let mut receivers = Vec::with_capacity(workers);
     for _ in 0..workers {
-        let (tx, rx) = bounded::<SourceEvent>(pipeline.engine.source_queue_chunks());
-        senders.push(tx);
-        receivers.push(Mutex::new(Some(rx)));
+        let (queue, inbox) = worker_queue(pipeline.engine.source_queue_chunks());
+        senders.push(queue);
+        receivers.push(Mutex::new(Some(inbox)));
     }
     let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new()
@@ -552,7 +552,7 @@ struct WorkerShared {
     routing: Arc<Routing>,
     fix_result_desc: Arc<std::collections::HashMap<i64, String>>,
     engine: EngineConfig,
-    receivers: Vec<Mutex<Option<Receiver<SourceEvent>>>>,
+    receivers: Vec<Mutex<Option<WorkerInbox>>>,
     committers: Vec<Mutex<Option<Arc<BaseConsumer>>>>,
     topic: Arc<str>,
     clock: EpochClock,
@@ -588,7 +588,8 @@ fn run_worker(
         .lock()
         .expect("receiver lock")
         .take()
-        .expect("each worker takes its own receiver once");
+        .expect("each worker takes its own receiver once")
+        .open();
 
     let (command_tx, command_rx) = bounded(shared.engine.max_inflight_epochs as usize + 2);
     let (ack_tx, ack_rx) = unbounded();

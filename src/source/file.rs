@@ -16,11 +16,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crossbeam_channel::Sender;
-
 use super::chunk_lines::{ChunkLines, FileChunk};
 use super::mapped::MappedFile;
-use super::{ChunkBytes, LineBase, Positions, SourceBatch, SourceEvent};
+use super::{
+    send_to_any, ChunkBytes, Closed, LineBase, Positions, SourceBatch, SourceEvent, WorkerQueue,
+};
 
 /// How far a source has read, for progress displays.
 #[derive(Debug, Default)]
@@ -61,13 +61,15 @@ pub enum BoundedInput {
 /// Deals chunks of messages to the workers of this process.
 pub struct Dealer {
     /// Senders of this process's workers, by local index.
-    senders: Vec<Sender<SourceEvent>>,
+    senders: Vec<WorkerQueue>,
     /// The global index of this process's first worker.
     first_worker: usize,
     peers: usize,
     chunk_messages: usize,
     chunks_per_epoch: u64,
     chunk_index: u64,
+    /// The local worker that wins a tie for the next chunk (see [`Dealer::send`]).
+    next_local: usize,
     /// Messages read so far, dealt to any process.
     read: u64,
     chunk: SourceBatch,
@@ -82,7 +84,7 @@ pub struct Dealer {
 
 impl Dealer {
     pub fn new(
-        senders: Vec<Sender<SourceEvent>>,
+        senders: Vec<WorkerQueue>,
         first_worker: usize,
         peers: usize,
         chunk_messages: usize,
@@ -98,6 +100,7 @@ impl Dealer {
             chunk_messages,
             chunks_per_epoch: (epoch_max_messages / chunk_messages).max(1) as u64,
             chunk_index: 0,
+            next_local: 0,
             read: 0,
             chunk,
             make_positions,
@@ -146,16 +149,39 @@ impl Dealer {
         Ok(carry_from)
     }
 
-    /// Takes the next turn: the epoch of the next chunk and, when one of this process's workers
-    /// gets it, that worker's local index.
-    fn next_turn(&mut self) -> (u64, Option<usize>) {
+    /// Takes the next turn: the epoch of the next chunk, and whether one of this process's
+    /// workers ingests it. Chunk k belongs to the process of worker k mod peers (every process
+    /// reads the whole input and keeps its own chunks); within the process, [`Dealer::send`]
+    /// picks the worker.
+    fn next_turn(&mut self) -> (u64, bool) {
         let worker = (self.chunk_index % self.peers as u64) as usize;
         let epoch = self.epoch_of(self.chunk_index);
         self.chunk_index += 1;
-        let local = worker
+        let ours = worker
             .checked_sub(self.first_worker)
-            .filter(|local| *local < self.senders.len());
-        (epoch, local)
+            .is_some_and(|local| local < self.senders.len());
+        (epoch, ours)
+    }
+
+    /// Sends a chunk to the worker of this process with the fewest chunks waiting (ties in
+    /// turn), or, when every queue is full, to the first that has room. Workers whose share
+    /// of the keyed work runs slower, or whose core the reader shares, take fewer chunks, so
+    /// none waits for input while another's queue is full: dealt strictly in turn, a worker
+    /// could starve while the reader waited on its neighbour's full queue. `make` turns the
+    /// chunk into the event, given how many chunks wait before it.
+    fn send(&mut self, make: impl FnOnce(usize) -> SourceEvent) -> Result<(), Closed> {
+        let workers = self.senders.len();
+        let first = self.next_local;
+        self.next_local = (first + 1) % workers;
+        let freest = (0..workers)
+            .map(|i| (first + i) % workers)
+            .min_by_key(|&local| self.senders[local].len())
+            .expect("a process deals to at least one worker");
+        match self.senders[freest].is_full() {
+            // The reader is the queue's one sender: the room stays.
+            false => self.senders[freest].send(make(self.senders[freest].len())),
+            true => send_to_any(&self.senders, make(usize::MAX)).map(|_| ()),
+        }
     }
 
     /// Sends the chunk to its worker; its bytes from `carry_from` on start the next chunk.
@@ -178,16 +204,14 @@ impl Dealer {
             Positions::Kafka { .. } => {}
         }
         let mut chunk = std::mem::replace(&mut self.chunk, next);
-        let (epoch, local) = self.next_turn();
+        let (epoch, ours) = self.next_turn();
         chunk.epoch = epoch;
-        if let Some(local) = local {
+        if ours {
             // Counted by the process whose worker ingests it.
             self.progress
                 .messages
                 .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            self.senders[local]
-                .send(SourceEvent::Batch(chunk))
-                .map_err(|_| Closed)?;
+            self.send(|_| SourceEvent::Batch(chunk))?;
         }
         Ok(())
     }
@@ -197,22 +221,17 @@ impl Dealer {
     /// chunks of other processes' workers have their line ends counted here, for the line
     /// numbers of the chunks after them.
     fn deal_file_chunk(&mut self, lines: &Arc<ChunkLines>, index: usize) -> Result<(), Closed> {
-        let (epoch, local) = self.next_turn();
-        match local {
-            Some(local) => {
-                let chunk = FileChunk::new(lines.clone(), index, epoch);
-                let sender = &self.senders[local];
-                let event = match sender.len() >= self.split_when_waiting {
-                    true => SourceEvent::Batch(chunk.split()),
-                    false => SourceEvent::FileChunk(chunk),
-                };
-                sender.send(event).map_err(|_| Closed)
-            }
-            None => {
-                lines.count(index);
-                Ok(())
-            }
+        let (epoch, ours) = self.next_turn();
+        if !ours {
+            lines.count(index);
+            return Ok(());
         }
+        let chunk = FileChunk::new(lines.clone(), index, epoch);
+        let split_when_waiting = self.split_when_waiting;
+        self.send(|waiting| match waiting >= split_when_waiting {
+            true => SourceEvent::Batch(chunk.split()),
+            false => SourceEvent::FileChunk(chunk),
+        })
     }
 
     /// Deals the last chunk and tells every worker where input ends.
@@ -241,10 +260,6 @@ impl Dealer {
         }
     }
 }
-
-/// The workers stopped listening (the job is failing or done).
-#[derive(Debug)]
-pub struct Closed;
 
 /// Reads `input` to the end and deals it; runs on its own thread.
 pub fn read_bounded(input: &BoundedInput, mut dealer: Dealer) {
@@ -446,13 +461,21 @@ pub fn positions_for(input: &BoundedInput) -> Box<dyn Fn() -> Positions + Send> 
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::source::SourcePosition;
+    use std::time::Duration;
 
+    use super::*;
+    use crate::source::{worker_queue, SourcePosition};
+
+    /// A worker's queue without a bound, read after the source is done.
+    fn unbounded_queue() -> (WorkerQueue, crossbeam_channel::Receiver<SourceEvent>) {
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        (WorkerQueue::from(sender), receiver)
+    }
+
+    /// Queues that nobody takes from fill evenly: the chunks go round, in turn on ties.
     #[test]
     fn chunks_are_dealt_round_robin_with_shared_epochs() {
-        let (senders, receivers): (Vec<_>, Vec<_>) =
-            (0..2).map(|_| crossbeam_channel::unbounded()).unzip();
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..2).map(|_| unbounded_queue()).unzip();
         let messages: Vec<Vec<u8>> = (0..10).map(|i| format!("m{i}").into_bytes()).collect();
         let dealer = Dealer::new(
             senders,
@@ -499,6 +522,51 @@ mod tests {
         assert_eq!(seen, expected);
     }
 
+    #[test]
+    fn a_worker_that_takes_no_input_holds_back_no_other() {
+        let (queues, inboxes): (Vec<_>, Vec<_>) = (0..2).map(|_| worker_queue(2)).unzip();
+        let [stalled, taking] = inboxes.try_into().ok().expect("two queues");
+        let (stalled, taking) = (stalled.open(), taking.open());
+        let messages: Vec<Vec<u8>> = (0..20).map(|i| format!("m{i}").into_bytes()).collect();
+        let dealer = Dealer::new(
+            queues,
+            0,
+            2,
+            1,
+            4,
+            positions_for(&BoundedInput::Messages(Arc::new(Vec::new()))),
+            Arc::new(SourceProgress::default()),
+        );
+        let reader = std::thread::spawn(move || {
+            read_bounded(&BoundedInput::Messages(Arc::new(messages)), dealer)
+        });
+        let messages_in = |event| match event {
+            SourceEvent::Batch(batch) => batch.len(),
+            other => panic!("unexpected {other:?}"),
+        };
+        // The stalled worker's queue holds two chunks; every other chunk reaches the worker
+        // that takes its input, although dealt in turn half of them would be the stalled one's.
+        let mut taken = 0;
+        while taken < 18 {
+            let event = taking
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the reader keeps dealing to the worker that takes its input");
+            taken += messages_in(event);
+        }
+        let held: usize = (0..2)
+            .map(|_| messages_in(stalled.recv_timeout(Duration::from_secs(10)).unwrap()))
+            .sum();
+        assert_eq!(held, 2);
+        for queue in [&stalled, &taking] {
+            let end = queue.recv_timeout(Duration::from_secs(10)).unwrap();
+            assert!(
+                matches!(end, SourceEvent::End { final_epoch: 3 }),
+                "{end:?}"
+            );
+        }
+        reader.join().unwrap();
+    }
+
     /// Reads `text` as a file with `read` into chunks of `chunk_messages`, and gives back its
     /// messages with their line numbers and the sizes of the chunks dealt.
     fn read_file_with(
@@ -509,7 +577,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("in.jsonl");
         std::fs::write(&path, text).unwrap();
-        let (sender, receiver) = crossbeam_channel::unbounded();
+        let (sender, receiver) = unbounded_queue();
         let progress = Arc::new(SourceProgress::default());
         let mut dealer = Dealer::new(
             vec![sender],
@@ -612,8 +680,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("in.jsonl");
         std::fs::write(&path, text).unwrap();
-        let (senders, receivers): (Vec<_>, Vec<_>) =
-            (0..ours).map(|_| crossbeam_channel::unbounded()).unzip();
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..ours).map(|_| unbounded_queue()).unzip();
         let progress = Arc::new(SourceProgress::default());
         let mut dealer = Dealer::new(
             senders,
@@ -739,7 +806,7 @@ mod tests {
             let path = path.clone();
             std::thread::spawn(move || std::fs::write(path, AWKWARD_LINES).unwrap())
         };
-        let (sender, receiver) = crossbeam_channel::unbounded();
+        let (sender, receiver) = unbounded_queue();
         let mut dealer = Dealer::new(
             vec![sender],
             0,

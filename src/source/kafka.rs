@@ -13,13 +13,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{Positions, SourceBatch, SourceEvent};
+use super::{Positions, SourceBatch, SourceEvent, WorkerQueue};
 use crate::config::KafkaConfig;
 use crate::source::file::SourceProgress;
 
@@ -165,7 +164,7 @@ impl PartitionReader {
 
     /// Reads until stopped (or, bounded, until the start's high watermarks), sending batches
     /// to `worker`. Runs on its own thread.
-    pub fn run(self, worker: Sender<SourceEvent>) {
+    pub fn run(self, worker: WorkerQueue) {
         if let Err(e) = self.assign() {
             let _ = worker.send(SourceEvent::Failed(format!(
                 "cannot assign partitions of `{}`: {e}",

@@ -11,7 +11,10 @@ pub mod mapped;
 pub mod routing;
 
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::thread::Thread;
+
+use crossbeam_channel::{Receiver, Sender};
 
 use serde_json::json;
 
@@ -213,4 +216,148 @@ pub enum SourceEvent {
     },
     /// The source failed; the job stops with this message.
     Failed(String),
+}
+
+/// The workers stopped listening (the job is failing or done).
+#[derive(Debug)]
+pub struct Closed;
+
+/// The sending end of a worker's source queue. A worker with nothing to do parks its thread
+/// until timely has work for it or a millisecond passes; a send into its empty queue wakes it,
+/// so that a worker which ran out of input does not sleep out the millisecond while its next
+/// chunk waits (on two workers of two cores the reader often gets a core only when a worker
+/// parks).
+#[derive(Clone)]
+pub struct WorkerQueue {
+    sender: Sender<SourceEvent>,
+    worker: Arc<OnceLock<Thread>>,
+}
+
+/// The receiving end of a worker's source queue, before its worker takes it.
+pub struct WorkerInbox {
+    receiver: Receiver<SourceEvent>,
+    worker: Arc<OnceLock<Thread>>,
+}
+
+/// A worker's source queue holding at most `capacity` events.
+pub fn worker_queue(capacity: usize) -> (WorkerQueue, WorkerInbox) {
+    let (sender, receiver) = crossbeam_channel::bounded(capacity);
+    let worker = Arc::new(OnceLock::new());
+    (
+        WorkerQueue {
+            sender,
+            worker: worker.clone(),
+        },
+        WorkerInbox { receiver, worker },
+    )
+}
+
+impl WorkerQueue {
+    /// Sends `event`, waiting while the queue is full; wakes the worker when the queue was
+    /// empty. Fails once the worker has gone.
+    pub fn send(&self, event: SourceEvent) -> Result<(), Closed> {
+        self.sender.send(event).map_err(|_| Closed)?;
+        self.wake_if_first();
+        Ok(())
+    }
+
+    /// Events waiting in the queue.
+    pub fn len(&self) -> usize {
+        self.sender.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sender.is_empty()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.sender.is_full()
+    }
+
+    fn wake_if_first(&self) {
+        // The one sender of this queue made it non-empty: the worker may have found it empty
+        // and parked (or be about to: an unpark before the park makes the park return).
+        if self.sender.len() <= 1 {
+            if let Some(worker) = self.worker.get() {
+                worker.unpark();
+            }
+        }
+    }
+}
+
+/// Sends `event` into whichever of `queues` has room first, waiting while all are full; gives
+/// the index of the queue it went to. Fails when the worker of the queue it chose has gone.
+pub fn send_to_any(queues: &[WorkerQueue], event: SourceEvent) -> Result<usize, Closed> {
+    let mut select = crossbeam_channel::Select::new();
+    for queue in queues {
+        select.send(&queue.sender);
+    }
+    let ready = select.select();
+    let index = ready.index();
+    ready
+        .send(&queues[index].sender, event)
+        .map_err(|_| Closed)?;
+    queues[index].wake_if_first();
+    Ok(index)
+}
+
+/// A queue whose sends wake nobody, for a receiver that does not park (tests).
+impl From<Sender<SourceEvent>> for WorkerQueue {
+    fn from(sender: Sender<SourceEvent>) -> WorkerQueue {
+        WorkerQueue {
+            sender,
+            worker: Arc::new(OnceLock::new()),
+        }
+    }
+}
+
+impl WorkerInbox {
+    /// The receiver, for the calling thread, which the queue's sends wake from now on.
+    pub fn open(self) -> Receiver<SourceEvent> {
+        let _ = self.worker.set(std::thread::current());
+        self.receiver
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// A worker that found its queue empty parks (as timely's `step_or_park` does); the next
+    /// send must wake it rather than leave its input waiting until the park times out.
+    #[test]
+    fn a_send_into_an_empty_queue_wakes_its_parked_worker() {
+        let (queue, inbox) = worker_queue(4);
+        let receiver = inbox.open();
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            queue.send(SourceEvent::CaughtUp).unwrap();
+            queue
+        });
+        let started = Instant::now();
+        let mut parks = 0;
+        while receiver.try_recv().is_err() {
+            // Far longer than the test may take: only an unpark ends it in time.
+            std::thread::park_timeout(Duration::from_secs(60));
+            parks += 1;
+            assert!(parks < 1000, "woken without input over and over");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the send did not wake the parked worker"
+        );
+        drop(sender.join().unwrap());
+    }
+
+    #[test]
+    fn a_send_goes_to_a_queue_with_room() {
+        let (queues, inboxes): (Vec<_>, Vec<_>) = (0..2).map(|_| worker_queue(1)).unzip();
+        let receivers: Vec<_> = inboxes.into_iter().map(WorkerInbox::open).collect();
+        queues[0].send(SourceEvent::CaughtUp).unwrap();
+        assert_eq!(send_to_any(&queues, SourceEvent::CaughtUp).unwrap(), 1);
+        receivers[0].recv().unwrap();
+        assert_eq!(send_to_any(&queues, SourceEvent::CaughtUp).unwrap(), 0);
+    }
 }
