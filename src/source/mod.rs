@@ -226,8 +226,7 @@ pub struct Closed;
 /// until timely has work for it or a millisecond passes; a send into its empty queue wakes it,
 /// so that a worker which ran out of input does not sleep out the millisecond while its next
 /// chunk waits (on two workers of two cores the reader often gets a core only when a worker
-/// parks).
-#[derive(Clone)]
+/// parks). It has one sender, the source that owns it.
 pub struct WorkerQueue {
     sender: Sender<SourceEvent>,
     worker: Arc<OnceLock<Thread>>,
