@@ -6,15 +6,17 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use common::{assert_tables_equal, reference, TestDatabase};
+use common::{assert_tables_equal, reference, Row, TestDatabase};
 use wrongbook::commands::gen::{
     dims_sql, generate, routing_sql, write_jsonl, GenOptions, Generated,
 };
 use wrongbook::commands::init_db::init_db;
 use wrongbook::commands::replay::{replay, ReplayOptions};
 use wrongbook::config::Config;
+use wrongbook::engine::RunSummary;
 use wrongbook::sink::mysql::MysqlWriter;
 use wrongbook::sink::statements::WideTable;
 use wrongbook::sink::WriteOptions;
@@ -33,6 +35,24 @@ fn prepare(db: &TestDatabase, opts: &GenOptions) -> (Generated, PathBuf) {
     (generated, input)
 }
 
+/// Replays `options.input` into the wide table with `config`, then checks that the table
+/// equals `expected`; `what` names the step in failures.
+fn replay_expecting(
+    db: &TestDatabase,
+    config: &Config,
+    options: ReplayOptions,
+    expected: &BTreeMap<i64, Row>,
+    what: &str,
+) -> RunSummary {
+    let summary = replay(config, &options).unwrap_or_else(|e| panic!("replay {what}: {e}"));
+    assert_tables_equal(
+        &db.read_table("dwd_wrong_record_wide_delta"),
+        expected,
+        what,
+    );
+    summary
+}
+
 fn replay_matches_reference(db: TestDatabase) {
     let opts = GenOptions {
         events: 15_000,
@@ -41,17 +61,14 @@ fn replay_matches_reference(db: TestDatabase) {
     };
     let (generated, input) = prepare(&db, &opts);
     let (model, expected) = reference(&generated.messages, &generated.dims);
-    let summary = replay(
+    let summary = replay_expecting(
+        &db,
         &db.config,
-        &ReplayOptions {
+        ReplayOptions {
             input: input.clone(),
             workers: Some(2),
             ..ReplayOptions::default()
         },
-    )
-    .expect("replay");
-    assert_tables_equal(
-        &db.read_table("dwd_wrong_record_wide_delta"),
         &expected,
         "after replay",
     );
@@ -95,17 +112,14 @@ fn replay_matches_reference(db: TestDatabase) {
         .unwrap();
     let mut multi_row = db.config.clone();
     multi_row.sink.mariadb_bulk = false;
-    replay(
+    replay_expecting(
+        &db,
         &multi_row,
-        &ReplayOptions {
+        ReplayOptions {
             input,
             workers: Some(3),
             ..ReplayOptions::default()
         },
-    )
-    .expect("second replay");
-    assert_tables_equal(
-        &db.read_table("dwd_wrong_record_wide_delta"),
         &expected,
         "after a second replay",
     );
@@ -123,22 +137,19 @@ fn later_dims_correct_old_rows(db: TestDatabase) {
     assert_ne!(before, after, "the change must matter");
     let change = db.dir().join("change.sql");
     std::fs::write(&change, dims_sql(&generated.dims_changed)).unwrap();
-    let summary = replay(
+    let summary = replay_expecting(
+        &db,
         &db.config,
-        &ReplayOptions {
+        ReplayOptions {
             input,
             workers: Some(2),
             dims_after: Some(change),
             ..ReplayOptions::default()
         },
-    )
-    .expect("replay with --dims-after");
-    assert!(summary.dim_rows_changed > 0);
-    assert_tables_equal(
-        &db.read_table("dwd_wrong_record_wide_delta"),
         &after,
         "after the dimension change",
     );
+    assert!(summary.dim_rows_changed > 0);
 }
 
 fn stale_table_ends_exact(db: TestDatabase) {
@@ -160,17 +171,14 @@ fn stale_table_ends_exact(db: TestDatabase) {
          (9000000000000000001, 'gone', 'u', 'q', 'e', 't');"
     ))
     .unwrap();
-    let summary = replay(
+    let summary = replay_expecting(
+        &db,
         &db.config,
-        &ReplayOptions {
+        ReplayOptions {
             input,
             workers: Some(2),
             ..ReplayOptions::default()
         },
-    )
-    .expect("replay over a stale table");
-    assert_tables_equal(
-        &db.read_table("dwd_wrong_record_wide_delta"),
         &expected,
         "after reconcile",
     );
@@ -259,19 +267,16 @@ fn mariadb_bulk_executions_are_not_used_on_a_table_with_triggers() {
         )
         .unwrap();
     assert!(!writes_bulk(&db.config), "the table has a trigger");
-    replay(
+    replay_expecting(
+        &db,
         &db.config,
-        &ReplayOptions {
+        ReplayOptions {
             input,
             workers: Some(2),
             ..ReplayOptions::default()
         },
-    )
-    .expect("replay into a table with a trigger");
-    assert_tables_equal(
-        &db.read_table("dwd_wrong_record_wide_delta"),
         &expected,
-        "with a trigger",
+        "into a table with a trigger",
     );
     let count = |sql: &str| {
         db.connect().query(sql).unwrap().rows[0][0]
