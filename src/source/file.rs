@@ -464,18 +464,13 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::source::{worker_queue, SourcePosition};
-
-    /// A worker's queue without a bound, read after the source is done.
-    fn unbounded_queue() -> (WorkerQueue, crossbeam_channel::Receiver<SourceEvent>) {
-        let (sender, receiver) = crossbeam_channel::unbounded();
-        (WorkerQueue::from(sender), receiver)
-    }
+    use crate::source::{unbounded_worker_queue, worker_queue, SourcePosition};
 
     /// Queues that nobody takes from fill evenly: the chunks go round, in turn on ties.
     #[test]
     fn chunks_are_dealt_round_robin_with_shared_epochs() {
-        let (senders, receivers): (Vec<_>, Vec<_>) = (0..2).map(|_| unbounded_queue()).unzip();
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..2).map(|_| unbounded_worker_queue()).unzip();
         let messages: Vec<Vec<u8>> = (0..10).map(|i| format!("m{i}").into_bytes()).collect();
         let dealer = Dealer::new(
             senders,
@@ -577,7 +572,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("in.jsonl");
         std::fs::write(&path, text).unwrap();
-        let (sender, receiver) = unbounded_queue();
+        let (sender, receiver) = unbounded_worker_queue();
         let progress = Arc::new(SourceProgress::default());
         let mut dealer = Dealer::new(
             vec![sender],
@@ -680,7 +675,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("in.jsonl");
         std::fs::write(&path, text).unwrap();
-        let (senders, receivers): (Vec<_>, Vec<_>) = (0..ours).map(|_| unbounded_queue()).unzip();
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..ours).map(|_| unbounded_worker_queue()).unzip();
         let progress = Arc::new(SourceProgress::default());
         let mut dealer = Dealer::new(
             senders,
@@ -806,7 +802,7 @@ mod tests {
             let path = path.clone();
             std::thread::spawn(move || std::fs::write(path, AWKWARD_LINES).unwrap())
         };
-        let (sender, receiver) = unbounded_queue();
+        let (sender, receiver) = unbounded_worker_queue();
         let mut dealer = Dealer::new(
             vec![sender],
             0,

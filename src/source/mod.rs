@@ -300,14 +300,16 @@ pub fn send_to_any(queues: &[WorkerQueue], event: SourceEvent) -> Result<usize, 
     Ok(index)
 }
 
-/// A queue whose sends wake nobody, for a receiver that does not park (tests).
-impl From<Sender<SourceEvent>> for WorkerQueue {
-    fn from(sender: Sender<SourceEvent>) -> WorkerQueue {
-        WorkerQueue {
-            sender,
-            worker: Arc::new(OnceLock::new()),
-        }
-    }
+/// A worker's queue without a bound whose sends wake nobody, for tests that read it after the
+/// source is done.
+#[cfg(test)]
+pub(crate) fn unbounded_worker_queue() -> (WorkerQueue, Receiver<SourceEvent>) {
+    let (sender, receiver) = crossbeam_channel::unbounded();
+    let queue = WorkerQueue {
+        sender,
+        worker: Arc::new(OnceLock::new()),
+    };
+    (queue, receiver)
 }
 
 impl WorkerInbox {
