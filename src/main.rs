@@ -188,6 +188,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             config,
             rename_share,
             no_db_limit,
+            scaling_rounds,
             json,
         } => {
             for (name, share) in [
@@ -202,6 +203,10 @@ fn run(command: Command) -> anyhow::Result<()> {
                 );
             }
             anyhow::ensure!(workers > 0, "--workers must be at least 1");
+            anyhow::ensure!(
+                scaling_rounds == 0 || workers >= 2,
+                "--scaling-rounds compares 1 worker with --workers: give --workers 2 or more"
+            );
             let sink = match sink {
                 BenchSinkArg::Memory => bench::BenchSink::Memory,
                 BenchSinkArg::None => bench::BenchSink::None,
@@ -230,6 +235,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 engine: wrongbook::config::EngineConfig::default(),
                 progress: !json,
                 db_limit: !no_db_limit,
+                scaling_rounds,
             })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

@@ -258,6 +258,78 @@ fn bench_reports_every_figure_as_json() {
 }
 
 #[test]
+fn bench_measures_scaling_in_alternating_passes_over_every_event() {
+    let out = wrongbook(&[
+        "--log",
+        "warn",
+        "bench",
+        "--events",
+        "20000",
+        "-w",
+        "2",
+        "--sink",
+        "none",
+        "--scaling-rounds",
+        "2",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let scaling = &report["scaling"];
+    assert_eq!(scaling["workers"], 2, "{scaling}");
+    let passes = scaling["passes"].as_array().expect("the passes");
+    // Round 1 runs one worker first, round 2 two workers first; every pass reads every event.
+    let order: Vec<(u64, u64)> = passes
+        .iter()
+        .map(|p| (p["round"].as_u64().unwrap(), p["workers"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(order, [(1, 1), (1, 2), (2, 2), (2, 1)]);
+    for pass in passes {
+        assert_eq!(pass["events"], 20_000, "{pass}");
+        assert!(pass["events_per_second"].as_f64().unwrap() > 0.0, "{pass}");
+        assert!(pass["cpu_seconds_by_thread"]["workers"].as_f64().unwrap() > 0.0);
+    }
+    let rate = |round: u64, workers: u64| {
+        passes
+            .iter()
+            .find(|p| p["round"] == round && p["workers"] == workers)
+            .and_then(|p| p["events_per_second"].as_f64())
+            .unwrap()
+    };
+    let ratios = scaling["round_ratios"].as_array().unwrap();
+    for (round, ratio) in (1..=2).zip(ratios) {
+        let expected = rate(round, 2) / rate(round, 1);
+        assert!(
+            (ratio.as_f64().unwrap() - expected).abs() < 1e-9,
+            "{scaling}"
+        );
+    }
+    let share = scaling["one_worker_helper_share"].as_f64().unwrap();
+    assert!(share > 0.0 && share < 1.0, "{share}");
+
+    // The table says it too; and one worker has nothing to compare with.
+    let out = wrongbook(&[
+        "--log",
+        "warn",
+        "bench",
+        "--events",
+        "5000",
+        "-w",
+        "2",
+        "--sink",
+        "none",
+        "--scaling-rounds",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("ratio of the medians"), "{table}");
+    let out = wrongbook(&["bench", "--events", "5000", "--scaling-rounds", "1"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("--workers 2 or more"), "{}", text(&out));
+}
+
+#[test]
 fn bench_into_mariadb_measures_the_database_limit_beside_the_jobs_table() {
     let Some(db) = common::TestDatabase::mariadb() else {
         return;

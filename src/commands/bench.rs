@@ -23,6 +23,7 @@ use serde::Serialize;
 use crate::commands::db_limit::{self, DbLimit, DbLimitError};
 use crate::commands::gen::{generate_into, routing_rows, GenOptions};
 use crate::commands::progress::ProgressDisplay;
+use crate::commands::scaling::{self, PassInput, ScalingFigure};
 use crate::config::{Config, EngineConfig};
 use crate::dataflow::dims::PatternLookup;
 use crate::dataflow::ingest::Ingestor;
@@ -69,6 +70,9 @@ pub struct BenchOptions {
     pub progress: bool,
     /// With a database sink: also measure the database's own limit (see [`db_limit`]).
     pub db_limit: bool,
+    /// Then run this many rounds of a one-worker and a `workers`-worker pass without a sink,
+    /// and report how throughput scales (see [`scaling`]); 0 for none.
+    pub scaling_rounds: usize,
 }
 
 /// One stage's throughput.
@@ -118,6 +122,7 @@ pub struct BenchReport {
     pub stages: Vec<StageFigure>,
     pub dim_change: Option<DimChangeFigure>,
     pub db_limit: Option<DbLimitFigure>,
+    pub scaling: Option<ScalingFigure>,
 }
 
 /// The engine against the database's own limit, in rows of the final table per second.
@@ -169,7 +174,7 @@ fn rss() -> Option<(u64, u64)> {
 }
 
 /// CPU time this process has used (user + system), from /proc (Linux).
-fn cpu_time() -> Option<Duration> {
+pub(crate) fn cpu_time() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // The fields after the command name, which is in parentheses and may hold spaces: the
     // 12th and 13th of them are utime and stime.
@@ -265,9 +270,11 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let dataflow_stats = Arc::new(DataflowStats::default());
     let dims_for_stages = dims.clone();
     let baseline = rss();
+    let spec = Arc::new(spec);
+    let routing = Routing::fixed(routes);
     let pipeline = Pipeline {
-        spec: Arc::new(spec),
-        routing: Routing::fixed(routes),
+        spec: spec.clone(),
+        routing: routing.clone(),
         engine: opts.engine.clone(),
         layout: crate::cluster::Layout::single(opts.workers),
         input: crate::engine::Input::Bounded(BoundedInput::File(input.clone())),
@@ -299,6 +306,9 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         progress.finish();
     }
     let summary = result?;
+    // Peak memory is read before the passes and stage measurements that follow, which hold
+    // data of their own.
+    let after = rss();
     let limit = match &opts.sink {
         BenchSink::Database(config) => {
             let settings = config.database();
@@ -318,9 +328,24 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         }
         _ => None,
     };
+    let scaling = match opts.scaling_rounds {
+        0 => None,
+        rounds => {
+            eprintln!(
+                "measuring scaling: {rounds} round(s) of a 1-worker and a {}-worker pass, no sink…",
+                opts.workers
+            );
+            let pass_input = PassInput {
+                input: &input,
+                spec: &spec,
+                routing: &routing,
+                dims: &dims,
+                engine: &opts.engine,
+            };
+            Some(scaling::measure(&pass_input, opts.workers, rounds)?)
+        }
+    };
     let _ = std::fs::remove_dir_all(&dir);
-    // Peak memory is read before the stage measurements, which hold data of their own.
-    let after = rss();
     eprintln!("measuring stages on {} events…", sample.len());
     let stages = measure_stages(&sample, &dims_for_stages);
     drop(sample);
@@ -380,6 +405,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             rows_corrected: c.rows_written,
             seconds: c.elapsed.as_secs_f64(),
         }),
+        scaling,
     })
 }
 
@@ -661,5 +687,49 @@ pub fn format_report(r: &BenchReport) -> String {
             c.patterns_renamed, c.rows_corrected, c.seconds
         ));
     }
+    if let Some(s) = &r.scaling {
+        out.push_str(&format_scaling(s));
+    }
+    out
+}
+
+fn format_scaling(s: &ScalingFigure) -> String {
+    let rate = |workers: usize| {
+        let rates: Vec<f64> = s
+            .passes
+            .iter()
+            .filter(|p| p.workers == workers)
+            .map(|p| p.events_per_second)
+            .collect();
+        let low = rates.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = rates.iter().copied().fold(0.0, f64::max);
+        format!("{low:.0}–{high:.0}")
+    };
+    let ratios: Vec<String> = s.round_ratios.iter().map(|r| format!("{r:.2}")).collect();
+    let mut out = format!(
+        "\nscaling, no sink, {} rounds alternating which pass goes first:\n  \
+         1 worker  median {:>10.0} events/s ({})\n  \
+         {} workers median {:>10.0} events/s ({})\n  \
+         ratio of the medians {:.2}; per round {} (median {:.2})\n  \
+         helper threads' share of a 1-worker pass's CPU {:.1} %",
+        s.rounds,
+        s.one_worker_median,
+        rate(1),
+        s.workers,
+        s.workers_median,
+        rate(s.workers),
+        s.ratio_of_medians,
+        ratios.join(", "),
+        s.median_round_ratio,
+        s.one_worker_helper_share * 100.0,
+    );
+    if let Some(busy) = s.workers_cores_busy {
+        out.push_str(&format!(
+            "; {}-worker passes kept their cores {:.1} % busy",
+            s.workers,
+            busy * 100.0
+        ));
+    }
+    out.push('\n');
     out
 }

@@ -10,3 +10,4 @@ pub mod job;
 pub mod progress;
 pub mod replay;
 pub mod run;
+pub mod scaling;

@@ -560,12 +560,15 @@ impl std::ops::DerefMut for FreedElsewhere {
     }
 }
 
+/// The name of the thread that frees a run's join state after it ends.
+pub const FREEING_THREAD: &str = "wrongbook-free";
+
 impl Drop for FreedElsewhere {
     fn drop(&mut self) {
         if let Some(state) = self.0.take() {
             // Should the thread not start, the closure, and the state with it, is dropped here.
             let _ = std::thread::Builder::new()
-                .name("wrongbook-free".into())
+                .name(FREEING_THREAD.into())
                 .spawn(move || drop(state));
         }
     }
