@@ -212,22 +212,20 @@ fn gen_init_db_and_replay_from_the_command_line() {
     assert!(std::path::Path::new(&path("a.dead-letters.jsonl")).exists());
 }
 
+/// The JSON report of `bench --events 20000 -w 2` with `options`.
+fn bench_json(options: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "--log", "warn", "bench", "--events", "20000", "-w", "2", "--json",
+    ];
+    args.extend_from_slice(options);
+    let out = wrongbook(&args);
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
 #[test]
 fn bench_reports_every_figure_as_json() {
-    let out = wrongbook(&[
-        "--log",
-        "warn",
-        "bench",
-        "--events",
-        "20000",
-        "-w",
-        "2",
-        "--rename-share",
-        "0.5",
-        "--json",
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let report = bench_json(&["--rename-share", "0.5"]);
     assert_eq!(report["events"], 20_000);
     assert_eq!(report["workers"], 2);
     assert_eq!(report["stages"].as_array().unwrap().len(), 7);
@@ -259,22 +257,7 @@ fn bench_reports_every_figure_as_json() {
 
 #[test]
 fn bench_measures_scaling_in_alternating_passes_over_every_event() {
-    let out = wrongbook(&[
-        "--log",
-        "warn",
-        "bench",
-        "--events",
-        "20000",
-        "-w",
-        "2",
-        "--sink",
-        "none",
-        "--scaling-rounds",
-        "2",
-        "--json",
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let report = bench_json(&["--sink", "none", "--scaling-rounds", "2"]);
     let scaling = &report["scaling"];
     assert_eq!(scaling["workers"], 2, "{scaling}");
     let passes = scaling["passes"].as_array().expect("the passes");
