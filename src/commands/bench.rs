@@ -23,7 +23,7 @@ use serde::Serialize;
 use crate::commands::db_limit::{self, DbLimit, DbLimitError};
 use crate::commands::gen::{generate_into, routing_rows, GenOptions};
 use crate::commands::progress::ProgressDisplay;
-use crate::commands::scaling::{self, PassInput, ScalingFigure};
+use crate::commands::scaling::{self, BenchInput, ScalingFigure};
 use crate::config::{Config, EngineConfig};
 use crate::dataflow::dims::PatternLookup;
 use crate::dataflow::ingest::Ingestor;
@@ -34,16 +34,13 @@ use crate::dataflow::records::RecordStore;
 use crate::dataflow::route::Routing;
 use crate::dataflow::route::{Route, RouteTable};
 use crate::dataflow::wide::WideRow;
-use crate::dataflow::DataflowStats;
-use crate::engine::{run_pipeline, EngineError, Pipeline};
+use crate::engine::{run_pipeline, EngineError, Pipeline, RunSummary};
 use crate::event::{parse_envelope, ParseBuffers};
 use crate::ops::thread_cpu::CpuSeconds;
-use crate::sink::dead_letters::DeadLetterMemory;
 use crate::sink::memory::MemoryTable;
 use crate::sink::statements::{row_params, upsert_sql};
-use crate::sink::{SinkBatch, SinkStats, SinkTarget, WriteOptions};
+use crate::sink::{SinkBatch, SinkTarget, WriteOptions};
 use crate::source::dims::{DimSnapshot, PatternRow};
-use crate::source::file::{BoundedInput, SourceProgress};
 use crate::spec::Spec;
 
 /// Where the end-to-end run writes.
@@ -173,8 +170,21 @@ fn rss() -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// Runs the pipeline, and tells the CPU time (user + system, seconds) the process used
+/// meanwhile, where /proc can tell.
+pub(crate) fn run_measuring_cpu(
+    pipeline: Pipeline,
+) -> (Result<RunSummary, EngineError>, Option<f64>) {
+    let before = cpu_time();
+    let result = run_pipeline(pipeline);
+    let cpu = cpu_time()
+        .zip(before)
+        .map(|(after, before)| after.saturating_sub(before).as_secs_f64());
+    (result, cpu)
+}
+
 /// CPU time this process has used (user + system), from /proc (Linux).
-pub(crate) fn cpu_time() -> Option<Duration> {
+fn cpu_time() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // The fields after the command name, which is in parentheses and may hold spaces: the
     // 12th and 13th of them are utime and stime.
@@ -265,43 +275,30 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     } else {
         (None, 0)
     };
-    let source_progress = Arc::new(SourceProgress::default());
-    let sink_stats = Arc::new(SinkStats::default());
-    let dataflow_stats = Arc::new(DataflowStats::default());
     let dims_for_stages = dims.clone();
     let baseline = rss();
     let spec = Arc::new(spec);
     let routing = Routing::fixed(routes);
-    let pipeline = Pipeline {
-        spec: spec.clone(),
-        routing: routing.clone(),
-        engine: opts.engine.clone(),
-        layout: crate::cluster::Layout::single(opts.workers),
-        input: crate::engine::Input::Bounded(BoundedInput::File(input.clone())),
-        dims: dims.clone(),
-        dims_after: later.map(|d| Box::new(move || Ok(d)) as crate::engine::LaterDims),
-        dim_updates: None,
-        dim_stats: Default::default(),
-        sink,
-        reconcile: matches!(opts.sink, BenchSink::Database(_)),
-        dead_letters: Arc::new(DeadLetterMemory::default()),
-        source_progress: source_progress.clone(),
-        sink_stats: sink_stats.clone(),
-        dataflow_stats: dataflow_stats.clone(),
-        caught_up_workers: Default::default(),
+    let bench_input = BenchInput {
+        input: &input,
+        spec: &spec,
+        routing: &routing,
+        dims: &dims,
+        engine: &opts.engine,
     };
+    let mut pipeline = bench_input.pipeline(opts.workers, sink);
+    pipeline.dims_after = later.map(|d| Box::new(move || Ok(d)) as crate::engine::LaterDims);
+    pipeline.reconcile = matches!(opts.sink, BenchSink::Database(_));
+    let sink_stats = pipeline.sink_stats.clone();
+    let dataflow_stats = pipeline.dataflow_stats.clone();
     eprintln!(
         "running the engine on {} worker(s), sink: {sink_name}…",
         opts.workers
     );
     let progress = opts
         .progress
-        .then(|| ProgressDisplay::start(source_progress, sink_stats.clone()));
-    let cpu_before = cpu_time();
-    let result = run_pipeline(pipeline);
-    let cpu = cpu_time()
-        .zip(cpu_before)
-        .map(|(after, before)| after.saturating_sub(before).as_secs_f64());
+        .then(|| ProgressDisplay::start(pipeline.source_progress.clone(), sink_stats.clone()));
+    let (result, cpu) = run_measuring_cpu(pipeline);
     if let Some(progress) = progress {
         progress.finish();
     }
@@ -335,14 +332,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
                 "measuring scaling: {rounds} round(s) of a 1-worker and a {}-worker pass, no sink…",
                 opts.workers
             );
-            let pass_input = PassInput {
-                input: &input,
-                spec: &spec,
-                routing: &routing,
-                dims: &dims,
-                engine: &opts.engine,
-            };
-            Some(scaling::measure(&pass_input, opts.workers, rounds)?)
+            Some(scaling::measure(&bench_input, opts.workers, rounds)?)
         }
     };
     let _ = std::fs::remove_dir_all(&dir);

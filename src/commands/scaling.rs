@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::EngineConfig;
-use crate::engine::{run_pipeline, Input, Pipeline};
+use crate::engine::{Input, Pipeline};
 use crate::ops::thread_cpu::CpuSeconds;
 use crate::sink::dead_letters::DeadLetterMemory;
 use crate::sink::{SinkStats, SinkTarget};
@@ -26,7 +26,7 @@ use crate::source::dims::DimSnapshot;
 use crate::source::file::{BoundedInput, SourceProgress};
 use crate::spec::Spec;
 
-use super::bench::{cpu_time, BenchError};
+use super::bench::{run_measuring_cpu, BenchError};
 use crate::dataflow::route::Routing;
 use crate::dataflow::DataflowStats;
 
@@ -83,8 +83,8 @@ pub struct ScalingFigure {
     pub passes: Vec<PassFigure>,
 }
 
-/// What each pass runs: the engine over `input` with `dims`, no sink.
-pub struct PassInput<'a> {
+/// What the bench runs the engine on: its generated events in `input`, with `dims`.
+pub struct BenchInput<'a> {
     pub input: &'a Path,
     pub spec: &'a Arc<Spec>,
     pub routing: &'a Arc<Routing>,
@@ -92,10 +92,35 @@ pub struct PassInput<'a> {
     pub engine: &'a EngineConfig,
 }
 
+impl BenchInput<'_> {
+    /// The engine over the input on `workers` workers of this process, writing to `sink`,
+    /// with counters of its own and no later dims.
+    pub fn pipeline(&self, workers: usize, sink: SinkTarget) -> Pipeline {
+        Pipeline {
+            spec: self.spec.clone(),
+            routing: self.routing.clone(),
+            engine: self.engine.clone(),
+            layout: crate::cluster::Layout::single(workers),
+            input: Input::Bounded(BoundedInput::File(self.input.to_path_buf())),
+            dims: self.dims.clone(),
+            dims_after: None,
+            dim_updates: None,
+            dim_stats: Default::default(),
+            sink,
+            reconcile: false,
+            dead_letters: Arc::new(DeadLetterMemory::default()),
+            source_progress: Arc::new(SourceProgress::default()),
+            sink_stats: Arc::new(SinkStats::default()),
+            dataflow_stats: Arc::new(DataflowStats::default()),
+            caught_up_workers: Default::default(),
+        }
+    }
+}
+
 /// Runs `rounds` rounds of a one-worker and a `workers`-worker pass, alternating which goes
 /// first, and reports the scaling. Progress goes to stderr, a line per pass.
 pub fn measure(
-    pass_input: &PassInput<'_>,
+    bench_input: &BenchInput<'_>,
     workers: usize,
     rounds: usize,
 ) -> Result<ScalingFigure, BenchError> {
@@ -106,7 +131,7 @@ pub fn measure(
             _ => [workers, 1],
         };
         for w in order {
-            let pass = run_pass(pass_input, round, w)?;
+            let pass = run_pass(bench_input, round, w)?;
             eprintln!(
                 "scaling round {round}/{rounds}: {w} worker(s) {:.0} events/s",
                 pass.events_per_second
@@ -166,35 +191,15 @@ fn median(mut values: Vec<f64>) -> f64 {
 /// One pass of the engine on `workers` workers, after the state of the pass before it is
 /// freed (it is freed on a thread of its own, which would otherwise run beside this pass).
 fn run_pass(
-    pass_input: &PassInput<'_>,
+    bench_input: &BenchInput<'_>,
     round: usize,
     workers: usize,
 ) -> Result<PassFigure, BenchError> {
     wait_for_freed_state(Duration::from_secs(60));
-    let dataflow_stats = Arc::new(DataflowStats::default());
-    let pipeline = Pipeline {
-        spec: pass_input.spec.clone(),
-        routing: pass_input.routing.clone(),
-        engine: pass_input.engine.clone(),
-        layout: crate::cluster::Layout::single(workers),
-        input: Input::Bounded(BoundedInput::File(pass_input.input.to_path_buf())),
-        dims: pass_input.dims.clone(),
-        dims_after: None,
-        dim_updates: None,
-        dim_stats: Default::default(),
-        sink: SinkTarget::Discard,
-        reconcile: false,
-        dead_letters: Arc::new(DeadLetterMemory::default()),
-        source_progress: Arc::new(SourceProgress::default()),
-        sink_stats: Arc::new(SinkStats::default()),
-        dataflow_stats: dataflow_stats.clone(),
-        caught_up_workers: Default::default(),
-    };
-    let cpu_before = cpu_time();
-    let summary = run_pipeline(pipeline)?;
-    let cpu = cpu_time()
-        .zip(cpu_before)
-        .map(|(after, before)| after.saturating_sub(before).as_secs_f64());
+    let pipeline = bench_input.pipeline(workers, SinkTarget::Discard);
+    let dataflow_stats = pipeline.dataflow_stats.clone();
+    let (summary, cpu) = run_measuring_cpu(pipeline);
+    let summary = summary?;
     Ok(PassFigure {
         round,
         workers,
