@@ -14,7 +14,7 @@
 //! state's own estimate of its heap, each per live record.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,7 @@ use serde::Serialize;
 use crate::commands::db_limit::{self, DbLimit, DbLimitError};
 use crate::commands::gen::{generate_into, routing_rows, GenOptions};
 use crate::commands::progress::ProgressDisplay;
-use crate::commands::scaling::{self, BenchInput, ScalingFigure};
+use crate::commands::scaling::{self, ScalingFigure};
 use crate::config::{Config, EngineConfig};
 use crate::dataflow::dims::PatternLookup;
 use crate::dataflow::ingest::Ingestor;
@@ -34,13 +34,16 @@ use crate::dataflow::records::RecordStore;
 use crate::dataflow::route::Routing;
 use crate::dataflow::route::{Route, RouteTable};
 use crate::dataflow::wide::WideRow;
-use crate::engine::{run_pipeline, EngineError, Pipeline, RunSummary};
+use crate::dataflow::DataflowStats;
+use crate::engine::{run_pipeline, EngineError, Input, Pipeline, RunSummary};
 use crate::event::{parse_envelope, ParseBuffers};
 use crate::ops::thread_cpu::CpuSeconds;
+use crate::sink::dead_letters::DeadLetterMemory;
 use crate::sink::memory::MemoryTable;
 use crate::sink::statements::{row_params, upsert_sql};
-use crate::sink::{SinkBatch, SinkTarget, WriteOptions};
+use crate::sink::{SinkBatch, SinkStats, SinkTarget, WriteOptions};
 use crate::source::dims::{DimSnapshot, PatternRow};
+use crate::source::file::{BoundedInput, SourceProgress};
 use crate::spec::Spec;
 
 /// Where the end-to-end run writes.
@@ -168,6 +171,40 @@ fn rss() -> Option<(u64, u64)> {
             .map(|kb| kb * 1024)
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// What the bench runs the engine on: its generated events in `input`, with `dims`.
+pub struct BenchInput<'a> {
+    pub input: &'a Path,
+    pub spec: &'a Arc<Spec>,
+    pub routing: &'a Arc<Routing>,
+    pub dims: &'a DimSnapshot,
+    pub engine: &'a EngineConfig,
+}
+
+impl BenchInput<'_> {
+    /// The engine over the input on `workers` workers of this process, writing to `sink`,
+    /// with counters of its own and no later dims.
+    pub fn pipeline(&self, workers: usize, sink: SinkTarget) -> Pipeline {
+        Pipeline {
+            spec: self.spec.clone(),
+            routing: self.routing.clone(),
+            engine: self.engine.clone(),
+            layout: crate::cluster::Layout::single(workers),
+            input: Input::Bounded(BoundedInput::File(self.input.to_path_buf())),
+            dims: self.dims.clone(),
+            dims_after: None,
+            dim_updates: None,
+            dim_stats: Default::default(),
+            sink,
+            reconcile: false,
+            dead_letters: Arc::new(DeadLetterMemory::default()),
+            source_progress: Arc::new(SourceProgress::default()),
+            sink_stats: Arc::new(SinkStats::default()),
+            dataflow_stats: Arc::new(DataflowStats::default()),
+            caught_up_workers: Default::default(),
+        }
+    }
 }
 
 /// Runs the pipeline, and tells the CPU time (user + system, seconds) the process used

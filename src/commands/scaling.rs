@@ -11,24 +11,14 @@
 //! and come out of the workers' time with a worker per core, and how busy the N-worker passes
 //! kept their cores.
 
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::EngineConfig;
-use crate::engine::{Input, Pipeline};
 use crate::ops::thread_cpu::CpuSeconds;
-use crate::sink::dead_letters::DeadLetterMemory;
-use crate::sink::{SinkStats, SinkTarget};
-use crate::source::dims::DimSnapshot;
-use crate::source::file::{BoundedInput, SourceProgress};
-use crate::spec::Spec;
+use crate::sink::SinkTarget;
 
-use super::bench::{run_measuring_cpu, BenchError};
-use crate::dataflow::route::Routing;
-use crate::dataflow::DataflowStats;
+use super::bench::{run_measuring_cpu, BenchError, BenchInput};
 
 /// One pass of the engine over the events.
 #[derive(Debug, Clone, Serialize)]
@@ -81,40 +71,6 @@ pub struct ScalingFigure {
     pub workers_cores_busy: Option<f64>,
     /// Every pass, in the order run.
     pub passes: Vec<PassFigure>,
-}
-
-/// What the bench runs the engine on: its generated events in `input`, with `dims`.
-pub struct BenchInput<'a> {
-    pub input: &'a Path,
-    pub spec: &'a Arc<Spec>,
-    pub routing: &'a Arc<Routing>,
-    pub dims: &'a DimSnapshot,
-    pub engine: &'a EngineConfig,
-}
-
-impl BenchInput<'_> {
-    /// The engine over the input on `workers` workers of this process, writing to `sink`,
-    /// with counters of its own and no later dims.
-    pub fn pipeline(&self, workers: usize, sink: SinkTarget) -> Pipeline {
-        Pipeline {
-            spec: self.spec.clone(),
-            routing: self.routing.clone(),
-            engine: self.engine.clone(),
-            layout: crate::cluster::Layout::single(workers),
-            input: Input::Bounded(BoundedInput::File(self.input.to_path_buf())),
-            dims: self.dims.clone(),
-            dims_after: None,
-            dim_updates: None,
-            dim_stats: Default::default(),
-            sink,
-            reconcile: false,
-            dead_letters: Arc::new(DeadLetterMemory::default()),
-            source_progress: Arc::new(SourceProgress::default()),
-            sink_stats: Arc::new(SinkStats::default()),
-            dataflow_stats: Arc::new(DataflowStats::default()),
-            caught_up_workers: Default::default(),
-        }
-    }
 }
 
 /// Runs `rounds` rounds of a one-worker and a `workers`-worker pass, alternating which goes
