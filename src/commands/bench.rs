@@ -312,7 +312,6 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     } else {
         (None, 0)
     };
-    let dims_for_stages = dims.clone();
     let baseline = rss();
     let spec = Arc::new(spec);
     let routing = Routing::fixed(routes);
@@ -374,7 +373,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     };
     let _ = std::fs::remove_dir_all(&dir);
     eprintln!("measuring stages on {} events…", sample.len());
-    let stages = measure_stages(&sample, &dims_for_stages);
+    let stages = measure_stages(&sample, &dims);
     drop(sample);
 
     use std::sync::atomic::Ordering::Relaxed;
