@@ -1,11 +1,11 @@
 //! The sink (SPEC §7): wide-row changes become transactions in the wide table.
 //!
 //! Each worker owns the rows whose id is `≡ worker (mod workers)`, and the join produces each
-//! row on its owner. Once the frontier has passed a time, the [`sink_operator`] turns that
-//! time's row updates into one batch: an id with a row is an upsert, an id without one is a
-//! delete. The batch goes over a bounded channel to the worker's own sink thread, which writes
-//! it as one transaction (multi-row statements, or bulk executions on MariaDB) and
-//! acknowledges. The operator holds the time's capability until then, so a probe after the sink
+//! row on its owner. Once the frontier has passed a time, the [`sink_operator`] hands that
+//! time's row updates over a bounded channel to the worker's own sink thread, which makes them
+//! one batch (an id with a row is an upsert, an id without one is a delete), writes it as one
+//! transaction (multi-row statements, or bulk executions on MariaDB) and acknowledges. The
+//! operator holds the time's capability until then, so a probe after the sink
 //! tells which times are in the database. Blocking I/O never runs on a timely worker thread.
 //!
 //! Reconcile: when asked, a sink thread first reads the ids the table holds in its share; ids
@@ -235,7 +235,9 @@ pub struct SinkStats {
 
 /// A request to a sink thread.
 pub enum SinkCommand {
-    Write(SinkBatch),
+    /// Write one time's row updates, as received from the join: the sink thread makes them a
+    /// [`SinkBatch`], so that ordering them by id (a sort per time) is not the worker's work.
+    Write { epoch: u64, updates: Vec<RowUpdate> },
     /// Everything the input held is written: delete the rows of the share that were in the
     /// table at start and have not been written since (when reconcile is enabled).
     Reconcile,
@@ -270,7 +272,8 @@ impl SinkThread {
         };
         while let Ok(command) = self.commands.recv() {
             match command {
-                SinkCommand::Write(batch) => {
+                SinkCommand::Write { epoch, updates } => {
+                    let batch = SinkBatch::new(epoch, updates);
                     // The set empties at the first reconcile and is empty without one: then
                     // there is nothing to remove, and no row's id needs hashing for it.
                     if !leftover.is_empty() {
@@ -378,8 +381,7 @@ pub struct SinkChannels {
 type PendingTimes = BTreeMap<u64, (Capability<u64>, Vec<Vec<RowUpdate>>)>;
 
 /// The sink operator: takes each completed time's row updates (already on the worker that owns
-/// their ids), hands them to the sink thread as one batch, and holds the time until the batch
-/// is acknowledged.
+/// their ids), hands them to the sink thread, and holds the time until they are acknowledged.
 pub fn sink_operator<'scope>(
     updates: Stream<'scope, u64, Vec<RowUpdate>>,
     channels: SinkChannels,
@@ -392,7 +394,7 @@ pub fn sink_operator<'scope>(
             *channels.activator.borrow_mut() =
                 Some(scope.worker().sync_activator_for(info.address.to_vec()));
             let mut pending: PendingTimes = BTreeMap::new();
-            let mut unsent: VecDeque<(Capability<u64>, SinkBatch)> = VecDeque::new();
+            let mut unsent: VecDeque<(Capability<u64>, Vec<RowUpdate>)> = VecDeque::new();
             let mut unacked: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
             move |(input, frontier), output| {
                 // The output carries no data: the held capabilities are the progress signal.
@@ -416,7 +418,7 @@ pub fn sink_operator<'scope>(
                     if frontier.less_equal(entry.key()) {
                         break;
                     }
-                    let (time, (cap, mut containers)) = entry.remove_entry();
+                    let (cap, mut containers) = entry.remove();
                     // A time's rows come from one join step, so usually in one container, which
                     // is then used as it is rather than copied.
                     let updates = if containers.len() == 1 {
@@ -424,20 +426,23 @@ pub fn sink_operator<'scope>(
                     } else {
                         containers.into_iter().flatten().collect()
                     };
-                    let batch = SinkBatch::new(time, updates);
-                    if !batch.is_empty() {
-                        unsent.push_back((cap, batch));
+                    // Every update is an upsert or a delete: a time with updates writes.
+                    if !updates.is_empty() {
+                        unsent.push_back((cap, updates));
                     }
                 }
-                while let Some((cap, batch)) = unsent.pop_front() {
-                    let epoch = batch.epoch;
-                    match channels.commands.try_send(SinkCommand::Write(batch)) {
+                while let Some((cap, updates)) = unsent.pop_front() {
+                    let epoch = *cap.time();
+                    match channels
+                        .commands
+                        .try_send(SinkCommand::Write { epoch, updates })
+                    {
                         Ok(()) => {
                             unacked.insert(epoch, cap);
                         }
-                        Err(TrySendError::Full(SinkCommand::Write(batch))) => {
+                        Err(TrySendError::Full(SinkCommand::Write { updates, .. })) => {
                             // Re-activated by the sink thread's next acknowledgement.
-                            unsent.push_front((cap, batch));
+                            unsent.push_front((cap, updates));
                             break;
                         }
                         Err(_) => {
@@ -549,10 +554,10 @@ mod tests {
                 stats: stats.clone(),
             };
             command_tx
-                .send(SinkCommand::Write(SinkBatch::new(
-                    4,
-                    vec![(7, Some(row(7, "u")))],
-                )))
+                .send(SinkCommand::Write {
+                    epoch: 4,
+                    updates: vec![(7, Some(row(7, "u")))],
+                })
                 .unwrap();
             command_tx.send(SinkCommand::Reconcile).unwrap();
             command_tx.send(SinkCommand::Finish).unwrap();
