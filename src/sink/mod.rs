@@ -133,10 +133,6 @@ impl SinkBatch {
     pub fn upsert_count(&self) -> usize {
         self.upserts.len()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.upserts.is_empty() && self.deletes.is_empty()
-    }
 }
 
 /// Writes a worker's share of the wide table.
