@@ -649,9 +649,12 @@ pub(crate) fn short_decimal(digits: &[u8]) -> Option<u64> {
         return None;
     }
     if len < 8 {
-        // Shorter than a word: byte by byte, as a digit run past its last word is read.
-        let (run, value) = digit_run(digits, 0);
-        return (run == len).then_some(value);
+        // Shorter than a word: gathered into one, the bytes past the digits read as `0`s.
+        let word = short_word(digits);
+        if leading_digits(word | ZEROS << (8 * len)) < 8 {
+            return None;
+        }
+        return Some(eight_digits(word << (8 * (8 - len))));
     }
     let word = |at: usize| u64::from_le_bytes(digits[at..at + 8].try_into().expect("eight"));
     let mut value = 0u64;
@@ -668,13 +671,32 @@ pub(crate) fn short_decimal(digits: &[u8]) -> Option<u64> {
     if rest > 0 {
         // The last eight bytes, the ones already read masked off (as leading zeros).
         let tail = word(len - 8) & (u64::MAX << (8 * (8 - rest)));
-        if leading_digits(tail | u64::from_ne_bytes([b'0'; 8]) >> (8 * rest)) < 8 {
+        if leading_digits(tail | ZEROS >> (8 * rest)) < 8 {
             return None;
         }
         value = value * POW10[rest] + eight_digits(tail);
     }
     Some(value)
 }
+
+/// The 1 to 7 bytes of `bytes` in one word, the first in its lowest byte, zero bytes above:
+/// two overlapping reads, whose common bytes are the same, or-ed together (a copy of a
+/// variable length would be a call).
+#[inline]
+fn short_word(bytes: &[u8]) -> u64 {
+    let n = bytes.len();
+    debug_assert!((1..8).contains(&n));
+    let four = |at: usize| u64::from(u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4")));
+    let two = |at: usize| u64::from(u16::from_le_bytes(bytes[at..at + 2].try_into().expect("2")));
+    match n {
+        4.. => four(0) | four(n - 4) << (8 * (n - 4)),
+        2.. => two(0) | two(n - 2) << (8 * (n - 2)),
+        _ => u64::from(bytes[0]),
+    }
+}
+
+/// Eight ASCII `0`s as a word.
+const ZEROS: u64 = u64::from_ne_bytes([b'0'; 8]);
 
 const POW10: [u64; 9] = [
     1,
@@ -691,7 +713,6 @@ const POW10: [u64; 9] = [
 /// How many of a word's bytes, from its lowest, are ASCII digits (0 to 8).
 #[inline]
 fn leading_digits(word: u64) -> usize {
-    const ZEROS: u64 = u64::from_ne_bytes([b'0'; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
     // Added to a byte's digit value, sets its high bit exactly when the value is above 9.
     const PAST_NINE: u64 = u64::from_ne_bytes([0x76; 8]);
