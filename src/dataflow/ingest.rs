@@ -13,7 +13,6 @@ use serde::Serialize;
 use crate::dataflow::owner::OpsByOwner;
 use crate::dataflow::process::process;
 use crate::dataflow::route::{Route, RouteTable};
-use crate::dataflow::FastMap;
 use crate::event::{Envelope, ParseBuffers, Reason, Rejection};
 use crate::spec::{same_name, Spec};
 
@@ -181,36 +180,38 @@ impl TypeCounts {
     }
 }
 
-/// A worker's running tally of outcomes, counted once per message: a hash map, because a
-/// sorted map's string comparisons cost more than the rest of the counting. Read it as
-/// [`OutcomeCounts`].
+/// A worker's running tally of outcomes, counted once per message. The labels are few (the
+/// spec's and the routing table's event types, and two fixed labels), so they are kept in a
+/// vector in the order first seen and found by comparing lengths and words inline: cheaper
+/// than hashing each message's label and comparing it through `memcmp`, and far cheaper than
+/// a sorted map's string comparisons. Read it as [`OutcomeCounts`].
 #[derive(Debug, Clone, Default)]
 pub struct OutcomeTally {
-    by_type: FastMap<String, TypeCounts>,
+    by_type: Vec<(String, TypeCounts)>,
 }
 
 impl OutcomeTally {
     /// Counts one outcome under `label`.
     #[inline]
     pub fn record(&mut self, label: &str, outcome: &Outcome) {
-        match self.by_type.get_mut(label) {
-            Some(counts) => counts.count(outcome),
-            None => self
-                .by_type
-                .entry(label.to_owned())
-                .or_default()
-                .count(outcome),
+        let found = self
+            .by_type
+            .iter_mut()
+            .find(|(seen, _)| same_name(seen.as_bytes(), label.as_bytes()));
+        match found {
+            Some((_, counts)) => counts.count(outcome),
+            None => {
+                let mut counts = TypeCounts::default();
+                counts.count(outcome);
+                self.by_type.push((label.to_owned(), counts));
+            }
         }
     }
 
     /// The tally so far, by label.
     pub fn counts(&self) -> OutcomeCounts {
         OutcomeCounts {
-            by_type: self
-                .by_type
-                .iter()
-                .map(|(label, counts)| (label.clone(), counts.clone()))
-                .collect(),
+            by_type: self.by_type.iter().cloned().collect(),
         }
     }
 }
@@ -244,5 +245,41 @@ impl OutcomeCounts {
             all.merge(&one);
         }
         all.by_type.remove("").unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tally_counts_each_label_apart_even_labels_of_one_length() {
+        let mut tally = OutcomeTally::default();
+        let dead = || Outcome::DeadLetter(Rejection::new(Reason::InvalidJson, "x"));
+        tally.record("wrongbook_add", &Outcome::Accepted);
+        tally.record("wrongbook_fix", &Outcome::Accepted);
+        tally.record("wrongbook_add", &Outcome::Skipped(SkipReason::Disabled));
+        tally.record(UNPARSED, &dead());
+        tally.record("wrongbook_fix", &Outcome::Accepted);
+        tally.record("wrongbook_fi", &Outcome::Skipped(SkipReason::Domain));
+        tally.record(UNPARSED, &dead());
+
+        let counts = tally.counts().by_type;
+        let labels: Vec<&str> = counts.keys().map(String::as_str).collect();
+        assert_eq!(
+            labels,
+            [UNPARSED, "wrongbook_add", "wrongbook_fi", "wrongbook_fix"]
+        );
+        assert_eq!(
+            (
+                counts["wrongbook_add"].accepted,
+                counts["wrongbook_add"].skipped_disabled
+            ),
+            (1, 1)
+        );
+        assert_eq!(counts["wrongbook_fix"].accepted, 2);
+        assert_eq!(counts["wrongbook_fi"].skipped_domain, 1);
+        assert_eq!(counts[UNPARSED].dead_letters.get("invalid_json"), Some(&2));
+        assert_eq!(tally.counts().totals().total(), 7);
     }
 }
