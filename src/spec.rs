@@ -319,6 +319,52 @@ pub struct LookupSpec {
     pub columns: Vec<(String, String)>,
 }
 
+/// A short table from names to values that events read by name (the spec's subject names and
+/// fix results, each looked up once per event of a kind). Up to [`NameMap::SEARCHED`] entries
+/// are found by comparing lengths and words inline ([`same_name`]), which costs less than
+/// hashing the name and comparing it through `memcmp`; a longer table is hashed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameMap<V> {
+    /// Sorted by name, so that two maps of the same entries are equal.
+    entries: Vec<(String, V)>,
+    /// Where each name is in `entries`, for tables longer than [`NameMap::SEARCHED`].
+    hashed: Option<crate::dataflow::FastMap<String, usize>>,
+}
+
+impl<V> NameMap<V> {
+    /// The longest table searched rather than hashed.
+    const SEARCHED: usize = 16;
+
+    /// The value of `name`, if the table has it.
+    #[inline]
+    pub fn get(&self, name: &str) -> Option<&V> {
+        let at = match &self.hashed {
+            None => self
+                .entries
+                .iter()
+                .position(|(key, _)| same_name(key.as_bytes(), name.as_bytes())),
+            Some(hashed) => hashed.get(name).copied(),
+        };
+        at.map(|at| &self.entries[at].1)
+    }
+}
+
+impl<V> FromIterator<(String, V)> for NameMap<V> {
+    fn from_iter<I: IntoIterator<Item = (String, V)>>(entries: I) -> NameMap<V> {
+        let mut entries: Vec<(String, V)> = entries.into_iter().collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.dedup_by(|later, earlier| later.0 == earlier.0);
+        let hashed = (entries.len() > Self::SEARCHED).then(|| {
+            entries
+                .iter()
+                .enumerate()
+                .map(|(at, (name, _))| (name.clone(), at))
+                .collect()
+        });
+        NameMap { entries, hashed }
+    }
+}
+
 /// A loaded and validated dataflow spec.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spec {
@@ -326,8 +372,8 @@ pub struct Spec {
     pub event_types: BTreeMap<String, EventSchema>,
     pub processors: BTreeMap<String, ProcessorSpec>,
     aliases: HashMap<String, String>,
-    pub subject_names: crate::dataflow::FastMap<String, String>,
-    pub fix_results: crate::dataflow::FastMap<String, i64>,
+    pub subject_names: NameMap<String>,
+    pub fix_results: NameMap<i64>,
     pub fix_result_desc: HashMap<i64, String>,
     pub dimensions: Dimensions,
 }
@@ -696,6 +742,31 @@ mod tests {
     }
 
     #[test]
+    fn name_maps_find_exactly_their_names_searched_or_hashed() {
+        for count in [0, 1, 8, 16, 17, 300] {
+            // Names of one length, and one a prefix of another, in no order.
+            let names: Vec<String> = (0..count).rev().map(|i| format!("result{i:03}")).collect();
+            let map: NameMap<usize> = names.iter().cloned().zip(0..).collect();
+            assert_eq!(map.hashed.is_some(), count > NameMap::<usize>::SEARCHED);
+            for (i, name) in names.iter().enumerate() {
+                assert_eq!(map.get(name), Some(&i), "{name} of {count}");
+            }
+            for other in [
+                "",
+                "result",
+                "result00",
+                "result0000",
+                "Result000",
+                "result999",
+            ] {
+                assert_eq!(map.get(other), None, "{other} of {count}");
+            }
+            let reversed: NameMap<usize> = names.iter().cloned().zip(0..count).rev().collect();
+            assert_eq!(reversed, map, "the same entries in another order");
+        }
+    }
+
+    #[test]
     fn builtin_spec_loads_with_the_seed_processors_and_aliases() {
         let spec = Spec::builtin();
         assert_eq!(spec.domain, "wrongbook");
@@ -708,9 +779,12 @@ mod tests {
             ProcessorKind::Fix
         );
         assert!(spec.processor("com.example.Nope").is_none());
-        assert_eq!(spec.fix_results["correct"], 1);
+        assert_eq!(spec.fix_results.get("correct"), Some(&1));
         assert_eq!(spec.fix_result_desc[&0], "未订正");
-        assert_eq!(spec.subject_names["math"], "数学");
+        assert_eq!(
+            spec.subject_names.get("math").map(String::as_str),
+            Some("数学")
+        );
         let fix = &spec.event_types["wrongbook_fix"];
         let fix_time = &fix.fields[fix.field_index("fixTime").unwrap()];
         assert_eq!((fix_time.ty, fix_time.required), (FieldType::Long, true));

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::dataflow::id_table::{Entry, IdTable};
 use crate::dataflow::process::{AddEvent, DeleteEvent, EventStamp, FixEvent, RecordOp};
 use crate::dataflow::{prefetch_lines, FastMap};
+use crate::spec::same_name;
 
 /// A live record: its add and its latest fix, borrowed from the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -412,7 +413,11 @@ impl RecordStore {
                 };
             }
             Entry::Present(first) => {
-                if self.records.get(first).wrong_id() == wrong_id {
+                // Compared inline: as a call to `memcmp`, once per operation, it cost more.
+                if same_name(
+                    self.records.get(first).wrong_id().as_bytes(),
+                    wrong_id.as_bytes(),
+                ) {
                     (first, first)
                 } else {
                     // Another wrong id of the same id: rare.
