@@ -319,10 +319,10 @@ pub struct LookupSpec {
     pub columns: Vec<(String, String)>,
 }
 
-/// A short table from names to values that events read by name (the spec's subject names and
-/// fix results, each looked up once per event of a kind). Up to [`NameMap::SEARCHED`] entries
-/// are found by comparing lengths and words inline ([`same_name`]), which costs less than
-/// hashing the name and comparing it through `memcmp`; a longer table is hashed.
+/// A short table from names to values that events read by name (routes by event type, the
+/// spec's subject names and fix results). Up to [`NameMap::SEARCHED`] entries are found by
+/// comparing lengths and words inline ([`same_name`]), which costs less than hashing the name
+/// and comparing it through `memcmp`; a longer table is hashed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NameMap<V> {
     /// Sorted by name, so that two maps of the same entries are equal.
@@ -333,19 +333,28 @@ pub struct NameMap<V> {
 
 impl<V> NameMap<V> {
     /// The longest table searched rather than hashed.
-    const SEARCHED: usize = 16;
+    pub(crate) const SEARCHED: usize = 8;
 
     /// The value of `name`, if the table has it.
     #[inline]
     pub fn get(&self, name: &str) -> Option<&V> {
-        let at = match &self.hashed {
+        match &self.hashed {
             None => self
                 .entries
                 .iter()
-                .position(|(key, _)| same_name(key.as_bytes(), name.as_bytes())),
-            Some(hashed) => hashed.get(name).copied(),
-        };
-        at.map(|at| &self.entries[at].1)
+                .find(|(key, _)| same_name(key.as_bytes(), name.as_bytes()))
+                .map(|(_, value)| value),
+            Some(hashed) => hashed.get(name).map(|&at| &self.entries[at].1),
+        }
+    }
+}
+
+impl<V> Default for NameMap<V> {
+    fn default() -> NameMap<V> {
+        NameMap {
+            entries: Vec::new(),
+            hashed: None,
+        }
     }
 }
 
@@ -743,7 +752,7 @@ mod tests {
 
     #[test]
     fn name_maps_find_exactly_their_names_searched_or_hashed() {
-        for count in [0, 1, 8, 16, 17, 300] {
+        for count in [0, 1, 8, 9, 16, 17, 300] {
             // Names of one length, and one a prefix of another, in no order.
             let names: Vec<String> = (0..count).rev().map(|i| format!("result{i:03}")).collect();
             let map: NameMap<usize> = names.iter().cloned().zip(0..).collect();

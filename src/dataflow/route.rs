@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataflow::event_type::EventType;
 use crate::source::routing::RoutingRow;
-use crate::spec::{same_name, EventSchema, ProcessorKind, Slot, Spec};
+use crate::spec::{EventSchema, NameMap, ProcessorKind, Slot, Spec};
 
 /// A type's processor, compiled against the type's payload schema.
 #[derive(Debug, Clone)]
@@ -42,30 +42,14 @@ pub enum Route {
     NoSchema,
 }
 
-/// The routing table as applied: event type → route. Types without a row are unknown.
+/// The routing table as applied: event type → route, looked up for every event. Types without
+/// a row are unknown.
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
-    routes: Routes,
+    routes: NameMap<Route>,
     /// The rows it was built from, for logs and comparisons.
     pub rows: Vec<RoutingRow>,
 }
-
-/// Routes by event type, looked up for every event.
-#[derive(Debug, Clone)]
-enum Routes {
-    /// A few: their short names compared word by word cost less than hashing the event's type.
-    Few(Vec<(String, Route)>),
-    Many(crate::dataflow::FastMap<String, Route>),
-}
-
-impl Default for Routes {
-    fn default() -> Routes {
-        Routes::Few(Vec::new())
-    }
-}
-
-/// The most routes [`RouteTable::route`] looks through one by one.
-const FEW_ROUTES: usize = 8;
 
 impl RouteTable {
     /// Builds the table from routing rows, resolving processors through `spec`.
@@ -107,23 +91,16 @@ impl RouteTable {
             };
             routes.insert(event_type.to_owned(), route);
         }
-        let routes = match routes.len() {
-            n if n <= FEW_ROUTES => Routes::Few(routes.into_iter().collect()),
-            _ => Routes::Many(routes),
-        };
-        RouteTable { routes, rows }
+        RouteTable {
+            routes: routes.into_iter().collect(),
+            rows,
+        }
     }
 
     /// The route of `event_type`; `None` when no routing row names it.
     #[inline]
     pub fn route(&self, event_type: &str) -> Option<&Route> {
-        match &self.routes {
-            Routes::Few(few) => few
-                .iter()
-                .find(|(name, _)| same_name(name.as_bytes(), event_type.as_bytes()))
-                .map(|(_, route)| route),
-            Routes::Many(routes) => routes.get(event_type),
-        }
+        self.routes.get(event_type)
     }
 }
 
@@ -333,7 +310,12 @@ mod tests {
     #[test]
     fn few_routes_and_many_find_the_same_types() {
         let spec = Spec::builtin();
-        for count in [1, FEW_ROUTES, FEW_ROUTES + 1, 40] {
+        for count in [
+            1,
+            NameMap::<Route>::SEARCHED,
+            NameMap::<Route>::SEARCHED + 1,
+            40,
+        ] {
             // Names of the lengths the word-by-word comparison tells apart in different ways.
             let types: Vec<String> = (0..count)
                 .map(|i| format!("{}{i}", "t".repeat(i % 20)))
