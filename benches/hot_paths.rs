@@ -47,7 +47,7 @@ fn ops(messages: &[Vec<u8>]) -> Vec<KeyedOp> {
     let mut buffers = ParseBuffers::default();
     let mut ops = OpsByOwner::new(1, messages.len());
     for message in messages {
-        ingestor.ingest(message, &routes, &mut buffers, &mut ops);
+        ingestor.ingest(message.as_slice(), &routes, &mut buffers, &mut ops);
     }
     ops.into_iter().collect()
 }
@@ -85,7 +85,9 @@ fn bench_ingest(c: &mut Criterion) {
             let mut ops = OpsByOwner::new(1, generated.messages.len());
             for message in &generated.messages {
                 if matches!(
-                    ingestor.ingest(message, &routes, &mut buffers, &mut ops).1,
+                    ingestor
+                        .ingest(message.as_slice(), &routes, &mut buffers, &mut ops)
+                        .1,
                     Outcome::Accepted
                 ) {
                     accepted += 1;

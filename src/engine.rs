@@ -1082,7 +1082,7 @@ impl WorkerLoop<'_> {
                         rejection.reason,
                         rejection.detail,
                         batch.position(i),
-                        message,
+                        message.bytes(),
                     ))
                     .map_err(|e| format!("writing a dead letter: {e}"))?,
             }

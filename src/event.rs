@@ -146,6 +146,44 @@ impl<'a> Payload<'a> {
 /// One entry of a payload object: its key and its value.
 pub type Entry<'a> = (Cow<'a, str>, Value<'a>);
 
+/// A message as the parser takes it: its bytes, or its text when they are already known to be
+/// UTF-8 (a batch's messages are checked together, see [`crate::source::SourceBatch::messages`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawMessage<'a> {
+    /// Bytes not checked yet.
+    Bytes(&'a [u8]),
+    /// Bytes checked to be UTF-8.
+    Text(&'a str),
+}
+
+impl<'a> RawMessage<'a> {
+    pub fn bytes(self) -> &'a [u8] {
+        match self {
+            RawMessage::Bytes(bytes) => bytes,
+            RawMessage::Text(text) => text.as_bytes(),
+        }
+    }
+}
+
+impl<'a> From<&'a [u8]> for RawMessage<'a> {
+    fn from(bytes: &'a [u8]) -> RawMessage<'a> {
+        RawMessage::Bytes(bytes)
+    }
+}
+
+/// `raw` as text, or the rejection of invalid UTF-8 with the place of the error.
+fn utf8(raw: &[u8]) -> Result<&str, Rejection> {
+    // simdutf8 checks valid text several times faster than std; std finds the error's place.
+    simdutf8::basic::from_utf8(raw).or_else(|_| {
+        std::str::from_utf8(raw).map_err(|e| {
+            Rejection::new(
+                Reason::InvalidUtf8,
+                format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+            )
+        })
+    })
+}
+
 /// The vectors parsing fills for each message, kept by a worker from one message to the next
 /// so that the usual message allocates none: a payload's entries and its validated fields.
 /// They are empty between messages; each message fills them with values borrowed from itself.
@@ -161,12 +199,12 @@ impl ParseBuffers {
     /// payload's schema, and a payload it gives one for is checked as it is read.
     pub fn parse_envelope<'a, 's>(
         &mut self,
-        raw: &'a [u8],
+        raw: impl Into<RawMessage<'a>>,
         max_bytes: usize,
         schema_of: impl FnMut(&str, &str) -> Option<&'s EventSchema>,
     ) -> Result<Envelope<'a>, Rejection> {
         parse_envelope_into(
-            raw,
+            raw.into(),
             max_bytes,
             Payload {
                 entries: recycle(std::mem::take(&mut self.entries)),
@@ -222,33 +260,29 @@ pub type Fields<'a> = Vec<Option<FieldValue<'a>>>;
 /// field. (Keys the payload holds twice are refused by [`Payload::validate`], and so are its
 /// wrong fields, which rank below the envelope's.)
 pub fn parse_envelope(raw: &[u8], max_bytes: usize) -> Result<Envelope<'_>, Rejection> {
-    parse_envelope_into(raw, max_bytes, Payload::default(), |_, _| None)
+    parse_envelope_into(raw.into(), max_bytes, Payload::default(), |_, _| None)
 }
 
 /// [`ParseBuffers::parse_envelope`], the payload read into `payload`'s vectors (emptied
 /// first).
 fn parse_envelope_into<'a, 's>(
-    raw: &'a [u8],
+    raw: RawMessage<'a>,
     max_bytes: usize,
     mut payload: Payload<'a>,
     mut schema_of: impl FnMut(&str, &str) -> Option<&'s EventSchema>,
 ) -> Result<Envelope<'a>, Rejection> {
     payload.entries.clear();
-    if raw.len() > max_bytes {
+    let bytes = raw.bytes();
+    if bytes.len() > max_bytes {
         return Err(Rejection::new(
             Reason::MessageTooLarge,
-            format!("{} bytes, more than the limit of {max_bytes}", raw.len()),
+            format!("{} bytes, more than the limit of {max_bytes}", bytes.len()),
         ));
     }
-    // simdutf8 checks valid text several times faster than std; std finds the error's place.
-    let text = simdutf8::basic::from_utf8(raw).or_else(|_| {
-        std::str::from_utf8(raw).map_err(|e| {
-            Rejection::new(
-                Reason::InvalidUtf8,
-                format!("invalid UTF-8 at byte {}", e.valid_up_to()),
-            )
-        })
-    })?;
+    let text = match raw {
+        RawMessage::Text(text) => text,
+        RawMessage::Bytes(bytes) => utf8(bytes)?,
+    };
     let mut scanner = Scanner::new(text);
     if !matches!(scanner.peek(), Some(b'{') | None) {
         return Err(match scanner.skip_value().and_then(|_| scanner.end()) {

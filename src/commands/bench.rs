@@ -554,7 +554,7 @@ fn measure_stages(messages: &[Vec<u8>], dims: &DimSnapshot) -> Vec<StageFigure> 
     let mut buffers = ParseBuffers::default();
     let mut accepted = OpsByOwner::new(1, messages.len());
     for message in messages {
-        ingestor.ingest(message, &routes, &mut buffers, &mut accepted);
+        ingestor.ingest(message.as_slice(), &routes, &mut buffers, &mut accepted);
     }
     let ingest = rate(messages.len(), started.elapsed());
     std::hint::black_box(accepted);

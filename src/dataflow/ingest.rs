@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::dataflow::owner::OpsByOwner;
 use crate::dataflow::process::process;
 use crate::dataflow::route::{Route, RouteTable};
-use crate::event::{Envelope, ParseBuffers, Reason, Rejection};
+use crate::event::{Envelope, ParseBuffers, RawMessage, Reason, Rejection};
 use crate::spec::{same_name, Spec};
 
 /// Why a message was skipped (counted, neither processed nor dead-lettered).
@@ -53,7 +53,7 @@ impl Ingestor {
     /// vectors parsing reuses from one message to the next.
     pub fn ingest<'a>(
         &self,
-        raw: &'a [u8],
+        raw: impl Into<RawMessage<'a>>,
         routes: &RouteTable,
         buffers: &mut ParseBuffers,
         accepted: &mut OpsByOwner,

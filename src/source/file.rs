@@ -491,7 +491,7 @@ mod tests {
                             let SourcePosition::Index(index) = batch.position(i) else {
                                 panic!("in-memory messages have indexes");
                             };
-                            assert_eq!(message, format!("m{index}").as_bytes());
+                            assert_eq!(message.bytes(), format!("m{index}").as_bytes());
                             seen.push((worker, batch.epoch, index));
                         }
                     }
@@ -615,7 +615,7 @@ mod tests {
                 let SourcePosition::Line { line, .. } = batch.position(i) else {
                     panic!("file messages have line numbers");
                 };
-                (line, String::from_utf8(message.to_vec()).unwrap())
+                (line, String::from_utf8(message.bytes().to_vec()).unwrap())
             })
             .collect()
     }
