@@ -128,7 +128,9 @@ fn bench_parsers(c: &mut Criterion) {
             let mut typed = 0;
             for message in &messages {
                 let schema_of = |_: &str, event_type: &str| spec.event_types.get(event_type);
-                let Ok(mut envelope) = buffers.parse_envelope(message, 1 << 20, schema_of) else {
+                let Ok(mut envelope) =
+                    buffers.parse_envelope(message.as_slice(), 1 << 20, schema_of)
+                else {
                     continue;
                 };
                 let Some(schema) = spec.event_types.get(envelope.event_type.as_ref()) else {
