@@ -157,6 +157,7 @@ pub enum RawMessage<'a> {
 }
 
 impl<'a> RawMessage<'a> {
+    /// The message's bytes, checked or not (what a dead letter keeps).
     pub fn bytes(self) -> &'a [u8] {
         match self {
             RawMessage::Bytes(bytes) => bytes,
