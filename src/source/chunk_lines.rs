@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use super::file::{message_end, SourceProgress};
 use super::mapped::{MappedChunk, MappedFile};
+use super::newlines::for_each_newline;
 use super::{ChunkBytes, LineBase, Positions, SourceBatch};
 
 /// Line ends of a chunk not counted yet.
@@ -150,11 +151,11 @@ impl FileChunk {
                 numbers.push(number);
             }
         };
-        for end in memchr::memchr_iter(b'\n', data) {
+        for_each_newline(data, |end| {
             number += 1;
             add(start, end, number);
             start = end + 1;
-        }
+        });
         lines.newlines[index].store(number, Ordering::Release);
         // Only the file's last chunk can end without a line end.
         if start < data.len() {

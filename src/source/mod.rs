@@ -8,6 +8,7 @@ pub mod dims;
 pub mod file;
 pub mod kafka;
 pub mod mapped;
+pub mod newlines;
 pub mod routing;
 
 use std::ops::Range;
