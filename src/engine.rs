@@ -39,7 +39,7 @@ use crate::sink::{SinkChannels, SinkCommand, SinkStats, SinkTarget, SinkThread};
 use crate::source::dims::{DimCorrection, DimDiff, DimSnapshot, DimStats};
 use crate::source::file::{positions_for, read_bounded, BoundedInput, Dealer, SourceProgress};
 use crate::source::kafka::{self, KafkaSourceError, PartitionReader, StartAt};
-use crate::source::{worker_queue, Positions, SourceBatch, SourceEvent, WorkerInbox};
+use crate::source::{worker_queue, Positions, SourceBatch, SourceEvent, WorkerInbox, WorkerSource};
 use crate::spec::Spec;
 
 /// Why a run failed.
@@ -803,7 +803,7 @@ impl WorkerLoop<'_> {
     fn drive(
         &mut self,
         worker: &mut timely::worker::Worker,
-        source: &Receiver<SourceEvent>,
+        source: &WorkerSource,
         probe: &timely::dataflow::ProbeHandle<u64>,
         sink_failure: &Arc<Mutex<Option<String>>>,
     ) -> Result<(), String> {

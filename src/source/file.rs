@@ -164,7 +164,8 @@ impl Dealer {
     }
 
     /// Sends a chunk to the worker of this process with the fewest chunks waiting (ties in
-    /// turn), or, when every queue is full, to the first that has room. Workers whose share
+    /// turn), or, when every queue is full, to the first that has room once one has drained
+    /// to half (see [`send_to_any`]). Workers whose share
     /// of the keyed work runs slower, or whose core the reader shares, take fewer chunks, so
     /// none waits for input while another's queue is full: dealt strictly in turn, a worker
     /// could starve while the reader waited on its neighbour's full queue. `make` turns the

@@ -12,10 +12,12 @@ pub mod newlines;
 pub mod routing;
 
 use std::ops::Range;
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 
 use serde_json::json;
 
@@ -280,24 +282,45 @@ pub struct Closed;
 pub struct WorkerQueue {
     sender: Sender<SourceEvent>,
     worker: Arc<OnceLock<Thread>>,
+    room: Arc<Room>,
 }
 
 /// The receiving end of a worker's source queue, before its worker takes it.
 pub struct WorkerInbox {
     receiver: Receiver<SourceEvent>,
     worker: Arc<OnceLock<Thread>>,
+    room: Arc<Room>,
+}
+
+/// How a source that found every queue full ([`send_to_any`]) is woken: by the worker whose
+/// queue has drained to half, not by every event a worker takes. Woken per event, the source
+/// of a bounded input (which keeps ahead of the workers) slept and woke once per chunk, about
+/// a thousand times per million messages, each time taking the core of a worker for a moment;
+/// woken at half, it fills the queues again in one go.
+#[derive(Default)]
+struct Room {
+    /// Whether the source waits for room in the queue.
+    waiting: AtomicBool,
+    /// The source's thread, once it has waited.
+    source: OnceLock<Thread>,
 }
 
 /// A worker's source queue holding at most `capacity` events.
 pub fn worker_queue(capacity: usize) -> (WorkerQueue, WorkerInbox) {
     let (sender, receiver) = crossbeam_channel::bounded(capacity);
     let worker = Arc::new(OnceLock::new());
+    let room = Arc::new(Room::default());
     (
         WorkerQueue {
             sender,
             worker: worker.clone(),
+            room: room.clone(),
         },
-        WorkerInbox { receiver, worker },
+        WorkerInbox {
+            receiver,
+            worker,
+            room,
+        },
     )
 }
 
@@ -323,6 +346,13 @@ impl WorkerQueue {
         self.sender.is_full()
     }
 
+    /// Whether the queue has drained to half, where its worker wakes a waiting source.
+    fn at_half(&self) -> bool {
+        self.sender
+            .capacity()
+            .is_some_and(|capacity| self.sender.len() <= capacity / 2)
+    }
+
     fn wake_if_first(&self) {
         // The one sender of this queue made it non-empty: the worker may have found it empty
         // and parked (or be about to: an unpark before the park makes the park return).
@@ -336,18 +366,49 @@ impl WorkerQueue {
 
 /// Sends `event` into whichever of `queues` has room first, waiting while all are full; gives
 /// the index of the queue it went to. Fails when the worker of the queue it chose has gone.
+/// While all are full it waits until one has drained to half (see [`Room`]).
 pub fn send_to_any(queues: &[WorkerQueue], event: SourceEvent) -> Result<usize, Closed> {
-    let mut select = crossbeam_channel::Select::new();
-    for queue in queues {
-        select.send(&queue.sender);
+    send_to_any_looking_every(queues, event, ROOM_LOOK_INTERVAL)
+}
+
+/// How long a source waiting for room sleeps before it looks at the queues again unwoken:
+/// only a worker that has gone leaves it unwoken (its queue then takes no more).
+const ROOM_LOOK_INTERVAL: Duration = Duration::from_millis(50);
+
+/// [`send_to_any`], looking at the queues every `interval` while it waits unwoken.
+fn send_to_any_looking_every(
+    queues: &[WorkerQueue],
+    mut event: SourceEvent,
+    interval: Duration,
+) -> Result<usize, Closed> {
+    loop {
+        for (index, queue) in queues.iter().enumerate() {
+            match queue.sender.try_send(event) {
+                Ok(()) => {
+                    queue.wake_if_first();
+                    return Ok(index);
+                }
+                Err(TrySendError::Full(back)) => event = back,
+                Err(TrySendError::Disconnected(_)) => return Err(Closed),
+            }
+        }
+        for queue in queues {
+            queue.room.source.get_or_init(std::thread::current);
+            queue.room.waiting.store(true, Ordering::SeqCst);
+        }
+        // A worker that took its queue to half before it could see the flag is seen here.
+        fence(Ordering::SeqCst);
+        let until = Instant::now() + interval;
+        while !queues.iter().any(WorkerQueue::at_half) {
+            match until.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => std::thread::park_timeout(left),
+                _ => break,
+            }
+        }
+        for queue in queues {
+            queue.room.waiting.store(false, Ordering::Relaxed);
+        }
     }
-    let ready = select.select();
-    let index = ready.index();
-    ready
-        .send(&queues[index].sender, event)
-        .map_err(|_| Closed)?;
-    queues[index].wake_if_first();
-    Ok(index)
 }
 
 /// A worker's queue without a bound whose sends wake nobody, for tests that read it after the
@@ -358,15 +419,56 @@ pub(crate) fn unbounded_worker_queue() -> (WorkerQueue, Receiver<SourceEvent>) {
     let queue = WorkerQueue {
         sender,
         worker: Arc::new(OnceLock::new()),
+        room: Arc::new(Room::default()),
     };
     (queue, receiver)
 }
 
 impl WorkerInbox {
-    /// The receiver, for the calling thread, which the queue's sends wake from now on.
-    pub fn open(self) -> Receiver<SourceEvent> {
+    /// The queue, for the calling thread, which the queue's sends wake from now on.
+    pub fn open(self) -> WorkerSource {
         let _ = self.worker.set(std::thread::current());
-        self.receiver
+        WorkerSource {
+            half: self.receiver.capacity().map_or(0, |capacity| capacity / 2),
+            receiver: self.receiver,
+            room: self.room,
+        }
+    }
+}
+
+/// The receiving end of a worker's source queue, opened by its worker: taking an event that
+/// leaves the queue at half wakes a source waiting for room (see [`Room`]).
+pub struct WorkerSource {
+    receiver: Receiver<SourceEvent>,
+    room: Arc<Room>,
+    /// Events left in the queue at which a waiting source is woken.
+    half: usize,
+}
+
+impl WorkerSource {
+    pub fn try_recv(&self) -> Result<SourceEvent, TryRecvError> {
+        let event = self.receiver.try_recv()?;
+        self.took();
+        Ok(event)
+    }
+
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<SourceEvent, RecvTimeoutError> {
+        let event = self.receiver.recv_timeout(timeout)?;
+        self.took();
+        Ok(event)
+    }
+
+    fn took(&self) {
+        // Pairs with the source's fence: either it sees this take, or this sees it wait.
+        fence(Ordering::SeqCst);
+        if self.room.waiting.load(Ordering::Relaxed)
+            && self.receiver.len() <= self.half
+            && self.room.waiting.swap(false, Ordering::AcqRel)
+        {
+            if let Some(source) = self.room.source.get() {
+                source.unpark();
+            }
+        }
     }
 }
 
@@ -459,7 +561,63 @@ mod tests {
         let receivers: Vec<_> = inboxes.into_iter().map(WorkerInbox::open).collect();
         queues[0].send(SourceEvent::CaughtUp).unwrap();
         assert_eq!(send_to_any(&queues, SourceEvent::CaughtUp).unwrap(), 1);
-        receivers[0].recv().unwrap();
+        receivers[0].recv_timeout(Duration::from_secs(10)).unwrap();
         assert_eq!(send_to_any(&queues, SourceEvent::CaughtUp).unwrap(), 0);
+    }
+
+    /// A source that found every queue full sleeps until a worker's queue has drained to
+    /// half, not until the first event is taken: on two workers of two cores, waking per
+    /// chunk took a worker's core about a thousand times per million messages.
+    #[test]
+    fn a_source_waiting_for_room_is_woken_when_a_queue_drains_to_half() {
+        let (queues, inboxes): (Vec<_>, Vec<_>) = (0..2).map(|_| worker_queue(4)).unzip();
+        let receivers: Vec<_> = inboxes.into_iter().map(WorkerInbox::open).collect();
+        for queue in &queues {
+            for _ in 0..4 {
+                queue.send(SourceEvent::CaughtUp).unwrap();
+            }
+        }
+        let sent = Arc::new(AtomicBool::new(false));
+        let room = queues[1].room.clone();
+        let source = {
+            let sent = sent.clone();
+            std::thread::spawn(move || {
+                // Far longer than the test may take: only a wake-up lets it send in time.
+                let to = send_to_any_looking_every(
+                    &queues,
+                    SourceEvent::CaughtUp,
+                    Duration::from_secs(60),
+                );
+                sent.store(true, Ordering::SeqCst);
+                to
+            })
+        };
+        let take = |queue: usize| {
+            receivers[queue]
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap()
+        };
+        let waiting_since = Instant::now();
+        while !room.waiting.load(Ordering::SeqCst) {
+            assert!(
+                waiting_since.elapsed() < Duration::from_secs(30),
+                "the source never waits"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Three of four left: the source sleeps on.
+        take(1);
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            !sent.load(Ordering::SeqCst),
+            "woken before the queue drained to half"
+        );
+        let started = Instant::now();
+        take(1);
+        assert_eq!(source.join().unwrap().unwrap(), 1);
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the take that left the queue at half did not wake the source"
+        );
     }
 }
