@@ -261,31 +261,54 @@ fn bench_measures_scaling_in_alternating_passes_over_every_event() {
     let scaling = &report["scaling"];
     assert_eq!(scaling["workers"], 2, "{scaling}");
     let passes = scaling["passes"].as_array().expect("the passes");
-    // Round 1 runs one worker first, round 2 two workers first; every pass reads every event.
-    let order: Vec<(u64, u64)> = passes
-        .iter()
-        .map(|p| (p["round"].as_u64().unwrap(), p["workers"].as_u64().unwrap()))
-        .collect();
-    assert_eq!(order, [(1, 1), (1, 2), (2, 2), (2, 1)]);
+    // Each round runs one worker, two, and two independent one-worker engines at once, the
+    // first taking turns; every engine reads every event.
+    let kind = |p: &serde_json::Value| {
+        (
+            p["round"].as_u64().unwrap(),
+            p["workers"].as_u64().unwrap(),
+            p["copies"].as_u64().unwrap(),
+        )
+    };
+    let order: Vec<(u64, u64, u64)> = passes.iter().map(kind).collect();
+    assert_eq!(
+        order,
+        [
+            (1, 1, 1),
+            (1, 2, 1),
+            (1, 1, 2),
+            (2, 2, 1),
+            (2, 1, 2),
+            (2, 1, 1)
+        ]
+    );
     for pass in passes {
-        assert_eq!(pass["events"], 20_000, "{pass}");
+        let copies = pass["copies"].as_u64().unwrap();
+        assert_eq!(pass["events"], 20_000 * copies, "{pass}");
         assert!(pass["events_per_second"].as_f64().unwrap() > 0.0, "{pass}");
         assert!(pass["cpu_seconds_by_thread"]["workers"].as_f64().unwrap() > 0.0);
     }
-    let rate = |round: u64, workers: u64| {
+    let rate = |round: u64, workers: u64, copies: u64| {
         passes
             .iter()
-            .find(|p| p["round"] == round && p["workers"] == workers)
+            .find(|p| kind(p) == (round, workers, copies))
             .and_then(|p| p["events_per_second"].as_f64())
             .unwrap()
     };
-    let ratios = scaling["round_ratios"].as_array().unwrap();
-    for (round, ratio) in (1..=2).zip(ratios) {
-        let expected = rate(round, 2) / rate(round, 1);
-        assert!(
-            (ratio.as_f64().unwrap() - expected).abs() < 1e-9,
-            "{scaling}"
-        );
+    for (field, of, over) in [
+        ("round_ratios", (2, 1), (1, 1)),
+        ("independent_round_ratios", (1, 2), (1, 1)),
+        ("workers_of_independent_round_ratios", (2, 1), (1, 2)),
+    ] {
+        let ratios = scaling[field].as_array().unwrap();
+        assert_eq!(ratios.len(), 2, "{field}");
+        for (round, ratio) in (1..=2).zip(ratios) {
+            let expected = rate(round, of.0, of.1) / rate(round, over.0, over.1);
+            assert!(
+                (ratio.as_f64().unwrap() - expected).abs() < 1e-9,
+                "{field}: {scaling}"
+            );
+        }
     }
     let share = scaling["one_worker_helper_share"].as_f64().unwrap();
     assert!(share > 0.0 && share < 1.0, "{share}");
@@ -307,6 +330,7 @@ fn bench_measures_scaling_in_alternating_passes_over_every_event() {
     assert!(out.status.success(), "{}", text(&out));
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("ratio of the medians"), "{table}");
+    assert!(table.contains("independent 1-worker engines"), "{table}");
     let out = wrongbook(&["bench", "--events", "5000", "--scaling-rounds", "1"]);
     assert!(!out.status.success());
     assert!(text(&out).contains("--workers 2 or more"), "{}", text(&out));

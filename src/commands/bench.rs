@@ -207,17 +207,32 @@ impl BenchInput<'_> {
     }
 }
 
-/// Runs the pipeline, and tells the CPU time (user + system, seconds) the process used
-/// meanwhile, where /proc can tell.
+/// Runs the pipelines at the same time (each on threads of its own), and tells the CPU time
+/// (user + system, seconds) the process used meanwhile, where /proc can tell.
 pub(crate) fn run_measuring_cpu(
-    pipeline: Pipeline,
-) -> (Result<RunSummary, EngineError>, Option<f64>) {
+    pipelines: Vec<Pipeline>,
+) -> (Vec<Result<RunSummary, EngineError>>, Option<f64>) {
     let before = cpu_time();
-    let result = run_pipeline(pipeline);
+    let results = match <[Pipeline; 1]>::try_from(pipelines) {
+        Ok([pipeline]) => vec![run_pipeline(pipeline)],
+        Err(pipelines) => std::thread::scope(|scope| {
+            let runs: Vec<_> = pipelines
+                .into_iter()
+                .map(|pipeline| scope.spawn(move || run_pipeline(pipeline)))
+                .collect();
+            runs.into_iter()
+                .map(|run| {
+                    run.join().unwrap_or_else(|_| {
+                        Err(EngineError::Failed("a benchmark pass panicked".into()))
+                    })
+                })
+                .collect()
+        }),
+    };
     let cpu = cpu_time()
         .zip(before)
         .map(|(after, before)| after.saturating_sub(before).as_secs_f64());
-    (result, cpu)
+    (results, cpu)
 }
 
 /// CPU time this process has used (user + system), from /proc (Linux).
@@ -334,11 +349,14 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let progress = opts
         .progress
         .then(|| ProgressDisplay::start(pipeline.source_progress.clone(), sink_stats.clone()));
-    let (result, cpu) = run_measuring_cpu(pipeline);
+    let (results, cpu) = run_measuring_cpu(vec![pipeline]);
     if let Some(progress) = progress {
         progress.finish();
     }
-    let summary = result?;
+    let summary = results
+        .into_iter()
+        .next()
+        .expect("one result per pipeline")?;
     // Peak memory is read before the passes and stage measurements that follow, which hold
     // data of their own.
     let after = rss();
@@ -720,33 +738,51 @@ pub fn format_report(r: &BenchReport) -> String {
 }
 
 fn format_scaling(s: &ScalingFigure) -> String {
-    let rate = |workers: usize| {
-        let rates: Vec<f64> = s
-            .passes
-            .iter()
-            .filter(|p| p.workers == workers)
-            .map(|p| p.events_per_second)
-            .collect();
+    let range = |rates: Vec<f64>| {
         let low = rates.iter().copied().fold(f64::INFINITY, f64::min);
         let high = rates.iter().copied().fold(0.0, f64::max);
         format!("{low:.0}–{high:.0}")
     };
-    let ratios: Vec<String> = s.round_ratios.iter().map(|r| format!("{r:.2}")).collect();
+    let rate = |workers: usize, copies: usize| {
+        range(
+            s.passes
+                .iter()
+                .filter(|p| p.workers == workers && p.copies == copies)
+                .map(|p| p.events_per_second)
+                .collect(),
+        )
+    };
+    let listed = |ratios: &[f64]| {
+        let ratios: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        ratios.join(", ")
+    };
     let mut out = format!(
-        "\nscaling, no sink, {} rounds alternating which pass goes first:\n  \
+        "\nscaling, no sink, {} rounds, the passes taking turns at going first:\n  \
          1 worker  median {:>10.0} events/s ({})\n  \
          {} workers median {:>10.0} events/s ({})\n  \
          ratio of the medians {:.2}; per round {} (median {:.2})\n  \
+         {} independent 1-worker engines at once, median {:.0} events/s ({}): \
+         over 1 worker per round {} (median {:.2}), what {} cores give this job with \
+         nothing shared; {} workers reach {} of it per round (median {:.2})\n  \
          helper threads' share of a 1-worker pass's CPU {:.1} %",
         s.rounds,
         s.one_worker_median,
-        rate(1),
+        rate(1, 1),
         s.workers,
         s.workers_median,
-        rate(s.workers),
+        rate(s.workers, 1),
         s.ratio_of_medians,
-        ratios.join(", "),
+        listed(&s.round_ratios),
         s.median_round_ratio,
+        s.workers,
+        s.independent_median,
+        rate(1, s.workers),
+        listed(&s.independent_round_ratios),
+        s.median_independent_round_ratio,
+        s.workers,
+        s.workers,
+        listed(&s.workers_of_independent_round_ratios),
+        s.median_workers_of_independent,
         s.one_worker_helper_share * 100.0,
     );
     if let Some(busy) = s.workers_cores_busy {

@@ -2,11 +2,16 @@
 //!
 //! A machine's speed drifts over seconds and minutes (other tenants of a VM's host, frequency,
 //! memory the host backs lazily), often by more than the difference between one and two
-//! workers. So the passes alternate: each round runs the engine once on one worker and once on
-//! N, the first of the pair taking turns, over the same file and without a sink (the dataflow
-//! alone, as the scaling target is stated). The figure is reported two ways: the ratio
-//! of the medians, and the median of each round's own ratio, which a drift between rounds
-//! disturbs less. Beside them, the two things that bound it: the share of a one-worker pass's
+//! workers. So the passes alternate: each round runs the engine once on one worker, once on
+//! N, and once as N independent one-worker engines at the same time, the order turning from
+//! round to round, over the same file and without a sink (the dataflow alone, as the issue's
+//! scaling target is stated). The figure is reported two ways: the ratio of the medians, and
+//! the median of each round's own ratio, which a drift between rounds disturbs less.
+//!
+//! Beside them, what bounds it. The N independent engines share nothing but the machine (no
+//! exchange, no progress between them, a reader and a sink thread each): what they reach
+//! together over one engine is what N cores of this machine give this job at all, and the
+//! N-worker engine is measured against that as well. Then the share of a one-worker pass's
 //! CPU taken by its helper threads (reader, sink), which run on the spare core for free there
 //! and come out of the workers' time with a worker per core, and how busy the N-worker passes
 //! kept their cores.
@@ -25,7 +30,12 @@ use super::bench::{run_measuring_cpu, BenchError, BenchInput};
 pub struct PassFigure {
     pub round: usize,
     pub workers: usize,
+    /// Engines run at the same time, each over the whole input on `workers` workers: 1, or N
+    /// for the pass of N independent one-worker engines.
+    pub copies: usize,
+    /// Messages, of all copies.
     pub events: u64,
+    /// Until the last copy finished.
     pub elapsed_seconds: f64,
     pub events_per_second: f64,
     /// CPU time (user + system) of the whole process during the pass.
@@ -69,6 +79,16 @@ pub struct ScalingFigure {
     pub one_worker_helper_share: f64,
     /// Median, over the N-worker passes, of CPU ÷ (cores × wall clock).
     pub workers_cores_busy: Option<f64>,
+    /// Median events/s of the passes of N independent one-worker engines at once (all of
+    /// their events over the time until the last finished).
+    pub independent_median: f64,
+    /// Each round's N independent engines' events/s over its one-worker events/s: what N
+    /// cores of this machine give this job with nothing shared.
+    pub independent_round_ratios: Vec<f64>,
+    pub median_independent_round_ratio: f64,
+    /// Each round's N-worker events/s over its N independent engines' events/s.
+    pub workers_of_independent_round_ratios: Vec<f64>,
+    pub median_workers_of_independent: f64,
     /// Every pass, in the order run.
     pub passes: Vec<PassFigure>,
 }
@@ -80,16 +100,19 @@ pub fn measure(
     workers: usize,
     rounds: usize,
 ) -> Result<ScalingFigure, BenchError> {
-    let mut passes = Vec::with_capacity(2 * rounds);
+    let mut passes = Vec::with_capacity(3 * rounds);
+    // (workers, copies) of the three passes, which take turns at going first.
+    let kinds = [(1, 1), (workers, 1), (1, workers)];
     for round in 1..=rounds {
-        let order = match round % 2 {
-            1 => [1, workers],
-            _ => [workers, 1],
-        };
-        for w in order {
-            let pass = run_pass(bench_input, round, w)?;
+        for turn in 0..kinds.len() {
+            let (w, copies) = kinds[(turn + round - 1) % kinds.len()];
+            let pass = run_pass(bench_input, round, w, copies)?;
+            let what = match copies {
+                1 => format!("{w} worker(s)"),
+                n => format!("{n} independent 1-worker engines"),
+            };
             eprintln!(
-                "scaling round {round}/{rounds}: {w} worker(s) {:.0} events/s",
+                "scaling round {round}/{rounds}: {what} {:.0} events/s",
                 pass.events_per_second
             );
             passes.push(pass);
@@ -106,31 +129,50 @@ fn summarize(
     rounds: usize,
     cores: usize,
 ) -> ScalingFigure {
-    let of = |w: usize| passes.iter().filter(move |p| p.workers == w);
-    let rate_in = |round: usize, w: usize| {
+    // The passes of one engine on `w` workers, and of the independent engines.
+    let of = |w: usize| {
         passes
             .iter()
-            .find(|p| p.round == round && p.workers == w)
+            .filter(move |p| p.workers == w && p.copies == 1)
+    };
+    let independent = || passes.iter().filter(|p| p.copies > 1);
+    let rate_in = |round: usize, w: usize, copies: usize| {
+        passes
+            .iter()
+            .find(|p| p.round == round && p.workers == w && p.copies == copies)
             .map(|p| p.events_per_second)
+    };
+    // Each round's rate of pass `a` over its rate of pass `b`, given as (workers, copies).
+    let round_ratios = |a: (usize, usize), b: (usize, usize)| -> Vec<f64> {
+        (1..=rounds)
+            .filter_map(|round| {
+                Some(rate_in(round, a.0, a.1)? / rate_in(round, b.0, b.1)?.max(1e-9))
+            })
+            .collect()
     };
     let one_worker_median = median(of(1).map(|p| p.events_per_second).collect());
     let workers_median = median(of(workers).map(|p| p.events_per_second).collect());
-    let round_ratios: Vec<f64> = (1..=rounds)
-        .filter_map(|round| Some(rate_in(round, workers)? / rate_in(round, 1)?.max(1e-9)))
-        .collect();
+    let round_ratios_of_workers = round_ratios((workers, 1), (1, 1));
+    let independent_round_ratios = round_ratios((1, workers), (1, 1));
+    let workers_of_independent_round_ratios = round_ratios((workers, 1), (1, workers));
     ScalingFigure {
         workers,
         rounds,
         one_worker_median,
         workers_median,
         ratio_of_medians: workers_median / one_worker_median.max(1e-9),
-        median_round_ratio: median(round_ratios.clone()),
-        round_ratios,
+        median_round_ratio: median(round_ratios_of_workers.clone()),
+        round_ratios: round_ratios_of_workers,
         one_worker_helper_share: median(of(1).map(PassFigure::helper_share).collect()),
         workers_cores_busy: of(workers)
             .map(|p| p.cores_busy(cores))
             .collect::<Option<Vec<f64>>>()
             .map(median),
+        independent_median: median(independent().map(|p| p.events_per_second).collect()),
+        median_independent_round_ratio: median(independent_round_ratios.clone()),
+        independent_round_ratios,
+        median_workers_of_independent: median(workers_of_independent_round_ratios.clone()),
+        workers_of_independent_round_ratios,
         passes,
     }
 }
@@ -144,26 +186,45 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-/// One pass of the engine on `workers` workers, after the state of the pass before it is
-/// freed (it is freed on a thread of its own, which would otherwise run beside this pass).
+/// One pass: `copies` engines at the same time, each over the whole input on `workers`
+/// workers, after the state of the pass before it is freed (it is freed on a thread of its
+/// own, which would otherwise run beside this pass).
 fn run_pass(
     bench_input: &BenchInput<'_>,
     round: usize,
     workers: usize,
+    copies: usize,
 ) -> Result<PassFigure, BenchError> {
     wait_for_freed_state(Duration::from_secs(60));
-    let pipeline = bench_input.pipeline(workers, SinkTarget::Discard);
-    let dataflow_stats = pipeline.dataflow_stats.clone();
-    let (summary, cpu) = run_measuring_cpu(pipeline);
-    let summary = summary?;
+    let pipelines: Vec<_> = (0..copies)
+        .map(|_| bench_input.pipeline(workers, SinkTarget::Discard))
+        .collect();
+    let stats: Vec<_> = pipelines.iter().map(|p| p.dataflow_stats.clone()).collect();
+    let (summaries, cpu) = run_measuring_cpu(pipelines);
+    let summaries = summaries.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let events = summaries.iter().map(|s| s.messages).sum::<u64>();
+    let elapsed = summaries
+        .iter()
+        .map(|s| s.elapsed.as_secs_f64())
+        .fold(0.0, f64::max);
+    let cpu_seconds_by_thread =
+        stats
+            .iter()
+            .map(|s| s.thread_cpu.seconds())
+            .fold(CpuSeconds::default(), |sum, s| CpuSeconds {
+                workers: sum.workers + s.workers,
+                source: sum.source + s.source,
+                sinks: sum.sinks + s.sinks,
+            });
     Ok(PassFigure {
         round,
         workers,
-        events: summary.messages,
-        elapsed_seconds: summary.elapsed.as_secs_f64(),
-        events_per_second: summary.events_per_second(),
+        copies,
+        events,
+        elapsed_seconds: elapsed,
+        events_per_second: events as f64 / elapsed.max(1e-9),
         cpu_seconds: cpu,
-        cpu_seconds_by_thread: dataflow_stats.thread_cpu.seconds(),
+        cpu_seconds_by_thread,
     })
 }
 
@@ -188,10 +249,16 @@ fn wait_for_freed_state(limit: Duration) {
 mod tests {
     use super::*;
 
-    fn pass(round: usize, workers: usize, rate: f64, helpers: f64) -> PassFigure {
+    fn pass(
+        round: usize,
+        (workers, copies): (usize, usize),
+        rate: f64,
+        helpers: f64,
+    ) -> PassFigure {
         PassFigure {
             round,
             workers,
+            copies,
             events: 1000,
             elapsed_seconds: 1000.0 / rate,
             events_per_second: rate,
@@ -208,27 +275,48 @@ mod tests {
     fn scaling_is_the_ratio_of_the_medians_and_the_median_of_each_rounds_ratio() {
         // Round 2's one-worker pass ran in a slow moment: the ratio of its own round is high,
         // while the median over rounds is not moved by it.
+        let (one, two, apart) = ((1, 1), (2, 1), (1, 2));
         let passes = vec![
-            pass(1, 1, 100.0, 0.1),
-            pass(1, 2, 180.0, 0.05),
-            pass(2, 2, 170.0, 0.05),
-            pass(2, 1, 50.0, 0.3),
-            pass(3, 1, 110.0, 0.1),
-            pass(3, 2, 200.0, 0.05),
+            pass(1, one, 100.0, 0.1),
+            pass(1, two, 180.0, 0.05),
+            pass(1, apart, 190.0, 0.1),
+            pass(2, two, 170.0, 0.05),
+            pass(2, apart, 170.0, 0.1),
+            pass(2, one, 50.0, 0.3),
+            pass(3, apart, 220.0, 0.1),
+            pass(3, one, 110.0, 0.1),
+            pass(3, two, 200.0, 0.05),
         ];
         let figure = summarize(passes, 2, 3, 2);
+        let close = |got: f64, want: f64| assert!((got - want).abs() < 1e-12, "{got} != {want}");
         assert_eq!(figure.one_worker_median, 100.0);
         assert_eq!(figure.workers_median, 180.0);
-        assert!((figure.ratio_of_medians - 1.8).abs() < 1e-12);
+        close(figure.ratio_of_medians, 1.8);
         let expected = [1.8, 3.4, 200.0 / 110.0];
         assert_eq!(figure.round_ratios.len(), 3);
         for (got, want) in figure.round_ratios.iter().zip(expected) {
-            assert!((got - want).abs() < 1e-12, "{got} against {want}");
+            close(*got, want);
         }
-        assert!((figure.median_round_ratio - 200.0 / 110.0).abs() < 1e-12);
-        assert!((figure.one_worker_helper_share - 0.1).abs() < 1e-12);
+        close(figure.median_round_ratio, 200.0 / 110.0);
+        // The independent engines: against one worker, and the two workers against them.
+        assert_eq!(figure.independent_median, 190.0);
+        let expected = [1.9, 3.4, 2.0];
+        for (got, want) in figure.independent_round_ratios.iter().zip(expected) {
+            close(*got, want);
+        }
+        close(figure.median_independent_round_ratio, 2.0);
+        let expected = [180.0 / 190.0, 1.0, 200.0 / 220.0];
+        for (got, want) in figure
+            .workers_of_independent_round_ratios
+            .iter()
+            .zip(expected)
+        {
+            close(*got, want);
+        }
+        close(figure.median_workers_of_independent, 180.0 / 190.0);
+        close(figure.one_worker_helper_share, 0.1);
         assert!((figure.workers_cores_busy.expect("cpu known") - 0.9).abs() < 1e-9);
-        assert_eq!(figure.passes.len(), 6);
+        assert_eq!(figure.passes.len(), 9);
     }
 
     #[test]
