@@ -184,11 +184,11 @@ pub enum Command {
         #[arg(long, default_value_t = 0.0)]
         rename_share: f64,
         /// Then measure how throughput scales: run this many rounds of the engine on 1 worker,
-        /// on --workers (N, at least 2), and as N independent 1-worker engines at once (what N
-        /// cores of the machine give this job with nothing shared), without a sink, over the
-        /// same events, the first pass taking turns, and report the ratios of the medians and
-        /// of each round (0 = skip). Taking turns keeps a drift in the machine's speed from
-        /// favouring any.
+        /// on --workers (N, at least 2), and as N independent 1-worker engines at once, each on
+        /// the events of one worker's share of the records (what N cores of the machine give
+        /// this job with nothing exchanged or shared), without a sink, over the same events,
+        /// the first pass taking turns, and report the ratios of the medians and of each round
+        /// (0 = skip). Taking turns keeps a drift in the machine's speed from favouring any.
         #[arg(long, default_value_t = 0)]
         scaling_rounds: usize,
         /// Print the report as JSON (for comparing runs across commits).

@@ -186,12 +186,17 @@ impl BenchInput<'_> {
     /// The engine over the input on `workers` workers of this process, writing to `sink`,
     /// with counters of its own and no later dims.
     pub fn pipeline(&self, workers: usize, sink: SinkTarget) -> Pipeline {
+        self.pipeline_over(self.input, workers, sink)
+    }
+
+    /// [`BenchInput::pipeline`] over the events at `input` instead.
+    pub fn pipeline_over(&self, input: &Path, workers: usize, sink: SinkTarget) -> Pipeline {
         Pipeline {
             spec: self.spec.clone(),
             routing: self.routing.clone(),
             engine: self.engine.clone(),
             layout: crate::cluster::Layout::single(workers),
-            input: Input::Bounded(BoundedInput::File(self.input.to_path_buf())),
+            input: Input::Bounded(BoundedInput::File(input.to_path_buf())),
             dims: self.dims.clone(),
             dims_after: None,
             dim_updates: None,
@@ -383,8 +388,9 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         0 => None,
         rounds => {
             eprintln!(
-                "measuring scaling: {rounds} round(s) of a 1-worker and a {}-worker pass, no sink…",
-                opts.workers
+                "measuring scaling: {rounds} round(s) of a 1-worker pass, a {n}-worker pass and \
+                 {n} independent 1-worker engines on a part each, no sink…",
+                n = opts.workers
             );
             Some(scaling::measure(&bench_input, opts.workers, rounds)?)
         }
@@ -761,9 +767,10 @@ fn format_scaling(s: &ScalingFigure) -> String {
          1 worker  median {:>10.0} events/s ({})\n  \
          {} workers median {:>10.0} events/s ({})\n  \
          ratio of the medians {:.2}; per round {} (median {:.2})\n  \
-         {} independent 1-worker engines at once, median {:.0} events/s ({}): \
-         over 1 worker per round {} (median {:.2}), what {} cores give this job with \
-         nothing shared; {} workers reach {} of it per round (median {:.2})\n  \
+         {} independent 1-worker engines at once, each on one worker's share of the records, \
+         median {:.0} events/s ({}): over 1 worker per round {} (median {:.2}), what {} cores \
+         give this job with nothing exchanged or shared; {} workers reach {} of it per round \
+         (median {:.2})\n  \
          helper threads' share of a 1-worker pass's CPU {:.1} %",
         s.rounds,
         s.one_worker_median,

@@ -4,22 +4,28 @@
 //! memory the host backs lazily), often by more than the difference between one and two
 //! workers. So the passes alternate: each round runs the engine once on one worker, once on
 //! N, and once as N independent one-worker engines at the same time, the order turning from
-//! round to round, over the same file and without a sink (the dataflow alone, as the issue's
-//! scaling target is stated). The figure is reported two ways: the ratio of the medians, and
-//! the median of each round's own ratio, which a drift between rounds disturbs less.
+//! round to round, over the same events and without a sink (the dataflow alone, as the
+//! issue's scaling target is stated). The figure is reported two ways: the ratio of the
+//! medians, and the median of each round's own ratio, which a drift between rounds disturbs
+//! less.
 //!
-//! Beside them, what bounds it. The N independent engines share nothing but the machine (no
-//! exchange, no progress between them, a reader and a sink thread each): what they reach
-//! together over one engine is what N cores of this machine give this job at all, and the
-//! N-worker engine is measured against that as well. Then the share of a one-worker pass's
-//! CPU taken by its helper threads (reader, sink), which run on the spare core for free there
-//! and come out of the workers' time with a worker per core, and how busy the N-worker passes
-//! kept their cores.
+//! Beside them, what bounds it. The N independent engines each take the events of the records
+//! one of N workers would own (the split the exchange makes, done ahead into N files), so
+//! together they do the N-worker engine's work and hold its state, with nothing exchanged and
+//! nothing shared but the machine (each has its own reader and sink thread): what N cores of
+//! this machine give this job when its parts need not talk. The N-worker engine is measured
+//! against that as well. Then the share of a one-worker pass's CPU taken by its helper threads
+//! (reader, sink), which run on the spare core for free there and come out of the workers'
+//! time with a worker per core, and how busy the N-worker passes kept their cores.
 
+use std::borrow::Cow;
+use std::io::{BufRead, BufWriter, Write};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use crate::dataflow::process::wide_id;
 use crate::ops::thread_cpu::CpuSeconds;
 use crate::sink::SinkTarget;
 
@@ -30,10 +36,10 @@ use super::bench::{run_measuring_cpu, BenchError, BenchInput};
 pub struct PassFigure {
     pub round: usize,
     pub workers: usize,
-    /// Engines run at the same time, each over the whole input on `workers` workers: 1, or N
-    /// for the pass of N independent one-worker engines.
+    /// Engines run at the same time on `workers` workers each: 1, or N for the pass of N
+    /// independent one-worker engines, each on its part of the events.
     pub copies: usize,
-    /// Messages, of all copies.
+    /// Messages, of all engines.
     pub events: u64,
     /// Until the last copy finished.
     pub elapsed_seconds: f64,
@@ -79,11 +85,12 @@ pub struct ScalingFigure {
     pub one_worker_helper_share: f64,
     /// Median, over the N-worker passes, of CPU ÷ (cores × wall clock).
     pub workers_cores_busy: Option<f64>,
-    /// Median events/s of the passes of N independent one-worker engines at once (all of
-    /// their events over the time until the last finished).
+    /// Median events/s of the passes of N independent one-worker engines at once, each on
+    /// the events of one worker's share of the records (all of their events over the time
+    /// until the last finished).
     pub independent_median: f64,
     /// Each round's N independent engines' events/s over its one-worker events/s: what N
-    /// cores of this machine give this job with nothing shared.
+    /// cores of this machine give this job with nothing exchanged or shared.
     pub independent_round_ratios: Vec<f64>,
     pub median_independent_round_ratio: f64,
     /// Each round's N-worker events/s over its N independent engines' events/s.
@@ -100,16 +107,17 @@ pub fn measure(
     workers: usize,
     rounds: usize,
 ) -> Result<ScalingFigure, BenchError> {
+    let parts = partition(bench_input.input, workers)?;
     let mut passes = Vec::with_capacity(3 * rounds);
     // (workers, copies) of the three passes, which take turns at going first.
     let kinds = [(1, 1), (workers, 1), (1, workers)];
     for round in 1..=rounds {
         for turn in 0..kinds.len() {
             let (w, copies) = kinds[(turn + round - 1) % kinds.len()];
-            let pass = run_pass(bench_input, round, w, copies)?;
+            let pass = run_pass(bench_input, &parts, round, w, copies)?;
             let what = match copies {
                 1 => format!("{w} worker(s)"),
-                n => format!("{n} independent 1-worker engines"),
+                n => format!("{n} independent 1-worker engines, a part each"),
             };
             eprintln!(
                 "scaling round {round}/{rounds}: {what} {:.0} events/s",
@@ -186,19 +194,25 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-/// One pass: `copies` engines at the same time, each over the whole input on `workers`
-/// workers, after the state of the pass before it is freed (it is freed on a thread of its
-/// own, which would otherwise run beside this pass).
+/// One pass: one engine on `workers` workers over the whole input, or (`copies` > 1)
+/// `copies` one-worker engines at the same time over `parts`, after the state of the pass
+/// before it is freed (it is freed on a thread of its own, which would otherwise run beside
+/// this pass).
 fn run_pass(
     bench_input: &BenchInput<'_>,
+    parts: &[PathBuf],
     round: usize,
     workers: usize,
     copies: usize,
 ) -> Result<PassFigure, BenchError> {
     wait_for_freed_state(Duration::from_secs(60));
-    let pipelines: Vec<_> = (0..copies)
-        .map(|_| bench_input.pipeline(workers, SinkTarget::Discard))
-        .collect();
+    let pipelines: Vec<_> = match copies {
+        1 => vec![bench_input.pipeline(workers, SinkTarget::Discard)],
+        _ => parts
+            .iter()
+            .map(|part| bench_input.pipeline_over(part, workers, SinkTarget::Discard))
+            .collect(),
+    };
     let stats: Vec<_> = pipelines.iter().map(|p| p.dataflow_stats.clone()).collect();
     let (summaries, cpu) = run_measuring_cpu(pipelines);
     let summaries = summaries.into_iter().collect::<Result<Vec<_>, _>>()?;
@@ -226,6 +240,54 @@ fn run_pass(
         cpu_seconds: cpu,
         cpu_seconds_by_thread,
     })
+}
+
+/// Splits the events at `input` into `parts` files beside it, part `k` holding the events
+/// of the records worker `k` of `parts` owns (by the payload's `wrongRecordId`, as the
+/// generator writes it), in their order. An event without a readable record id (a bad
+/// message) goes to the part of its line number.
+fn partition(input: &Path, parts: usize) -> Result<Vec<PathBuf>, BenchError> {
+    #[derive(Deserialize)]
+    struct Event<'a> {
+        #[serde(borrow)]
+        payload: Option<Payload<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct Payload<'a> {
+        #[serde(rename = "wrongRecordId", borrow)]
+        wrong_record_id: Option<Cow<'a, str>>,
+    }
+    let io = |path: &Path, e: std::io::Error| BenchError::Io(format!("{}: {e}", path.display()));
+    let paths: Vec<PathBuf> = (0..parts)
+        .map(|k| input.with_extension(format!("part-{k}-of-{parts}.jsonl")))
+        .collect();
+    let mut outs = paths
+        .iter()
+        .map(|path| {
+            std::fs::File::create(path)
+                .map(BufWriter::new)
+                .map_err(|e| io(path, e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let reader = std::io::BufReader::new(std::fs::File::open(input).map_err(|e| io(input, e))?);
+    for (line, message) in reader.split(b'\n').enumerate() {
+        let message = message.map_err(|e| io(input, e))?;
+        let record = serde_json::from_slice::<Event<'_>>(&message)
+            .ok()
+            .and_then(|event| event.payload?.wrong_record_id);
+        let part = match record {
+            Some(id) => crate::dataflow::owner::owner(wide_id(&id), parts),
+            None => line % parts,
+        };
+        let (out, path) = (&mut outs[part], &paths[part]);
+        out.write_all(&message)
+            .and_then(|_| out.write_all(b"\n"))
+            .map_err(|e| io(path, e))?;
+    }
+    for (out, path) in outs.iter_mut().zip(&paths) {
+        out.flush().map_err(|e| io(path, e))?;
+    }
+    Ok(paths)
 }
 
 /// Waits, at most `limit`, until no thread of this process is freeing a run's join state.
@@ -317,6 +379,50 @@ mod tests {
         close(figure.one_worker_helper_share, 0.1);
         assert!((figure.workers_cores_busy.expect("cpu known") - 0.9).abs() < 1e-9);
         assert_eq!(figure.passes.len(), 9);
+    }
+
+    #[test]
+    fn the_parts_hold_the_events_of_the_records_each_worker_owns_in_order() {
+        let dir = std::env::temp_dir().join(format!("wrongbook-partition-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let input = dir.join("events.jsonl");
+        // Numeric ids own by their value; a text id (here with an escape) by its hash; a bad
+        // line and one without a record id by their line number.
+        let event = |id: &str| format!(r#"{{"type":"t","payload":{{"wrongRecordId":{id}}}}}"#);
+        let lines = [
+            event(r#""10""#),
+            event(r#""11""#),
+            event(r#""w\u002d1""#),
+            "not json".to_owned(),
+            event(r#""13""#),
+            r#"{"type":"t","payload":{}}"#.to_owned(),
+            event(r#""10""#),
+        ];
+        std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+        let parts = partition(&input, 2).unwrap();
+        let read = |path: &PathBuf| -> Vec<String> {
+            std::fs::read_to_string(path)
+                .unwrap()
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        };
+        let text_id_part = crate::dataflow::owner::owner(wide_id("w-1"), 2);
+        let mut expected = [Vec::new(), Vec::new()];
+        for (line, part) in [
+            (0, 0),
+            (1, 1),
+            (2, text_id_part),
+            (3, 1),
+            (4, 1),
+            (5, 1),
+            (6, 0),
+        ] {
+            expected[part].push(lines[line].clone());
+        }
+        assert_eq!(read(&parts[0]), expected[0]);
+        assert_eq!(read(&parts[1]), expected[1]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
