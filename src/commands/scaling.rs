@@ -41,7 +41,7 @@ pub struct PassFigure {
     pub copies: usize,
     /// Messages, of all engines.
     pub events: u64,
-    /// Until the last copy finished.
+    /// Until the last engine finished.
     pub elapsed_seconds: f64,
     pub events_per_second: f64,
     /// CPU time (user + system) of the whole process during the pass.
