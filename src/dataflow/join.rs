@@ -40,8 +40,9 @@ use crate::dataflow::{DataflowStats, FastMap, FastSet};
 use crate::source::dims::LookupRow;
 use crate::spec::KeyField;
 
-/// How often a worker measures its record state (bytes, fixes) for the metrics: a pass over it.
-const CENSUS_INTERVAL: Duration = Duration::from_secs(5);
+/// How often a worker reports the size of its record state (bytes, fixes) to the metrics. The
+/// store keeps count of both, so a report reads a few numbers, not the records.
+const CENSUS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What a checkpoint keeps of a worker's join state: its records and its replica of the
 /// lookups (so that a restart rewrites only rows whose dimensions changed meanwhile).
