@@ -934,13 +934,8 @@ mod tests {
         let kept = |store: &RecordStore| (store.records.string_bytes, store.fixes());
         let long = |n: u64| format!("{n:0>40}");
         let mut store = RecordStore::default();
-        let mut seed = 11u64;
-        let mut next = |n: u64| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (seed >> 33) % n
-        };
+        let mut rng = crate::commands::gen::Rng::new(11);
+        let mut next = |n: u64| rng.below(n as usize) as u64;
         for step in 0..20_000i64 {
             let id = next(500);
             // Some ids have a second wrong id, some wrong ids are long enough for the heap.
