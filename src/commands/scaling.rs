@@ -221,15 +221,7 @@ fn run_pass(
         .iter()
         .map(|s| s.elapsed.as_secs_f64())
         .fold(0.0, f64::max);
-    let cpu_seconds_by_thread =
-        stats
-            .iter()
-            .map(|s| s.thread_cpu.seconds())
-            .fold(CpuSeconds::default(), |sum, s| CpuSeconds {
-                workers: sum.workers + s.workers,
-                source: sum.source + s.source,
-                sinks: sum.sinks + s.sinks,
-            });
+    let cpu_seconds_by_thread = stats.iter().map(|s| s.thread_cpu.seconds()).sum();
     Ok(PassFigure {
         round,
         workers,

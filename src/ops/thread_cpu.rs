@@ -62,6 +62,17 @@ pub struct CpuSeconds {
     pub sinks: f64,
 }
 
+impl std::iter::Sum for CpuSeconds {
+    /// Each role's seconds over several runs (engines that ran at the same time).
+    fn sum<I: Iterator<Item = CpuSeconds>>(runs: I) -> CpuSeconds {
+        runs.fold(CpuSeconds::default(), |sum, run| CpuSeconds {
+            workers: sum.workers + run.workers,
+            source: sum.source + run.source,
+            sinks: sum.sinks + run.sinks,
+        })
+    }
+}
+
 /// The calling thread's CPU time so far (`CLOCK_THREAD_CPUTIME_ID`, which counts the slice the
 /// thread is running in; `/proc/thread-self/schedstat` does not, and reads 0 for a thread that
 /// has not been switched out or ticked yet); `None` where the clock cannot be read.
