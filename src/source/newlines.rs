@@ -98,18 +98,13 @@ mod tests {
                 for_each_newline_portable(bytes, found)
             }),
         ];
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rng = crate::commands::gen::Rng::new(5);
         for len in (0..=300).chain([1000, 4099]) {
-            for density in [0u64, 2, 16, 64, 256] {
+            for density in [0usize, 2, 16, 64, 256] {
                 let bytes: Vec<u8> = (0..len)
-                    .map(|_| {
-                        state ^= state << 13;
-                        state ^= state >> 7;
-                        state ^= state << 17;
-                        match density {
-                            d if d > 0 && state.is_multiple_of(d) => b'\n',
-                            _ => b"a\x0b\x08\x8a\r{"[(state >> 8) as usize % 6],
-                        }
+                    .map(|_| match density {
+                        d if d > 0 && rng.below(d) == 0 => b'\n',
+                        _ => b"a\x0b\x08\x8a\r{"[rng.below(6)],
                     })
                     .collect();
                 for (name, search) in searches {
