@@ -138,6 +138,10 @@ pub enum Command {
     /// figure other load on the machine disturbs least), peak RSS and state bytes per live
     /// record. With --rename-share it then renames that share of the patterns and times the
     /// corrections.
+    ///
+    /// The generated events are written to a directory under TMPDIR (~280 MB per million
+    /// events, twice that with --scaling-rounds), which is removed when the bench ends, fails
+    /// or is interrupted (Ctrl-C, SIGTERM).
     Bench {
         /// Number of messages.
         #[arg(long, default_value_t = 1_000_000)]

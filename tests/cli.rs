@@ -335,6 +335,93 @@ fn bench_measures_scaling_in_alternating_passes_over_every_event() {
     assert!(text(&out).contains("--workers 2 or more"), "{}", text(&out));
 }
 
+/// The scratch directories of benches under `tmp`.
+fn bench_scratch_dirs(tmp: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(tmp)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("wrongbook-bench-"))
+        .collect()
+}
+
+#[test]
+fn a_bench_that_fails_leaves_no_temporary_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let config = dir.path().join("bench.toml");
+    // The database cannot be opened: the bench fails after it has generated its events.
+    std::fs::write(
+        &config,
+        "[mysql]\nurl = \"sqlite:///no/such/directory/bench.db\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wrongbook"))
+        .args(["--log", "warn", "bench", "--events", "2000", "--sink", "db"])
+        .arg("-c")
+        .arg(&config)
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("generating 2000 events"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(bench_scratch_dirs(&tmp), Vec::<String>::new());
+}
+
+#[test]
+fn an_interrupted_bench_removes_its_temporary_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_wrongbook"))
+        .args([
+            "--log", "warn", "bench", "--events", "5000000", "--sink", "none",
+        ])
+        .env("TMPDIR", dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut bench = common::job::Job(Some(child));
+    let pid = bench.child().id();
+    let events = dir
+        .path()
+        .join(format!("wrongbook-bench-{pid}"))
+        .join("bench-events.jsonl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::fs::metadata(&events).is_ok_and(|m| m.len() > 0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no events generated within 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: a plain kill(2) of our own child, which has not been waited on.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGINT) }, 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = bench.child().try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bench did not stop within 30 s of SIGINT"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut bench.child().stderr.take().unwrap(), &mut stderr).unwrap();
+    bench.0 = None;
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted: removed the bench's temporary files"),
+        "{stderr}"
+    );
+    assert_eq!(bench_scratch_dirs(dir.path()), Vec::<String>::new());
+}
+
 #[test]
 fn bench_into_mariadb_measures_the_database_limit_beside_the_jobs_table() {
     let Some(db) = common::TestDatabase::mariadb() else {

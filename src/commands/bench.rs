@@ -280,7 +280,8 @@ fn renamed(dims: &DimSnapshot, share: f64) -> (DimSnapshot, usize) {
 
 /// Runs the bench.
 pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
-    let dir = tempfile_dir()?;
+    let scratch = ScratchDir::create()?;
+    let dir = scratch.path();
     let input = dir.join("bench-events.jsonl");
     eprintln!("generating {} events…", opts.gen.events);
     let mut out = std::io::BufWriter::new(
@@ -372,7 +373,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             let measured = (opts.db_limit && matches!(settings.url, crate::db::DbUrl::Mysql(_)))
                 .then(|| {
                     eprintln!("measuring the database's own limit with the same rows (mariadb client, 1000-row upserts, 1 and 2 connections)…");
-                    db_limit::measure(&settings, &table, &dir)
+                    db_limit::measure(&settings, &table, dir)
                 })
                 .transpose();
             let dropped = settings.connect().and_then(|mut db| {
@@ -395,7 +396,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             Some(scaling::measure(&bench_input, opts.workers, rounds)?)
         }
     };
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(scratch);
     eprintln!("measuring stages on {} events…", sample.len());
     let stages = measure_stages(&sample, &dims);
     drop(sample);
@@ -475,10 +476,72 @@ fn fresh_bench_table(config: &Config) -> Result<(), BenchError> {
     Ok(())
 }
 
-fn tempfile_dir() -> Result<PathBuf, BenchError> {
-    let dir = std::env::temp_dir().join(format!("wrongbook-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| BenchError::Io(format!("{}: {e}", dir.display())))?;
-    Ok(dir)
+/// The bench's directory of temporary files: the generated events, the scaling passes' parts
+/// and the database limit's statement files, hundreds of megabytes for a million events. It is
+/// removed when dropped, so a bench that fails on the way leaves nothing behind; an interrupted
+/// bench removes it too ([`remove_scratch_on_interrupt`]).
+struct ScratchDir {
+    path: PathBuf,
+}
+
+impl ScratchDir {
+    /// The path of this process's scratch directory, under the system's temporary directory
+    /// (`TMPDIR`).
+    fn path_of_this_process() -> PathBuf {
+        std::env::temp_dir().join(format!("wrongbook-bench-{}", std::process::id()))
+    }
+
+    fn create() -> Result<ScratchDir, BenchError> {
+        let path = ScratchDir::path_of_this_process();
+        std::fs::create_dir_all(&path)
+            .map_err(|e| BenchError::Io(format!("{}: {e}", path.display())))?;
+        Ok(ScratchDir { path })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %self.path.display(), error = %e, "cannot remove the bench's temporary files");
+            }
+        }
+    }
+}
+
+/// Makes SIGINT and SIGTERM remove the bench's temporary files before the process exits (with
+/// status 128 + the signal's number, as the shell reports a process the signal killed): a
+/// benchmark stopped with Ctrl-C must not leave hundreds of megabytes in `TMPDIR`. For the
+/// binary's `bench` command; the handlers stay for the life of the process.
+pub fn remove_scratch_on_interrupt() -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    std::thread::Builder::new()
+        .name("wrongbook-bench-signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                let dir = ScratchDir::path_of_this_process();
+                match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => eprintln!(
+                        "\ninterrupted: removed the bench's temporary files in {}",
+                        dir.display()
+                    ),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        eprintln!("\ninterrupted")
+                    }
+                    Err(e) => eprintln!(
+                        "\ninterrupted: cannot remove the bench's temporary files in {}: {e}",
+                        dir.display()
+                    ),
+                }
+                std::process::exit(128 + signal);
+            }
+        })?;
+    Ok(())
 }
 
 fn rate(items: usize, elapsed: Duration) -> f64 {
