@@ -307,6 +307,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
 
     let spec = Spec::builtin();
     let routes = RouteTable::build(routing_rows(), &spec);
+    let mut written_table = None;
     let (sink, sink_name) = match &opts.sink {
         BenchSink::None => (SinkTarget::Discard, "none".to_owned()),
         BenchSink::Memory => (
@@ -316,7 +317,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         BenchSink::Database(config) => {
             let settings = config.database();
             let target = format!("{} table {}", settings.target(), bench_table(config).name);
-            fresh_bench_table(config)?;
+            written_table = Some(BenchTable::create(config)?);
             (
                 SinkTarget::Database {
                     settings,
@@ -376,9 +377,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
                     db_limit::measure(&settings, &table, dir)
                 })
                 .transpose();
-            let dropped = settings.connect().and_then(|mut db| {
-                db.execute_script(&format!("DROP TABLE IF EXISTS {}", table.name))
-            });
+            let dropped = written_table.take().map_or(Ok(()), BenchTable::drop_now);
             let measured = measured?;
             dropped?;
             measured
@@ -466,14 +465,52 @@ fn bench_table(config: &Config) -> crate::sink::statements::WideTable {
     crate::sink::statements::WideTable::plain(format!("{}_bench", config.sink.table))
 }
 
-fn fresh_bench_table(config: &Config) -> Result<(), BenchError> {
-    let mut db = config.database().connect()?;
-    let name = bench_table(config).name;
-    db.execute_script(&format!(
-        "DROP TABLE IF EXISTS {name};\n{}",
-        crate::schema::wide_table_ddl(db.dialect(), &name)
-    ))?;
-    Ok(())
+/// The bench's own table ([`bench_table`]) once created empty: dropped by
+/// [`BenchTable::drop_now`] when the bench is done with it, or when this is dropped, so that a
+/// bench that fails on the way leaves no table behind in the user's database either.
+struct BenchTable {
+    settings: crate::db::DbSettings,
+    name: String,
+    /// Whether the table is still there to drop.
+    created: bool,
+}
+
+impl BenchTable {
+    fn create(config: &Config) -> Result<BenchTable, BenchError> {
+        let settings = config.database();
+        let name = bench_table(config).name;
+        let mut db = settings.connect()?;
+        db.execute_script(&format!(
+            "DROP TABLE IF EXISTS {name};\n{}",
+            crate::schema::wide_table_ddl(db.dialect(), &name)
+        ))?;
+        Ok(BenchTable {
+            settings,
+            name,
+            created: true,
+        })
+    }
+
+    fn drop_table(&mut self) -> Result<(), crate::db::DbError> {
+        self.created = false;
+        let mut db = self.settings.connect()?;
+        db.execute_script(&format!("DROP TABLE IF EXISTS {}", self.name))
+    }
+
+    /// Drops the table, telling whether that worked.
+    fn drop_now(mut self) -> Result<(), crate::db::DbError> {
+        self.drop_table()
+    }
+}
+
+impl Drop for BenchTable {
+    fn drop(&mut self) {
+        if self.created {
+            if let Err(e) = self.drop_table() {
+                tracing::warn!(table = %self.name, error = %e, "cannot drop the bench's table");
+            }
+        }
+    }
 }
 
 /// The bench's directory of temporary files: the generated events, the scaling passes' parts
@@ -864,4 +901,48 @@ fn format_scaling(s: &ScalingFigure) -> String {
     }
     out.push('\n');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite_config(dir: &Path) -> Config {
+        let text = format!(
+            "[mysql]\nurl = \"sqlite://{}\"\n",
+            dir.join("bench.db").display()
+        );
+        Config::parse(&text, "bench.toml", dir.to_path_buf(), []).unwrap()
+    }
+
+    fn tables(config: &Config) -> Vec<String> {
+        let rows = config
+            .database()
+            .connect()
+            .unwrap()
+            .query("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .unwrap();
+        rows.rows
+            .into_iter()
+            .filter_map(|row| row.into_iter().next()?.into_text())
+            .collect()
+    }
+
+    #[test]
+    fn the_bench_table_is_gone_whether_the_bench_finishes_or_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = sqlite_config(dir.path());
+        let name = bench_table(&config).name;
+
+        let finished = BenchTable::create(&config).unwrap();
+        assert_eq!(tables(&config), vec![name.clone()]);
+        finished.drop_now().unwrap();
+        assert_eq!(tables(&config), Vec::<String>::new());
+
+        // A bench that fails between creating its table and dropping it drops the guard.
+        let failed = BenchTable::create(&config).unwrap();
+        assert_eq!(tables(&config), vec![name]);
+        drop(failed);
+        assert_eq!(tables(&config), Vec::<String>::new());
+    }
 }
