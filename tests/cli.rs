@@ -398,22 +398,10 @@ fn an_interrupted_bench_removes_its_temporary_files() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    // SAFETY: a plain kill(2) of our own child, which has not been waited on.
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGINT) }, 0);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = bench.child().try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the bench did not stop within 30 s of SIGINT"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let mut stderr_pipe = bench.child().stderr.take().unwrap();
+    let status = common::job::stop_with(bench, "INT");
     let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut bench.child().stderr.take().unwrap(), &mut stderr).unwrap();
-    bench.0 = None;
+    std::io::Read::read_to_string(&mut stderr_pipe, &mut stderr).unwrap();
     assert_eq!(status.code(), Some(130), "{stderr}");
     assert!(
         stderr.contains("interrupted: removed the bench's temporary files"),

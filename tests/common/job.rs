@@ -78,10 +78,15 @@ pub fn wait_for_table(
     }
 }
 
-pub fn terminate(mut job: Job) -> std::process::ExitStatus {
+pub fn terminate(job: Job) -> std::process::ExitStatus {
+    stop_with(job, "TERM")
+}
+
+/// Sends the job signal `name` (`TERM`, `INT`, ...) and waits, at most 30 s, for it to exit.
+pub fn stop_with(mut job: Job, name: &str) -> std::process::ExitStatus {
     let pid = job.child().id();
     let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
+        .args([&format!("-{name}"), &pid.to_string()])
         .status();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -90,7 +95,7 @@ pub fn terminate(mut job: Job) -> std::process::ExitStatus {
             return status;
         }
         if Instant::now() > deadline {
-            panic!("the job did not stop within 30 s of SIGTERM");
+            panic!("the process did not stop within 30 s of SIG{name}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
