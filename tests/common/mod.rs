@@ -437,6 +437,15 @@ impl Drop for KafkaBroker {
 /// Reads up to `expected` JSON records from `topic` (from the start), waiting at most 60 s,
 /// then half a second more for any record beyond them.
 pub fn read_topic(bootstrap: &str, topic: &str, expected: usize) -> Vec<serde_json::Value> {
+    read_topic_raw(bootstrap, topic, expected)
+        .into_iter()
+        .map(|(_, _, payload)| serde_json::from_slice(&payload).unwrap())
+        .collect()
+}
+
+/// Every record of `topic` as (partition, offset, payload bytes), waiting as [`read_topic`]
+/// does.
+pub fn read_topic_raw(bootstrap: &str, topic: &str, expected: usize) -> Vec<(i32, i64, Vec<u8>)> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::Message;
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
@@ -466,7 +475,8 @@ pub fn read_topic(bootstrap: &str, topic: &str, expected: usize) -> Vec<serde_js
             return records;
         }
         if let Some(Ok(message)) = consumer.poll(std::time::Duration::from_millis(100)) {
-            records.push(serde_json::from_slice(message.payload().unwrap_or(b"null")).unwrap());
+            let payload = message.payload().unwrap_or(b"null").to_vec();
+            records.push((message.partition(), message.offset(), payload));
         }
     }
 }
