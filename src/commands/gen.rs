@@ -7,6 +7,7 @@
 //! and, optionally, a later change that renames patterns, moves teaching types between
 //! chapters and deletes links), and so do the routing rows.
 
+use std::collections::HashMap;
 use std::io::Write;
 
 use serde::Serialize;
@@ -190,6 +191,13 @@ pub fn later_dims(opts: &GenOptions, dims: &DimSnapshot) -> DimSnapshot {
 
 /// For each pattern index, the chapters of the teaching types it links to.
 fn pattern_chapters(opts: &GenOptions, dims: &DimSnapshot) -> Vec<Vec<String>> {
+    // Each link looks its teaching type up by id: a scan per link made `gen` quadratic in
+    // the size of the dimension tables (minutes at 100K patterns).
+    let chapter_of: HashMap<i64, &str> = dims
+        .teaching_types
+        .iter()
+        .filter_map(|tt| Some((tt.id, tt.chapter_id.as_deref()?)))
+        .collect();
     let mut chapters = vec![Vec::new(); opts.patterns.max(1)];
     for link in &dims.teaching_type_pts {
         let pattern = link
@@ -197,11 +205,10 @@ fn pattern_chapters(opts: &GenOptions, dims: &DimSnapshot) -> Vec<Vec<String>> {
             .as_deref()
             .and_then(|p| p.strip_prefix("pattern_"))
             .and_then(|p| p.parse::<usize>().ok());
-        let chapter = dims
-            .teaching_types
-            .iter()
-            .find(|tt| Some(tt.id) == link.teaching_type_id)
-            .and_then(|tt| tt.chapter_id.clone());
+        let chapter = link
+            .teaching_type_id
+            .and_then(|id| chapter_of.get(&id))
+            .map(|c| c.to_string());
         if let (Some(p), Some(chapter)) = (pattern, chapter) {
             if let Some(list) = chapters.get_mut(p) {
                 list.push(chapter);
