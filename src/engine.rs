@@ -708,12 +708,15 @@ fn run_worker(
             .unwrap_or_default(),
         peers,
     };
-    if index == 0 {
+    // The first process's workers feed the dimension snapshot, a share each. Only one
+    // process's: another process may have read the tables at another moment, and worker 0
+    // feeds later changes as differences from its own process's snapshot.
+    if shared.first_worker == 0 {
         state
             .dims
             .as_mut()
             .expect("dims are open at start")
-            .load(&shared.dims);
+            .load_share(&shared.dims, local, shared.receivers.len());
     }
     let result = state.drive(worker, &source, &probe, &sink_failure);
     // Whatever happened, let the sink thread finish.

@@ -124,9 +124,44 @@ pub struct DimInputs {
 }
 
 impl DimInputs {
-    /// Feeds a full snapshot (as additions) at the current time.
-    pub fn load(&mut self, snapshot: &DimSnapshot) {
-        self.apply(&DimSnapshot::default().diff(snapshot));
+    /// Feeds share `share` of `shares` of a full snapshot (as additions) at the current time:
+    /// every `shares`-th row of each table, from the `share`-th on. The workers of one process
+    /// each feed a share of the snapshot they all hold, so that the rows are cloned and sent
+    /// on in parallel; differential routes each row to its key's worker either way.
+    pub fn load_share(&mut self, snapshot: &DimSnapshot, share: usize, shares: usize) {
+        // Rows are picked by their place in the snapshot, before they are cloned.
+        let mine = |k: &usize| k % shares.max(1) == share;
+        for (_, row) in snapshot
+            .patterns
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| mine(k))
+        {
+            self.patterns.update(row.clone(), 1);
+        }
+        for (_, row) in snapshot
+            .teaching_type_pts
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| mine(k))
+        {
+            self.teaching_type_pts.update(row.clone(), 1);
+        }
+        for (_, row) in snapshot
+            .teaching_types
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| mine(k))
+        {
+            self.teaching_types.update(row.clone(), 1);
+        }
+        let lookup_rows = snapshot
+            .lookups
+            .iter()
+            .flat_map(|(table, rows)| rows.iter().map(move |row| (*table, row)));
+        for (_, (table, row)) in lookup_rows.enumerate().filter(|(k, _)| mine(k)) {
+            self.lookup_rows.update((table, row.clone()), 1);
+        }
     }
 
     /// Feeds a difference at the current time.
@@ -208,4 +243,92 @@ pub fn build(
             probe,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use differential_dataflow::VecCollection;
+    use timely::dataflow::operators::Inspect as _;
+
+    use super::*;
+    use crate::commands::gen::{dims, GenOptions};
+
+    /// Each row of the snapshot, as its table and text, with its multiplicity.
+    type Rows = BTreeMap<String, isize>;
+
+    fn rows_of(snapshot: &DimSnapshot) -> Rows {
+        let text = |table: &str, row: &dyn std::fmt::Debug| format!("{table} {row:?}");
+        let mut rows = Rows::new();
+        rows.extend(snapshot.patterns.iter().map(|r| (text("p", r), 1)));
+        rows.extend(
+            snapshot
+                .teaching_type_pts
+                .iter()
+                .map(|r| (text("pt", r), 1)),
+        );
+        rows.extend(snapshot.teaching_types.iter().map(|r| (text("tt", r), 1)));
+        for (table, lookup_rows) in &snapshot.lookups {
+            rows.extend(lookup_rows.iter().map(|r| (text("l", &(table, r)), 1)));
+        }
+        rows
+    }
+
+    #[test]
+    fn workers_feeding_a_share_each_load_every_row_of_the_snapshot_once() {
+        let mut snapshot = dims(&GenOptions {
+            patterns: 50,
+            teaching_types: 40,
+            ..GenOptions::default()
+        });
+        let lookup_row = |k: usize| LookupRow {
+            key: format!("k{k}"),
+            values: vec![Some(format!("v{k}"))],
+        };
+        snapshot.lookups.insert(0, (0..7).map(lookup_row).collect());
+        snapshot
+            .lookups
+            .insert(3, (7..10).map(lookup_row).collect());
+        let expected = rows_of(&snapshot);
+        for workers in [1, 2, 3] {
+            let seen = Arc::new(Mutex::new(Rows::new()));
+            let (snapshot, sink) = (snapshot.clone(), seen.clone());
+            timely::execute(timely::Config::process(workers), move |worker| {
+                let sink = sink.clone();
+                let mut inputs = worker.dataflow::<u64, _, _>(|scope| {
+                    fn record<'s, D: differential_dataflow::Data>(
+                        rows: VecCollection<'s, u64, D, isize>,
+                        table: &'static str,
+                        sink: Arc<Mutex<Rows>>,
+                    ) {
+                        rows.inner.inspect(move |(row, _, diff)| {
+                            let text = format!("{table} {row:?}");
+                            *sink.lock().unwrap().entry(text).or_default() += diff;
+                        });
+                    }
+                    let (patterns, p) = scope.new_collection();
+                    let (teaching_type_pts, pt) = scope.new_collection();
+                    let (teaching_types, tt) = scope.new_collection();
+                    let (lookup_rows, l) = scope.new_collection();
+                    record(p, "p", sink.clone());
+                    record(pt, "pt", sink.clone());
+                    record(tt, "tt", sink.clone());
+                    record(l, "l", sink.clone());
+                    DimInputs {
+                        patterns,
+                        teaching_type_pts,
+                        teaching_types,
+                        lookup_rows,
+                    }
+                });
+                inputs.load_share(&snapshot, worker.index(), worker.peers());
+            })
+            .expect("timely starts");
+            let mut seen = std::mem::take(&mut *seen.lock().unwrap());
+            seen.retain(|_, diff| *diff != 0);
+            assert_eq!(seen, expected, "{workers} workers");
+        }
+    }
 }
