@@ -117,10 +117,12 @@ fn bench_join(c: &mut Criterion) {
     });
     // One pattern's lookup changes: every row using it is corrected.
     let mut loaded = JoinState::default();
-    let lookup = |name: &str| PatternLookup {
-        name: Some(name.into()),
-        overall: Some((1, Some("tt".into()))),
-        by_chapter: Vec::new(),
+    let lookup = |name: &str| {
+        std::sync::Arc::new(PatternLookup {
+            name: Some(name.into()),
+            overall: Some((1, Some("tt".into()))),
+            by_chapter: Vec::new(),
+        })
     };
     loaded.advance(
         [ops.clone()],

@@ -723,7 +723,9 @@ fn measure_stages(messages: &[Vec<u8>], dims: &DimSnapshot) -> Vec<StageFigure> 
 }
 
 /// The pattern lookups of `dims`, computed by the dataflow's own dimension chain.
-pub fn pattern_lookups_of(dims: &DimSnapshot) -> crate::dataflow::FastMap<String, PatternLookup> {
+pub fn pattern_lookups_of(
+    dims: &DimSnapshot,
+) -> crate::dataflow::FastMap<String, Arc<PatternLookup>> {
     use differential_dataflow::input::Input;
     use std::cell::RefCell;
     use std::rc::Rc;
@@ -742,7 +744,11 @@ pub fn pattern_lookups_of(dims: &DimSnapshot) -> crate::dataflow::FastMap<String
             crate::dataflow::dims::pattern_lookups(p, pt, tt)
                 .inner
                 .inspect(
-                    move |((pattern, lookup), _, diff): &((String, PatternLookup), u64, isize)| {
+                    move |((pattern, lookup), _, diff): &(
+                        (String, Arc<PatternLookup>),
+                        u64,
+                        isize,
+                    )| {
                         if *diff > 0 {
                             sink.borrow_mut().insert(pattern.clone(), lookup.clone());
                         }

@@ -11,6 +11,8 @@
 //! broadcast to every worker, where [`crate::dataflow::join`] holds the records. A change to a
 //! dimension row changes the lookups of the patterns it touches, and nothing else.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use differential_dataflow::VecCollection;
@@ -79,7 +81,7 @@ pub fn pattern_lookups<'scope>(
     patterns: VecCollection<'scope, u64, PatternRow, isize>,
     teaching_type_pts: VecCollection<'scope, u64, TeachingTypePtRow, isize>,
     teaching_types: VecCollection<'scope, u64, TeachingTypeRow, isize>,
-) -> VecCollection<'scope, u64, (String, PatternLookup), isize> {
+) -> VecCollection<'scope, u64, (String, Arc<PatternLookup>), isize> {
     let names = patterns.map(|row| (row.id, PatternFact::Name(row.name)));
     let live_links =
         teaching_type_pts.flat_map(|pt| match (pt.is_delete, pt.teaching_type_id, pt.pt_id) {
@@ -127,7 +129,7 @@ pub fn pattern_lookups<'scope>(
             }
         }
         lookup.by_chapter.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        output.push((lookup, 1));
+        output.push((Arc::new(lookup), 1));
     })
 }
 

@@ -49,7 +49,7 @@ const CENSUS_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct JoinSnapshot {
     pub records: RecordStore,
-    pub lookups: FastMap<String, PatternLookup>,
+    pub lookups: FastMap<String, Arc<PatternLookup>>,
     pub tables: HashMap<u16, HashMap<String, Vec<Option<String>>>>,
 }
 
@@ -59,7 +59,7 @@ impl JoinSnapshot {
         #[derive(Deserialize)]
         struct WithoutTables {
             records: RecordStore,
-            lookups: FastMap<String, PatternLookup>,
+            lookups: FastMap<String, Arc<PatternLookup>>,
         }
         postcard::from_bytes::<JoinSnapshot>(bytes).or_else(|e| {
             postcard::from_bytes::<WithoutTables>(bytes)
@@ -76,7 +76,8 @@ impl JoinSnapshot {
 /// A change to what the join looks up: a pattern's chain lookup, or a row of a lookup table.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum LookupChange {
-    Pattern(String, PatternLookup),
+    /// Shared: the same lookup goes to every worker and into its map, uncopied.
+    Pattern(String, Arc<PatternLookup>),
     Table(u16, LookupRow),
 }
 
@@ -94,7 +95,7 @@ pub struct RowSpec {
 /// What `record`'s pattern and chapter resolve to among `lookups` (nothing when its pattern
 /// is unknown: the left join keeps the row with empty dimension columns).
 pub fn lookup_for<'a>(
-    lookups: &'a FastMap<String, PatternLookup>,
+    lookups: &'a FastMap<String, Arc<PatternLookup>>,
     record: Record<'a>,
 ) -> DimLookup<'a> {
     record
@@ -110,7 +111,7 @@ pub fn lookup_for<'a>(
 #[derive(Default)]
 pub struct JoinState {
     pub records: RecordStore,
-    lookups: FastMap<String, PatternLookup>,
+    lookups: FastMap<String, Arc<PatternLookup>>,
     /// pattern → the ids of visible records with that pattern.
     ids_by_pattern: FastMap<CompactString, PatternIds>,
     /// Per lookup table: key → its values.
@@ -135,7 +136,7 @@ impl JoinState {
         #[derive(Serialize)]
         struct Borrowed<'a> {
             records: &'a RecordStore,
-            lookups: &'a FastMap<String, PatternLookup>,
+            lookups: &'a FastMap<String, Arc<PatternLookup>>,
             tables: &'a HashMap<u16, HashMap<String, Vec<Option<String>>>>,
         }
         postcard::to_stdvec(&Borrowed {
@@ -378,7 +379,10 @@ impl JoinState {
             };
             if let Some(ids) = self.ids_by_pattern.get(pattern.as_str()) {
                 let none = PatternLookup::default();
-                let (old, new) = (old.as_ref().unwrap_or(&none), new.as_ref().unwrap_or(&none));
+                let (old, new) = (
+                    old.as_deref().unwrap_or(&none),
+                    new.as_deref().unwrap_or(&none),
+                );
                 for &id in &ids.ids {
                     // The list may still name an id whose record left the pattern, and name an
                     // id twice (`touched` keeps the second out).
@@ -810,7 +814,7 @@ mod tests {
         };
         state.advance(
             [all_ops],
-            vec![(LookupChange::Pattern("p".into(), lookup.clone()), 1)],
+            vec![(LookupChange::Pattern("p".into(), lookup.clone().into()), 1)],
             &desc,
         );
         let part = || postcard::from_bytes::<JoinSnapshot>(&state.snapshot()).unwrap();
@@ -818,7 +822,7 @@ mod tests {
         let worker1 = JoinState::restore(vec![part()], 1, 2);
         assert!(worker0.records.visible(2).is_some() && worker0.records.visible(1).is_none());
         assert!(worker1.records.visible(1).is_some() && worker1.records.visible(2).is_none());
-        assert_eq!(worker1.lookups.get("p"), Some(&lookup));
+        assert_eq!(worker1.lookups.get("p").map(|l| &**l), Some(&lookup));
         assert_eq!((worker0.live, worker1.live), (1, 1));
     }
 
@@ -878,7 +882,7 @@ mod tests {
             };
             let rows = state.advance(
                 Vec::new(),
-                vec![(LookupChange::Pattern("p".into(), rename), 1)],
+                vec![(LookupChange::Pattern("p".into(), rename.into()), 1)],
                 &desc,
             );
             let mut rewritten: Vec<u64> = rows.iter().map(|(id, _)| *id).collect();
