@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use compact_str::CompactString;
 use serde::Serialize;
 
 use crate::commands::db_limit::{self, DbLimit, DbLimitError};
@@ -725,7 +726,7 @@ fn measure_stages(messages: &[Vec<u8>], dims: &DimSnapshot) -> Vec<StageFigure> 
 /// The pattern lookups of `dims`, computed by the dataflow's own dimension chain.
 pub fn pattern_lookups_of(
     dims: &DimSnapshot,
-) -> crate::dataflow::FastMap<String, Arc<PatternLookup>> {
+) -> crate::dataflow::FastMap<CompactString, Arc<PatternLookup>> {
     use differential_dataflow::input::Input;
     use std::cell::RefCell;
     use std::rc::Rc;
@@ -745,7 +746,7 @@ pub fn pattern_lookups_of(
                 .inner
                 .inspect(
                     move |((pattern, lookup), _, diff): &(
-                        (String, Arc<PatternLookup>),
+                        (CompactString, Arc<PatternLookup>),
                         u64,
                         isize,
                     )| {

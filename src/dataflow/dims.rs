@@ -13,6 +13,7 @@
 
 use std::sync::Arc;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use differential_dataflow::VecCollection;
@@ -64,15 +65,15 @@ impl PatternLookup {
 struct Candidate {
     order_num: Option<i64>,
     tt_id: i64,
-    chapter: Option<String>,
-    name: Option<String>,
+    chapter: Option<CompactString>,
+    name: Option<CompactString>,
 }
 
 /// What is known about a pattern. Names sort before candidates, and candidates by
 /// (`order_num`, `tt.id`), so a reduce meets each chapter's winner first.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum PatternFact {
-    Name(Option<String>),
+    Name(Option<CompactString>),
     Candidate(Candidate),
 }
 
@@ -81,15 +82,25 @@ pub fn pattern_lookups<'scope>(
     patterns: VecCollection<'scope, u64, PatternRow, isize>,
     teaching_type_pts: VecCollection<'scope, u64, TeachingTypePtRow, isize>,
     teaching_types: VecCollection<'scope, u64, TeachingTypeRow, isize>,
-) -> VecCollection<'scope, u64, (String, Arc<PatternLookup>), isize> {
-    let names = patterns.map(|row| (row.id, PatternFact::Name(row.name)));
+) -> VecCollection<'scope, u64, (CompactString, Arc<PatternLookup>), isize> {
+    // Inside the chain, ids and names are compact strings: the arrangements clone and move
+    // them many times over, and ids and names this short are then copied, not allocated.
+    let compact = |s: Option<String>| s.map(CompactString::from);
+    let names = patterns.map(move |row| {
+        (
+            CompactString::from(row.id),
+            PatternFact::Name(compact(row.name)),
+        )
+    });
     let live_links =
         teaching_type_pts.flat_map(|pt| match (pt.is_delete, pt.teaching_type_id, pt.pt_id) {
-            (Some(0), Some(tt_id), Some(pattern)) => Some((tt_id, (pattern, pt.order_num))),
+            (Some(0), Some(tt_id), Some(pattern)) => {
+                Some((tt_id, (CompactString::from(pattern), pt.order_num)))
+            }
             _ => None,
         });
-    let live_types = teaching_types.flat_map(|tt| match tt.is_delete {
-        Some(0) => Some((tt.id, (tt.chapter_id, tt.name))),
+    let live_types = teaching_types.flat_map(move |tt| match tt.is_delete {
+        Some(0) => Some((tt.id, (compact(tt.chapter_id), compact(tt.name)))),
         _ => None,
     });
     let candidates = live_links.join_map(
@@ -112,17 +123,17 @@ pub fn pattern_lookups<'scope>(
             match fact {
                 PatternFact::Name(name) => {
                     if lookup.name.is_none() {
-                        lookup.name = name.clone();
+                        lookup.name = name.as_deref().map(String::from);
                     }
                 }
                 PatternFact::Candidate(c) => {
-                    let winner = (c.tt_id, c.name.clone());
+                    let winner = (c.tt_id, c.name.as_deref().map(String::from));
                     if lookup.overall.is_none() {
                         lookup.overall = Some(winner.clone());
                     }
                     if let Some(chapter) = &c.chapter {
                         if !lookup.by_chapter.iter().any(|(seen, _)| seen == chapter) {
-                            lookup.by_chapter.push((chapter.clone(), winner));
+                            lookup.by_chapter.push((chapter.to_string(), winner));
                         }
                     }
                 }

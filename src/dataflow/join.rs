@@ -49,7 +49,7 @@ const CENSUS_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct JoinSnapshot {
     pub records: RecordStore,
-    pub lookups: FastMap<String, Arc<PatternLookup>>,
+    pub lookups: FastMap<CompactString, Arc<PatternLookup>>,
     pub tables: HashMap<u16, HashMap<String, Vec<Option<String>>>>,
 }
 
@@ -59,7 +59,7 @@ impl JoinSnapshot {
         #[derive(Deserialize)]
         struct WithoutTables {
             records: RecordStore,
-            lookups: FastMap<String, Arc<PatternLookup>>,
+            lookups: FastMap<CompactString, Arc<PatternLookup>>,
         }
         postcard::from_bytes::<JoinSnapshot>(bytes).or_else(|e| {
             postcard::from_bytes::<WithoutTables>(bytes)
@@ -77,7 +77,7 @@ impl JoinSnapshot {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum LookupChange {
     /// Shared: the same lookup goes to every worker and into its map, uncopied.
-    Pattern(String, Arc<PatternLookup>),
+    Pattern(CompactString, Arc<PatternLookup>),
     Table(u16, LookupRow),
 }
 
@@ -95,7 +95,7 @@ pub struct RowSpec {
 /// What `record`'s pattern and chapter resolve to among `lookups` (nothing when its pattern
 /// is unknown: the left join keeps the row with empty dimension columns).
 pub fn lookup_for<'a>(
-    lookups: &'a FastMap<String, Arc<PatternLookup>>,
+    lookups: &'a FastMap<CompactString, Arc<PatternLookup>>,
     record: Record<'a>,
 ) -> DimLookup<'a> {
     record
@@ -111,7 +111,7 @@ pub fn lookup_for<'a>(
 #[derive(Default)]
 pub struct JoinState {
     pub records: RecordStore,
-    lookups: FastMap<String, Arc<PatternLookup>>,
+    lookups: FastMap<CompactString, Arc<PatternLookup>>,
     /// pattern → the ids of visible records with that pattern.
     ids_by_pattern: FastMap<CompactString, PatternIds>,
     /// Per lookup table: key → its values.
@@ -136,7 +136,7 @@ impl JoinState {
         #[derive(Serialize)]
         struct Borrowed<'a> {
             records: &'a RecordStore,
-            lookups: &'a FastMap<String, Arc<PatternLookup>>,
+            lookups: &'a FastMap<CompactString, Arc<PatternLookup>>,
             tables: &'a HashMap<u16, HashMap<String, Vec<Option<String>>>>,
         }
         postcard::to_stdvec(&Borrowed {
