@@ -141,7 +141,7 @@ pub enum Command {
     ///
     /// The generated events are written to a directory under TMPDIR (~280 MB per million
     /// events, twice that with --scaling-rounds), which is removed when the bench ends, fails
-    /// or is interrupted (Ctrl-C, SIGTERM).
+    /// or is interrupted (Ctrl-C, SIGTERM). So are the tables it makes with --sink db.
     Bench {
         /// Number of messages.
         #[arg(long, default_value_t = 1_000_000)]
@@ -171,7 +171,7 @@ pub enum Command {
         duplicate_share: f64,
         /// Where rows go: memory, none, or db (the database of --config, into a table of its
         /// own: the configured wide table's name with `_bench` appended, created empty before
-        /// the run and dropped after it).
+        /// the run and dropped after it, also when the bench fails or is interrupted).
         #[arg(long, value_enum, default_value_t = BenchSinkArg::Memory)]
         sink: BenchSinkArg,
         /// Configuration for --sink db.

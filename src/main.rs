@@ -217,7 +217,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     bench::BenchSink::Database(Box::new(load_config(Some(path))?))
                 }
             };
-            bench::remove_scratch_on_interrupt().context("cannot install the signal handlers")?;
+            bench::clean_up_on_interrupt().context("cannot install the signal handlers")?;
             let report = bench::bench(&bench::BenchOptions {
                 gen: gen::GenOptions {
                     events,

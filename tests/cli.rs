@@ -411,6 +411,66 @@ fn an_interrupted_bench_removes_its_temporary_files() {
 }
 
 #[test]
+fn an_interrupted_bench_into_a_database_drops_its_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bench.db");
+    let config = dir.path().join("bench.toml");
+    std::fs::write(
+        &config,
+        format!("[mysql]\nurl = \"sqlite://{}\"\n", db.display()),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_wrongbook"))
+        .args([
+            "--log", "warn", "bench", "--events", "300000", "--sink", "db",
+        ])
+        .arg("-c")
+        .arg(&config)
+        .arg("--no-db-limit")
+        .env("TMPDIR", dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut bench = common::job::Job(Some(child));
+    let table = "dwd_wrong_record_wide_delta_bench";
+    let tables_named = |name: &str| -> i64 {
+        let Ok(db) = rusqlite::Connection::open(&db) else {
+            return 0;
+        };
+        db.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [name],
+            |row| row.get(0),
+        )
+        .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while tables_named(table) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bench made no table within 120 s"
+        );
+        assert!(
+            bench.child().try_wait().unwrap().is_none(),
+            "the bench ended before its table was seen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut stderr_pipe = bench.child().stderr.take().unwrap();
+    let status = common::job::stop_with(bench, "INT");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut stderr_pipe, &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains(&format!("interrupted: dropped the bench's table {table}")),
+        "{stderr}"
+    );
+    assert_eq!(tables_named(table), 0, "{stderr}");
+    assert_eq!(bench_scratch_dirs(dir.path()), Vec::<String>::new());
+}
+
+#[test]
 fn bench_into_mariadb_measures_the_database_limit_beside_the_jobs_table() {
     let Some(db) = common::TestDatabase::mariadb() else {
         return;

@@ -15,7 +15,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use compact_str::CompactString;
@@ -474,12 +474,15 @@ struct BenchTable {
     name: String,
     /// Whether the table is still there to drop.
     created: bool,
+    /// Dropped after the table, so that an interrupt until then drops it too.
+    _on_interrupt: DropOnInterrupt,
 }
 
 impl BenchTable {
     fn create(config: &Config) -> Result<BenchTable, BenchError> {
         let settings = config.database();
         let name = bench_table(config).name;
+        let on_interrupt = DropOnInterrupt::register(&settings, &name);
         let mut db = settings.connect()?;
         db.execute_script(&format!(
             "DROP TABLE IF EXISTS {name};\n{}",
@@ -489,13 +492,13 @@ impl BenchTable {
             settings,
             name,
             created: true,
+            _on_interrupt: on_interrupt,
         })
     }
 
     fn drop_table(&mut self) -> Result<(), crate::db::DbError> {
         self.created = false;
-        let mut db = self.settings.connect()?;
-        db.execute_script(&format!("DROP TABLE IF EXISTS {}", self.name))
+        drop_table(&self.settings, &self.name)
     }
 
     /// Drops the table, telling whether that worked.
@@ -517,7 +520,7 @@ impl Drop for BenchTable {
 /// The bench's directory of temporary files: the generated events, the scaling passes' parts
 /// and the database limit's statement files, hundreds of megabytes for a million events. It is
 /// removed when dropped, so a bench that fails on the way leaves nothing behind; an interrupted
-/// bench removes it too ([`remove_scratch_on_interrupt`]).
+/// bench removes it too ([`clean_up_on_interrupt`]).
 struct ScratchDir {
     path: PathBuf,
 }
@@ -551,11 +554,55 @@ impl Drop for ScratchDir {
     }
 }
 
-/// Makes SIGINT and SIGTERM remove the bench's temporary files before the process exits (with
-/// status 128 + the signal's number, as the shell reports a process the signal killed): a
-/// benchmark stopped with Ctrl-C must not leave hundreds of megabytes in `TMPDIR`. For the
-/// binary's `bench` command; the handlers stay for the life of the process.
-pub fn remove_scratch_on_interrupt() -> std::io::Result<()> {
+fn drop_table(settings: &crate::db::DbSettings, name: &str) -> Result<(), crate::db::DbError> {
+    settings
+        .connect()?
+        .execute_script(&format!("DROP TABLE IF EXISTS {name}"))
+}
+
+/// The tables a bench has made in the user's database and not dropped yet, which an interrupt
+/// drops ([`clean_up_on_interrupt`]).
+static TABLES_TO_DROP: Mutex<Vec<(crate::db::DbSettings, String)>> = Mutex::new(Vec::new());
+
+/// How long an interrupted bench waits for each of its tables to be dropped before it exits
+/// anyway, naming the table left behind.
+const DROP_ON_INTERRUPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Keeps a table among those an interrupt drops ([`TABLES_TO_DROP`]) while it lives: made
+/// before the table is created and dropped after the table is, so that there is no moment
+/// when the table exists and an interrupt would leave it.
+pub(crate) struct DropOnInterrupt {
+    name: String,
+}
+
+impl DropOnInterrupt {
+    pub(crate) fn register(settings: &crate::db::DbSettings, name: &str) -> DropOnInterrupt {
+        tables_to_drop().push((settings.clone(), name.to_owned()));
+        DropOnInterrupt {
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl Drop for DropOnInterrupt {
+    fn drop(&mut self) {
+        tables_to_drop().retain(|(_, name)| *name != self.name);
+    }
+}
+
+fn tables_to_drop() -> std::sync::MutexGuard<'static, Vec<(crate::db::DbSettings, String)>> {
+    // A panic elsewhere while the list was held leaves it as it was: still the list to drop.
+    TABLES_TO_DROP
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Makes SIGINT and SIGTERM clean up after the bench before the process exits (with status
+/// 128 + the signal's number, as the shell reports a process the signal killed): a benchmark
+/// stopped with Ctrl-C must not leave hundreds of megabytes in `TMPDIR`, nor its tables
+/// (`<table>_bench`, `<table>_db_limit`) in the user's database. For the binary's `bench`
+/// command; the handlers stay for the life of the process.
+pub fn clean_up_on_interrupt() -> std::io::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     std::thread::Builder::new()
@@ -576,10 +623,42 @@ pub fn remove_scratch_on_interrupt() -> std::io::Result<()> {
                         dir.display()
                     ),
                 }
+                // The list stays locked until the process exits: a table the bench is
+                // dropping itself meanwhile is dropped by one or the other.
+                let tables = tables_to_drop();
+                for (settings, name) in tables.iter() {
+                    match drop_table_within(settings, name, DROP_ON_INTERRUPT_TIMEOUT) {
+                        Ok(()) => eprintln!("interrupted: dropped the bench's table {name}"),
+                        Err(e) => eprintln!(
+                            "interrupted: cannot drop the bench's table {name} ({e}); drop it with DROP TABLE {name}"
+                        ),
+                    }
+                }
                 std::process::exit(128 + signal);
             }
         })?;
     Ok(())
+}
+
+/// Drops table `name`, or fails after `timeout` (a server that does not answer, or a lock the
+/// drop waits for).
+fn drop_table_within(
+    settings: &crate::db::DbSettings,
+    name: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let (done, result) = crossbeam_channel::bounded(1);
+    let (settings, table) = (settings.clone(), name.to_owned());
+    std::thread::Builder::new()
+        .name("wrongbook-bench-drop".into())
+        .spawn(move || {
+            let _ = done.send(drop_table(&settings, &table));
+        })
+        .map_err(|e| e.to_string())?;
+    match result.recv_timeout(timeout) {
+        Ok(dropped) => dropped.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
 }
 
 fn rate(items: usize, elapsed: Duration) -> f64 {

@@ -202,6 +202,7 @@ pub fn measure(
         ))?;
         Ok(())
     };
+    let _on_interrupt = super::bench::DropOnInterrupt::register(settings, &scratch.name);
     fresh(&mut db)?;
     let one = client.load(std::slice::from_ref(&all));
     let two = one.and_then(|one| {
