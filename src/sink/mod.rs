@@ -111,6 +111,28 @@ impl SinkBatch {
         }
     }
 
+    /// The batch of one time's row updates for a writer that writes nowhere
+    /// ([`TableWriter::writes`]): the upserts and deletes as they came, without the sort by id
+    /// that only a table needs. The join emits an id once per time, so the counts are those of
+    /// [`SinkBatch::new`].
+    pub fn unordered(epoch: u64, updates: Vec<RowUpdate>) -> SinkBatch {
+        let index = |i: usize| u32::try_from(i).expect("fewer than 2^32 row updates in a time");
+        let mut upserts = Vec::with_capacity(updates.len());
+        let mut deletes = Vec::new();
+        for (i, (id, row)) in updates.iter().enumerate() {
+            match row {
+                Some(_) => upserts.push(index(i)),
+                None => deletes.push(*id),
+            }
+        }
+        SinkBatch {
+            epoch,
+            updates,
+            upserts,
+            deletes,
+        }
+    }
+
     /// A batch that deletes `ids` (in order) and upserts nothing.
     pub fn deleting(epoch: u64, ids: Vec<u64>) -> SinkBatch {
         SinkBatch {
@@ -141,6 +163,11 @@ pub trait TableWriter: Send {
     fn owned_ids(&mut self, index: usize, peers: usize) -> Result<Vec<u64>, SinkError>;
     /// Writes `batch` in one transaction, stamping rows with `process_time` (seconds, UTC).
     fn write(&mut self, batch: &SinkBatch, process_time: i64) -> Result<(), SinkError>;
+    /// Whether rows reach a table; a writer that discards them is given batches not ordered
+    /// by id ([`SinkBatch::unordered`]).
+    fn writes(&self) -> bool {
+        true
+    }
 }
 
 /// How a database writer shapes its statements (the `[sink]` settings).
@@ -211,6 +238,9 @@ impl TableWriter for DiscardWriter {
     fn write(&mut self, _: &SinkBatch, _: i64) -> Result<(), SinkError> {
         Ok(())
     }
+    fn writes(&self) -> bool {
+        false
+    }
 }
 
 /// Counters of what the sinks did, shared by all workers of a process.
@@ -269,7 +299,11 @@ impl SinkThread {
         while let Ok(command) = self.commands.recv() {
             match command {
                 SinkCommand::Write { epoch, updates } => {
-                    let batch = SinkBatch::new(epoch, updates);
+                    let batch = if self.writer.writes() {
+                        SinkBatch::new(epoch, updates)
+                    } else {
+                        SinkBatch::unordered(epoch, updates)
+                    };
                     // The set empties at the first reconcile and is empty without one: then
                     // there is nothing to remove, and no row's id needs hashing for it.
                     if !leftover.is_empty() {
@@ -504,6 +538,26 @@ mod tests {
         );
         assert_eq!(batch.upsert_count(), 2);
         assert_eq!(batch.deletes, vec![1, 3]);
+    }
+
+    #[test]
+    fn an_unordered_batch_counts_what_an_ordered_one_does_for_ids_once_per_time() {
+        let updates = vec![
+            (9, Some(row(9, "a"))),
+            (2, None),
+            (5, Some(row(5, "b"))),
+            (1, Some(row(1, "c"))),
+            (7, None),
+        ];
+        let ordered = SinkBatch::new(1, updates.clone());
+        let unordered = SinkBatch::unordered(1, updates);
+        assert_eq!(unordered.upsert_count(), ordered.upsert_count());
+        let mut upserted: Vec<&WideRow> = unordered.upserts().collect();
+        upserted.sort_by_key(|row| row.id);
+        assert_eq!(upserted, ordered.upserts().collect::<Vec<_>>());
+        let mut deleted = unordered.deletes.clone();
+        deleted.sort_unstable();
+        assert_eq!(deleted, ordered.deletes);
     }
 
     #[test]
