@@ -562,9 +562,10 @@ struct WorkerShared {
     /// Where finished checkpoint parts go, and how many epochs apart checkpoints are.
     checkpoints: Option<(crossbeam_channel::Sender<Part>, u64)>,
     restored: Option<Arc<Restored>>,
+    /// The dimension tables at start, which the first process's workers feed a share each.
     dims: DimSnapshot,
     dims_after: Mutex<Option<LaterDims>>,
-    /// Taken by worker 0, which feeds the dimension inputs.
+    /// Taken by worker 0, which feeds the dimension inputs' later changes.
     dim_updates: Mutex<Option<Receiver<DimDiff>>>,
     dim_stats: Arc<DimStats>,
     sink: SinkTarget,
