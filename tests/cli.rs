@@ -372,6 +372,17 @@ fn a_bench_that_fails_leaves_no_temporary_files() {
     assert_eq!(bench_scratch_dirs(&tmp), Vec::<String>::new());
 }
 
+/// Sends a running bench SIGINT, checks that it exits as a process the signal ended (130), and
+/// returns what it wrote to stderr (piped).
+fn interrupt(mut bench: common::job::Job) -> String {
+    let mut stderr_pipe = bench.child().stderr.take().unwrap();
+    let status = common::job::stop_with(bench, "INT");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut stderr_pipe, &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    stderr
+}
+
 #[test]
 fn an_interrupted_bench_removes_its_temporary_files() {
     let dir = tempfile::tempdir().unwrap();
@@ -398,11 +409,7 @@ fn an_interrupted_bench_removes_its_temporary_files() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let mut stderr_pipe = bench.child().stderr.take().unwrap();
-    let status = common::job::stop_with(bench, "INT");
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut stderr_pipe, &mut stderr).unwrap();
-    assert_eq!(status.code(), Some(130), "{stderr}");
+    let stderr = interrupt(bench);
     assert!(
         stderr.contains("interrupted: removed the bench's temporary files"),
         "{stderr}"
@@ -457,11 +464,7 @@ fn an_interrupted_bench_into_a_database_drops_its_table() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let mut stderr_pipe = bench.child().stderr.take().unwrap();
-    let status = common::job::stop_with(bench, "INT");
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut stderr_pipe, &mut stderr).unwrap();
-    assert_eq!(status.code(), Some(130), "{stderr}");
+    let stderr = interrupt(bench);
     assert!(
         stderr.contains(&format!("interrupted: dropped the bench's table {table}")),
         "{stderr}"

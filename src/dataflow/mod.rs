@@ -130,36 +130,18 @@ impl DimInputs {
     /// on in parallel; differential routes each row to its key's worker either way.
     pub fn load_share(&mut self, snapshot: &DimSnapshot, share: usize, shares: usize) {
         // Rows are picked by their place in the snapshot, before they are cloned.
-        let mine = |k: &usize| k % shares.max(1) == share;
-        for (_, row) in snapshot
-            .patterns
-            .iter()
-            .enumerate()
-            .filter(|(k, _)| mine(k))
-        {
+        for row in share_of(snapshot.patterns.iter(), share, shares) {
             self.patterns.update(row.clone(), 1);
         }
-        for (_, row) in snapshot
-            .teaching_type_pts
-            .iter()
-            .enumerate()
-            .filter(|(k, _)| mine(k))
-        {
+        for row in share_of(snapshot.teaching_type_pts.iter(), share, shares) {
             self.teaching_type_pts.update(row.clone(), 1);
         }
-        for (_, row) in snapshot
-            .teaching_types
-            .iter()
-            .enumerate()
-            .filter(|(k, _)| mine(k))
-        {
+        for row in share_of(snapshot.teaching_types.iter(), share, shares) {
             self.teaching_types.update(row.clone(), 1);
         }
-        let lookup_rows = snapshot
-            .lookups
-            .iter()
+        let lookup_rows = (snapshot.lookups.iter())
             .flat_map(|(table, rows)| rows.iter().map(move |row| (*table, row)));
-        for (_, (table, row)) in lookup_rows.enumerate().filter(|(k, _)| mine(k)) {
+        for (table, row) in share_of(lookup_rows, share, shares) {
             self.lookup_rows.update((table, row.clone()), 1);
         }
     }
@@ -198,6 +180,15 @@ impl DimInputs {
     pub fn epoch(&self) -> u64 {
         *self.patterns.time()
     }
+}
+
+/// Every `shares`-th item of `items`, from the `share`-th on.
+fn share_of<T>(
+    items: impl Iterator<Item = T>,
+    share: usize,
+    shares: usize,
+) -> impl Iterator<Item = T> {
+    items.skip(share).step_by(shares.max(1))
 }
 
 /// Builds the dataflow on `worker`.

@@ -84,12 +84,11 @@ impl SinkBatch {
     /// The batch of one time's row updates: for an id updated more than once, the later
     /// update wins.
     pub fn new(epoch: u64, updates: Vec<RowUpdate>) -> SinkBatch {
-        let index = |i: usize| u32::try_from(i).expect("fewer than 2^32 row updates in a time");
         // Each id with the place of its update; for one id, the later place sorts last.
         let mut order: Vec<(u64, u32)> = updates
             .iter()
             .enumerate()
-            .map(|(i, (id, _))| (*id, index(i)))
+            .map(|(i, (id, _))| (*id, update_index(i)))
             .collect();
         order.sort_unstable();
         let mut upserts = Vec::with_capacity(order.len());
@@ -116,12 +115,11 @@ impl SinkBatch {
     /// that only a table needs. The join emits an id once per time, so the counts are those of
     /// [`SinkBatch::new`].
     pub fn unordered(epoch: u64, updates: Vec<RowUpdate>) -> SinkBatch {
-        let index = |i: usize| u32::try_from(i).expect("fewer than 2^32 row updates in a time");
         let mut upserts = Vec::with_capacity(updates.len());
         let mut deletes = Vec::new();
         for (i, (id, row)) in updates.iter().enumerate() {
             match row {
-                Some(_) => upserts.push(index(i)),
+                Some(_) => upserts.push(update_index(i)),
                 None => deletes.push(*id),
             }
         }
@@ -155,6 +153,11 @@ impl SinkBatch {
     pub fn upsert_count(&self) -> usize {
         self.upserts.len()
     }
+}
+
+/// The place of a time's row update, as a batch keeps it.
+fn update_index(i: usize) -> u32 {
+    u32::try_from(i).expect("fewer than 2^32 row updates in a time")
 }
 
 /// Writes a worker's share of the wide table.
