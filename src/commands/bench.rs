@@ -220,17 +220,16 @@ pub(crate) fn run_measuring_cpu(
 ) -> (Vec<Result<RunSummary, EngineError>>, Option<f64>) {
     let before = cpu_time();
     let results = match <[Pipeline; 1]>::try_from(pipelines) {
-        Ok([pipeline]) => vec![run_pipeline(pipeline)],
+        Ok([pipeline]) => vec![without_panics(|| run_pipeline(pipeline))],
         Err(pipelines) => std::thread::scope(|scope| {
             let runs: Vec<_> = pipelines
                 .into_iter()
-                .map(|pipeline| scope.spawn(move || run_pipeline(pipeline)))
+                .map(|pipeline| scope.spawn(move || without_panics(|| run_pipeline(pipeline))))
                 .collect();
             runs.into_iter()
                 .map(|run| {
-                    run.join().unwrap_or_else(|_| {
-                        Err(EngineError::Failed("a benchmark pass panicked".into()))
-                    })
+                    run.join()
+                        .unwrap_or_else(|panic| Err(pass_panicked(&*panic)))
                 })
                 .collect()
         }),
@@ -239,6 +238,27 @@ pub(crate) fn run_measuring_cpu(
         .zip(before)
         .map(|(after, before)| after.saturating_sub(before).as_secs_f64());
     (results, cpu)
+}
+
+/// Runs a benchmark pass, a panic in it becoming the pass's error: the bench then reports it
+/// and cleans up as after any failed pass, however many passes run at once.
+fn without_panics(
+    pass: impl FnOnce() -> Result<RunSummary, EngineError>,
+) -> Result<RunSummary, EngineError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(pass))
+        .unwrap_or_else(|panic| Err(pass_panicked(&*panic)))
+}
+
+/// The error of a pass that panicked with `panic`, with its message when it has one.
+fn pass_panicked(panic: &(dyn std::any::Any + Send)) -> EngineError {
+    let message = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str));
+    EngineError::Failed(match message {
+        Some(message) => format!("a benchmark pass panicked: {message}"),
+        None => "a benchmark pass panicked".into(),
+    })
 }
 
 /// CPU time this process has used (user + system), from /proc (Linux).
@@ -1012,6 +1032,27 @@ mod tests {
             .into_iter()
             .filter_map(|row| row.into_iter().next()?.into_text())
             .collect()
+    }
+
+    #[test]
+    fn a_pass_that_panics_fails_with_the_panics_message() {
+        let message = |result: Result<RunSummary, EngineError>| match result {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a panicking pass succeeded"),
+        };
+        let text = message(without_panics(|| panic!("the join lost its state")));
+        assert!(
+            text.contains("a benchmark pass panicked: the join lost its state"),
+            "{text}"
+        );
+        let id = 7;
+        let text = message(without_panics(|| panic!("record {id} twice")));
+        assert!(
+            text.contains("a benchmark pass panicked: record 7 twice"),
+            "{text}"
+        );
+        let text = message(without_panics(|| std::panic::panic_any(42)));
+        assert!(text.ends_with("a benchmark pass panicked"), "{text}");
     }
 
     #[test]
