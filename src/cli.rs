@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// latest state per wrong record, join the pattern → teaching-type chain as a maintained join,
 /// and write batched upserts and deletes. Built on timely and differential dataflow.
 #[derive(Debug, Parser)]
-#[command(name = "wrongbook", version, propagate_version = true)]
+#[command(name = "wrongbook", version = wrongbook::provenance::VERSION, propagate_version = true)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
@@ -137,7 +137,8 @@ pub enum Command {
     /// reports events/s (per wall-clock second, and per CPU-second of all its threads: the
     /// figure other load on the machine disturbs least), peak RSS and state bytes per live
     /// record. With --rename-share it then renames that share of the patterns and times the
-    /// corrections.
+    /// corrections. The report names the build (version, commit, whether optimized: figures of
+    /// a debug build say little) and the machine (CPU, kernel) it ran on.
     ///
     /// The generated events are written to a directory under TMPDIR (~280 MB per million
     /// events, twice that with --scaling-rounds), which is removed when the bench ends, fails

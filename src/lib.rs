@@ -20,7 +20,8 @@
 //! - [`ops`]: what the running job reports (progress log, metrics and alerts topics,
 //!   `/metrics`, the status page, threshold alerts).
 //! - [`schema`], [`db`]: the seed's tables and database connections.
-//! - [`commands`]: one module per `wrongbook` subcommand.
+//! - [`commands`]: one module per `wrongbook` subcommand; [`provenance`]: the build and the
+//!   machine a report's figures come from.
 
 pub mod checkpoint;
 pub mod cluster;
@@ -34,6 +35,7 @@ pub mod event;
 pub mod fuzzing;
 pub mod json;
 pub mod ops;
+pub mod provenance;
 pub mod schema;
 pub mod sink;
 pub mod source;

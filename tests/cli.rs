@@ -253,6 +253,47 @@ fn bench_reports_every_figure_as_json() {
     assert!(report["state_bytes_per_live_record"].as_f64().unwrap() > 50.0);
     let change = &report["dim_change"];
     assert!(change["rows_corrected"].as_u64().unwrap() > 0, "{change}");
+
+    // Which build and machine the figures come from, to compare reports across both.
+    let build = &report["build"];
+    assert_eq!(build["version"], env!("CARGO_PKG_VERSION"), "{build}");
+    assert_eq!(build["commit"], built_commit(), "{build}");
+    // The test and the binary are built in one profile.
+    assert_eq!(build["optimized"], !cfg!(debug_assertions), "{build}");
+    let machine = &report["machine"];
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_eq!(machine["kernel"], kernel.trim(), "{machine}");
+    assert!(
+        machine["cpu"].is_null() || machine["cpu"].as_str().is_some_and(|cpu| !cpu.is_empty()),
+        "{machine}"
+    );
+}
+
+/// The commit the binary should report: `HEAD` of this checkout, or `unknown` outside one.
+fn built_commit() -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+#[test]
+fn the_version_names_the_commit_it_was_built_from() {
+    let out = wrongbook(&["--version"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        version.trim(),
+        format!(
+            "wrongbook {} ({})",
+            env!("CARGO_PKG_VERSION"),
+            built_commit()
+        )
+    );
 }
 
 #[test]
@@ -330,6 +371,15 @@ fn bench_measures_scaling_in_alternating_passes_over_every_event() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("ratio of the medians"), "{table}");
     assert!(table.contains("independent 1-worker engines"), "{table}");
+    let build = format!(
+        "wrongbook {} ({})",
+        env!("CARGO_PKG_VERSION"),
+        built_commit()
+    );
+    assert!(table.contains(&build), "{table}");
+    // Figures of a debug build say little, and the table says so.
+    let warned = table.contains("warning: an unoptimized (debug) build");
+    assert_eq!(warned, cfg!(debug_assertions), "{table}");
     let out = wrongbook(&["bench", "--events", "5000", "--scaling-rounds", "1"]);
     assert!(!out.status.success());
     assert!(text(&out).contains("--workers 2 or more"), "{}", text(&out));

@@ -39,6 +39,7 @@ use crate::dataflow::DataflowStats;
 use crate::engine::{run_pipeline, EngineError, Input, Pipeline, RunSummary};
 use crate::event::{parse_envelope, ParseBuffers};
 use crate::ops::thread_cpu::CpuSeconds;
+use crate::provenance::{BuildInfo, MachineInfo};
 use crate::sink::dead_letters::DeadLetterMemory;
 use crate::sink::memory::MemoryTable;
 use crate::sink::statements::{row_params, upsert_sql};
@@ -92,6 +93,11 @@ pub struct BenchReport {
     pub events: u64,
     pub workers: usize,
     pub sink: String,
+    /// The build that ran (version, commit, optimized or not), to compare reports across
+    /// commits.
+    pub build: BuildInfo,
+    /// The machine it ran on (CPU, kernel), to compare reports across machines.
+    pub machine: MachineInfo,
     pub cores: usize,
     pub load_average_1m: Option<f64>,
     pub elapsed_seconds: f64,
@@ -433,6 +439,8 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         events: summary.messages,
         workers: opts.workers,
         sink: sink_name,
+        build: BuildInfo::current(),
+        machine: MachineInfo::current(),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         load_average_1m: load_average(),
         elapsed_seconds: seconds,
@@ -875,13 +883,30 @@ pub fn format_report(r: &BenchReport) -> String {
     let mut out = String::new();
     let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
     out.push_str(&format!(
-        "wrongbook bench: {} events, {} worker(s), sink {}, {} cores, load {}\n\n",
+        "wrongbook bench: {} events, {} worker(s), sink {}, {} cores, load {}\n",
         r.events,
         r.workers,
         r.sink,
         r.cores,
         r.load_average_1m.map_or("?".into(), |l| format!("{l:.2}"))
     ));
+    out.push_str(&format!(
+        "wrongbook {} ({}), {} build, on {}\n",
+        r.build.version,
+        r.build.commit,
+        match r.build.optimized {
+            true => "optimized",
+            false => "unoptimized",
+        },
+        r.machine.describe()
+    ));
+    if !r.build.optimized {
+        out.push_str(
+            "warning: an unoptimized (debug) build runs many times slower than a release build; \
+             build with `cargo build --release` for figures that say something about the engine\n",
+        );
+    }
+    out.push('\n');
     out.push_str("stage (one thread each)          throughput\n");
     for s in &r.stages {
         out.push_str(&format!(
