@@ -4,7 +4,8 @@
 
 use serde::Serialize;
 
-/// The commit the binary was built from (12 hex digits), or `unknown` outside a git checkout.
+/// The commit the binary was built from: 12 hex digits, with `-dirty` when its code had
+/// changes not committed, or `unknown` outside a git checkout.
 pub const COMMIT: &str = env!("WRONGBOOK_COMMIT");
 
 /// The version `--version` prints: the crate's version and the commit.

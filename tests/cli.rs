@@ -269,16 +269,31 @@ fn bench_reports_every_figure_as_json() {
     );
 }
 
-/// The commit the binary should report: `HEAD` of this checkout, or `unknown` outside one.
+/// The commit the binary should report: `HEAD` of this checkout, `-dirty` when its code has
+/// changes not committed, or `unknown` outside a checkout.
 fn built_commit() -> String {
-    Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .ok()
-        .filter(|out| out.status.success())
-        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        .unwrap_or_else(|| "unknown".into())
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let Some(commit) = git(&["rev-parse", "--short=12", "HEAD"]) else {
+        return "unknown".into();
+    };
+    let code = ["src", "Cargo.toml", "Cargo.lock", "build.rs"];
+    let status = [
+        &["status", "--porcelain", "--untracked-files=no", "--"][..],
+        &code,
+    ]
+    .concat();
+    match git(&status).is_some_and(|changes| !changes.is_empty()) {
+        true => format!("{commit}-dirty"),
+        false => commit,
+    }
 }
 
 #[test]
