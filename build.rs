@@ -1,7 +1,11 @@
-//! Build script: records the commit the binary is built from (`WRONGBOOK_COMMIT`), so that
+//! Build script: records the commit the binary is built from (`BUILT_FROM_COMMIT`), so that
 //! `--version` and benchmark reports say which code they come from: 12 hex digits, with
 //! `-dirty` when the code (`src/`, the manifest, the lock file, this script) differed from
 //! that commit at build time. Outside a git checkout, or without git, it is `unknown`.
+//!
+//! The variable's name must not start with `WRONGBOOK_`: cargo also sets it in the environment
+//! of the tests it runs, and the processes they start would take it for a configuration
+//! override (SPEC §10) and refuse an unknown key.
 
 use std::path::Path;
 use std::process::Command;
@@ -39,7 +43,7 @@ fn main() {
         (Some(commit), true) => format!("{commit}-dirty"),
         (None, _) => "unknown".into(),
     };
-    println!("cargo:rustc-env=WRONGBOOK_COMMIT={commit}");
+    println!("cargo:rustc-env=BUILT_FROM_COMMIT={commit}");
 }
 
 /// What `git ARGS` prints, trimmed, when it succeeds.

@@ -6,13 +6,13 @@ use serde::Serialize;
 
 /// The commit the binary was built from: 12 hex digits, with `-dirty` when its code had
 /// changes not committed, or `unknown` outside a git checkout.
-pub const COMMIT: &str = env!("WRONGBOOK_COMMIT");
+pub const COMMIT: &str = env!("BUILT_FROM_COMMIT");
 
 /// The version `--version` prints: the crate's version and the commit.
 pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (",
-    env!("WRONGBOOK_COMMIT"),
+    env!("BUILT_FROM_COMMIT"),
     ")"
 );
 
