@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::process::{Command, Output};
 
 fn wrongbook(args: &[&str]) -> Output {
@@ -437,6 +438,20 @@ fn a_bench_that_fails_leaves_no_temporary_files() {
     assert_eq!(bench_scratch_dirs(&tmp), Vec::<String>::new());
 }
 
+/// Starts `wrongbook bench ARGS` with its temporary files under `tmp`, stderr piped for
+/// [`interrupt`].
+fn spawn_bench(args: &[&OsStr], tmp: &std::path::Path) -> common::job::Job {
+    let child = Command::new(env!("CARGO_BIN_EXE_wrongbook"))
+        .args(["--log", "warn", "bench"])
+        .args(args)
+        .env("TMPDIR", tmp)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::job::Job(Some(child))
+}
+
 /// Sends a running bench SIGINT, checks that it exits as a process the signal ended (130), and
 /// returns what it wrote to stderr (piped).
 fn interrupt(mut bench: common::job::Job) -> String {
@@ -451,16 +466,10 @@ fn interrupt(mut bench: common::job::Job) -> String {
 #[test]
 fn an_interrupted_bench_removes_its_temporary_files() {
     let dir = tempfile::tempdir().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_wrongbook"))
-        .args([
-            "--log", "warn", "bench", "--events", "5000000", "--sink", "none",
-        ])
-        .env("TMPDIR", dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut bench = common::job::Job(Some(child));
+    let mut bench = spawn_bench(
+        &["--events", "5000000", "--sink", "none"].map(OsStr::new),
+        dir.path(),
+    );
     let pid = bench.child().id();
     let events = dir
         .path()
@@ -492,19 +501,18 @@ fn an_interrupted_bench_into_a_database_drops_its_table() {
         format!("[mysql]\nurl = \"sqlite://{}\"\n", db.display()),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_wrongbook"))
-        .args([
-            "--log", "warn", "bench", "--events", "300000", "--sink", "db",
-        ])
-        .arg("-c")
-        .arg(&config)
-        .arg("--no-db-limit")
-        .env("TMPDIR", dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut bench = common::job::Job(Some(child));
+    let mut bench = spawn_bench(
+        &[
+            OsStr::new("--events"),
+            OsStr::new("300000"),
+            OsStr::new("--sink"),
+            OsStr::new("db"),
+            OsStr::new("-c"),
+            config.as_os_str(),
+            OsStr::new("--no-db-limit"),
+        ],
+        dir.path(),
+    );
     let table = "dwd_wrong_record_wide_delta_bench";
     let tables_named = |name: &str| -> i64 {
         let Ok(db) = rusqlite::Connection::open(&db) else {
