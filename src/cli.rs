@@ -63,7 +63,8 @@ pub enum Command {
         partitions: i32,
     },
     /// Create the seed's tables where missing: tower_pattern, tower_teaching_type_pt,
-    /// tower_teaching_type, the routing table and the wide table. Idempotent.
+    /// tower_teaching_type, the routing table and the wide table; on MySQL/MariaDB first the
+    /// database the url names, when the server has none (utf8mb4). Idempotent.
     InitDb {
         /// Configuration file (TOML; every key can be overridden by WRONGBOOK_SECTION__KEY).
         #[arg(short, long)]

@@ -118,7 +118,13 @@ impl DbSettings {
             DbUrl::Mysql(_) => {
                 let conn = mysql::Conn::new(self.mysql_opts()?).map_err(|e| DbError::Connect {
                     target: target.clone(),
-                    message: e.to_string(),
+                    message: match is_unknown_database(&e) {
+                        true => format!(
+                            "{e}\n  hint: `wrongbook init-db -c CONFIG` creates the database and \
+                             its tables"
+                        ),
+                        false => e.to_string(),
+                    },
                 })?;
                 Ok(Db {
                     target,
@@ -137,6 +143,49 @@ impl DbSettings {
             }
         }
     }
+
+    /// Creates the MySQL database the url names when the server has none of that name (an
+    /// SQLite file is created when opened). Returns whether it was created.
+    pub fn create_database_if_missing(&self) -> Result<bool, DbError> {
+        let DbUrl::Mysql(_) = &self.url else {
+            return Ok(false);
+        };
+        let opts = self.mysql_opts()?;
+        let error = match mysql::Conn::new(opts.clone()) {
+            Ok(_) => return Ok(false),
+            Err(e) => e,
+        };
+        let connect_error = |e: &mysql::Error| DbError::Connect {
+            target: self.target(),
+            message: e.to_string(),
+        };
+        if !is_unknown_database(&error) {
+            return Err(connect_error(&error));
+        }
+        // Checked by `DbUrl::parse`: a plain identifier, safe to quote.
+        let name = opts
+            .get_db_name()
+            .expect("a mysql url names its database")
+            .to_owned();
+        let server = mysql::OptsBuilder::from_opts(opts).db_name(None::<String>);
+        let mut conn = mysql::Conn::new(server).map_err(|e| connect_error(&e))?;
+        use mysql::prelude::Queryable;
+        conn.query_drop(format!(
+            "CREATE DATABASE IF NOT EXISTS `{name}` DEFAULT CHARSET=utf8mb4"
+        ))
+        .map_err(|e| DbError::Query {
+            target: self.target(),
+            what: format!("creating the database {name}"),
+            message: e.to_string(),
+        })?;
+        Ok(true)
+    }
+}
+
+/// Whether MySQL refused a connection because its database does not exist (`ER_BAD_DB_ERROR`).
+fn is_unknown_database(error: &mysql::Error) -> bool {
+    const ER_BAD_DB_ERROR: u16 = 1049;
+    matches!(error, mysql::Error::MySqlError(e) if e.code == ER_BAD_DB_ERROR)
 }
 
 /// Opens an SQLite file for concurrent use by several writers (WAL, a generous busy timeout).

@@ -110,3 +110,48 @@ fn an_error_in_a_later_statement_of_a_script_is_reported() {
         assert!(error.to_string().contains("no_such_table"), "{error}");
     }
 }
+
+#[test]
+fn init_db_creates_a_missing_database_which_other_commands_name() {
+    let Some(db) = TestDatabase::mariadb() else {
+        assert!(!services_required());
+        return;
+    };
+    // As on a fresh server: the test's database is gone (its drop at the end is IF EXISTS).
+    let name = db.config.mysql.url.rsplit('/').next().unwrap().to_owned();
+    db.connect()
+        .execute_script(&format!("DROP DATABASE {name}"))
+        .unwrap();
+    let config = format!(
+        "[mysql]\nurl = \"{}\"\nusername = \"root\"\n",
+        db.config.mysql.url
+    );
+    let out = replay_with(&db, &config);
+    assert_clear_failure(&out, &[&name, "Unknown database", "init-db"]);
+
+    let path = db.dir().join("job.toml");
+    let path = path.to_str().unwrap();
+    for run in ["first", "second"] {
+        let (out, _) = wrongbook(&["init-db", "-c", path]);
+        assert!(out.status.success(), "{run} init-db: {}", stderr(&out));
+    }
+    let mut conn = db.connect();
+    for table in [
+        "tower_pattern",
+        "flink_routing_config",
+        "dwd_wrong_record_wide_delta",
+    ] {
+        let rows = conn.query(&format!("SELECT COUNT(*) FROM {table}"));
+        assert!(rows.is_ok(), "{table}: {:?}", rows.err());
+    }
+    let charset = conn
+        .query(&format!(
+            "SELECT DEFAULT_CHARACTER_SET_NAME FROM information_schema.SCHEMATA \
+             WHERE SCHEMA_NAME = '{name}'"
+        ))
+        .unwrap();
+    assert_eq!(
+        charset.rows[0][0],
+        wrongbook::db::SqlValue::Text("utf8mb4".into())
+    );
+}

@@ -1,12 +1,12 @@
-//! `wrongbook init-db`: creates the seed's tables where missing (dimension tables, routing
-//! table, wide table), and adds the wide-table columns the spec's lookup tables fill. Idempotent:
+//! `wrongbook init-db`: creates the database and the seed's tables where missing (dimension
+//! tables, routing table, wide table), and adds the wide-table columns the spec's lookup tables fill. Idempotent:
 //! existing tables, columns and rows are left alone.
 
 use crate::config::Config;
 use crate::db::{Db, DbError};
 use crate::schema::{source_tables_ddl, wide_table_ddl};
 
-/// Creates the missing tables in the configured database; `table` overrides the wide table.
+/// Creates the configured database when missing, then its missing tables; `table` overrides the wide table.
 pub fn init_db(config: &Config, table: Option<&str>) -> Result<Db, DbError> {
     let settings = config.database();
     if let crate::db::DbUrl::Sqlite(path) = &settings.url {
@@ -16,6 +16,9 @@ pub fn init_db(config: &Config, table: Option<&str>) -> Result<Db, DbError> {
                 message: format!("cannot create directory {}: {e}", dir.display()),
             })?;
         }
+    }
+    if settings.create_database_if_missing()? {
+        tracing::info!(database = %settings.target(), "created the database");
     }
     let mut db = settings.connect()?;
     let dialect = db.dialect();
