@@ -67,6 +67,30 @@ fn an_unreachable_broker_is_named_within_seconds() {
 }
 
 #[test]
+fn producing_to_an_unreachable_broker_is_named_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("job.toml");
+    std::fs::write(
+        &config,
+        "[kafka]\nbootstrap_servers = \"127.0.0.1:1\"\n[metrics]\nlisten = \"\"\n",
+    )
+    .unwrap();
+    let (out, took) = wrongbook(&[
+        "gen",
+        "--events",
+        "10",
+        "--to-kafka",
+        "-c",
+        config.to_str().unwrap(),
+    ]);
+    assert_clear_failure(
+        &out,
+        &["127.0.0.1:1", "no broker answered", "bootstrap_servers"],
+    );
+    assert!(took < Duration::from_secs(30), "gave up in {took:?}");
+}
+
+#[test]
 fn a_missing_routing_table_is_named() {
     let db = TestDatabase::sqlite();
     init_db(&db.config, None)

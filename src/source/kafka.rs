@@ -70,12 +70,24 @@ pub fn check_reachable(kafka: &KafkaConfig, timeout: Duration) -> Result<(), Kaf
     let probe: BaseConsumer = client_config(kafka)
         .create()
         .map_err(|e| broker(e.to_string()))?;
-    probe.fetch_metadata(None, timeout).map_err(|e| {
-        broker(format!(
-            "no broker answered within {timeout:?}: {e}\n  hint: check kafka.bootstrap_servers (WRONGBOOK_KAFKA__BOOTSTRAP_SERVERS) and that the broker runs"
-        ))
-    })?;
+    probe
+        .fetch_metadata(None, timeout)
+        .map_err(|e| unreachable(kafka, timeout, e))?;
     Ok(())
+}
+
+/// The error for a metadata request that no broker of `kafka` answered within `timeout`.
+fn unreachable(
+    kafka: &KafkaConfig,
+    timeout: Duration,
+    error: rdkafka::error::KafkaError,
+) -> KafkaSourceError {
+    KafkaSourceError::Broker {
+        servers: kafka.bootstrap_servers.clone(),
+        message: format!(
+            "no broker answered within {timeout:?}: {error}\n  hint: check kafka.bootstrap_servers (WRONGBOOK_KAFKA__BOOTSTRAP_SERVERS) and that the broker runs"
+        ),
+    }
 }
 
 /// The partitions of `topic` and their (low, high) watermarks now.
@@ -412,16 +424,19 @@ pub fn ensure_topic(
         servers: kafka.bootstrap_servers.clone(),
         message,
     };
-    // Already there: nothing to do (and brokers without the admin API are fine).
+    // Already there: nothing to do (and brokers without the admin API are fine). No answer
+    // at all is no broker: say so now, rather than after the admin request's own timeout.
     if let Ok(probe) = consumer(kafka, "wrongbook-topic-check") {
-        if let Ok(metadata) = probe.fetch_metadata(Some(topic), Duration::from_secs(10)) {
-            let exists = metadata
-                .topics()
-                .iter()
-                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
-            if exists {
-                return Ok(());
-            }
+        let timeout = Duration::from_secs(10);
+        let metadata = probe
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| unreachable(kafka, timeout, e))?;
+        let exists = metadata
+            .topics()
+            .iter()
+            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+        if exists {
+            return Ok(());
         }
     }
     let admin: AdminClient<DefaultClientContext> = client_config(kafka)
