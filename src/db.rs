@@ -113,25 +113,14 @@ impl DbSettings {
 
     /// Opens a connection.
     pub fn connect(&self) -> Result<Db, DbError> {
-        let target = self.target();
         match &self.url {
             DbUrl::Mysql(_) => {
-                let conn = mysql::Conn::new(self.mysql_opts()?).map_err(|e| DbError::Connect {
-                    target: target.clone(),
-                    message: match is_unknown_database(&e) {
-                        true => format!(
-                            "{e}\n  hint: `wrongbook init-db -c CONFIG` creates the database and \
-                             its tables"
-                        ),
-                        false => e.to_string(),
-                    },
-                })?;
-                Ok(Db {
-                    target,
-                    conn: Conn::Mysql(Box::new(conn)),
-                })
+                let conn = mysql::Conn::new(self.mysql_opts()?)
+                    .map_err(|e| self.mysql_connect_error(&e))?;
+                Ok(self.mysql_db(conn))
             }
             DbUrl::Sqlite(path) => {
+                let target = self.target();
                 let conn = open_sqlite(path).map_err(|e| DbError::Connect {
                     target: target.clone(),
                     message: e.to_string(),
@@ -144,23 +133,18 @@ impl DbSettings {
         }
     }
 
-    /// Creates the MySQL database the url names when the server has none of that name (an
-    /// SQLite file is created when opened). Returns whether it was created.
-    pub fn create_database_if_missing(&self) -> Result<bool, DbError> {
+    /// Opens a connection as [`DbSettings::connect`] does, creating the MySQL database the url
+    /// names first when the server has none (an SQLite file is created when opened). Also
+    /// tells whether it created the database.
+    pub fn connect_creating_database(&self) -> Result<(Db, bool), DbError> {
         let DbUrl::Mysql(_) = &self.url else {
-            return Ok(false);
+            return Ok((self.connect()?, false));
         };
         let opts = self.mysql_opts()?;
-        let error = match mysql::Conn::new(opts.clone()) {
-            Ok(_) => return Ok(false),
-            Err(e) => e,
-        };
-        let connect_error = |e: &mysql::Error| DbError::Connect {
-            target: self.target(),
-            message: e.to_string(),
-        };
-        if !is_unknown_database(&error) {
-            return Err(connect_error(&error));
+        match mysql::Conn::new(opts.clone()) {
+            Ok(conn) => return Ok((self.mysql_db(conn), false)),
+            Err(e) if !is_unknown_database(&e) => return Err(self.mysql_connect_error(&e)),
+            Err(_) => {}
         }
         // Checked by `DbUrl::parse`: a plain identifier, safe to quote.
         let name = opts
@@ -168,7 +152,7 @@ impl DbSettings {
             .expect("a mysql url names its database")
             .to_owned();
         let server = mysql::OptsBuilder::from_opts(opts).db_name(None::<String>);
-        let mut conn = mysql::Conn::new(server).map_err(|e| connect_error(&e))?;
+        let mut conn = mysql::Conn::new(server).map_err(|e| self.mysql_connect_error(&e))?;
         use mysql::prelude::Queryable;
         conn.query_drop(format!(
             "CREATE DATABASE IF NOT EXISTS `{name}` DEFAULT CHARSET=utf8mb4"
@@ -178,7 +162,29 @@ impl DbSettings {
             what: format!("creating the database {name}"),
             message: e.to_string(),
         })?;
-        Ok(true)
+        Ok((self.connect()?, true))
+    }
+
+    /// `conn` as a [`Db`] named by this target.
+    fn mysql_db(&self, conn: mysql::Conn) -> Db {
+        Db {
+            target: self.target(),
+            conn: Conn::Mysql(Box::new(conn)),
+        }
+    }
+
+    /// Why a MySQL connection failed; a missing database names the command that creates it.
+    fn mysql_connect_error(&self, error: &mysql::Error) -> DbError {
+        DbError::Connect {
+            target: self.target(),
+            message: match is_unknown_database(error) {
+                true => format!(
+                    "{error}\n  hint: `wrongbook init-db -c CONFIG` creates the database and its \
+                     tables"
+                ),
+                false => error.to_string(),
+            },
+        }
     }
 }
 

@@ -1,12 +1,13 @@
 //! `wrongbook init-db`: creates the database and the seed's tables where missing (dimension
-//! tables, routing table, wide table), and adds the wide-table columns the spec's lookup tables fill. Idempotent:
-//! existing tables, columns and rows are left alone.
+//! tables, routing table, wide table), and adds the wide-table columns the spec's lookup tables
+//! fill. Idempotent: existing tables, columns and rows are left alone.
 
 use crate::config::Config;
 use crate::db::{Db, DbError};
 use crate::schema::{source_tables_ddl, wide_table_ddl};
 
-/// Creates the configured database when missing, then its missing tables; `table` overrides the wide table.
+/// Creates the configured database when missing, then its missing tables; `table` overrides
+/// the wide table.
 pub fn init_db(config: &Config, table: Option<&str>) -> Result<Db, DbError> {
     let settings = config.database();
     if let crate::db::DbUrl::Sqlite(path) = &settings.url {
@@ -17,10 +18,10 @@ pub fn init_db(config: &Config, table: Option<&str>) -> Result<Db, DbError> {
             })?;
         }
     }
-    if settings.create_database_if_missing()? {
+    let (mut db, created) = settings.connect_creating_database()?;
+    if created {
         tracing::info!(database = %settings.target(), "created the database");
     }
-    let mut db = settings.connect()?;
     let dialect = db.dialect();
     let table = table.unwrap_or(&config.sink.table);
     db.execute_script(&source_tables_ddl(dialect, &config.routing.table))?;
