@@ -301,7 +301,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             } else {
                 let file = std::fs::File::create(&out)
                     .with_context(|| format!("cannot create {}", out.display()))?;
-                let mut writer = std::io::BufWriter::new(file);
+                let mut writer = gen::BlockWriter::new(file);
                 gen::write_jsonl(&mut writer, &generated.messages)
                     .and_then(|_| writer.flush())
                     .with_context(|| format!("cannot write {}", out.display()))?;

@@ -311,7 +311,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let dir = scratch.path();
     let input = dir.join("bench-events.jsonl");
     eprintln!("generating {} events…", opts.gen.events);
-    let mut out = std::io::BufWriter::new(
+    let mut out = super::gen::BlockWriter::new(
         std::fs::File::create(&input)
             .map_err(|e| BenchError::Io(format!("{}: {e}", input.display())))?,
     );

@@ -626,6 +626,56 @@ pub fn routing_sql(table: &str) -> String {
     )
 }
 
+/// The blocks an event file is written in ([`BlockWriter`]).
+pub const EVENT_FILE_BLOCK: usize = 2 << 20;
+
+/// Writes a file in whole blocks of [`EVENT_FILE_BLOCK`] bytes, each at an offset that is a
+/// multiple of it (the file starts empty), and what is left when flushed.
+///
+/// The page cache keeps a file's bytes in folios no larger than the writes that put them there
+/// (on file systems with large folios, such as ext4 on Linux 6.x), and `replay` and `bench` map
+/// their input. Mapping 277 MB (1M events) took 4,230 page faults and 16–20 ms when the file
+/// was written 8 KiB at a time, and 137 faults and ~1 ms when it was written in 2 MiB blocks;
+/// giving the pages back behind the reader costs less in large folios too.
+pub struct BlockWriter<W: Write> {
+    inner: W,
+    buffer: Vec<u8>,
+}
+
+impl<W: Write> BlockWriter<W> {
+    pub fn new(inner: W) -> BlockWriter<W> {
+        BlockWriter {
+            inner,
+            buffer: Vec::with_capacity(EVENT_FILE_BLOCK * 2),
+        }
+    }
+}
+
+impl<W: Write> Write for BlockWriter<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(bytes);
+        if self.buffer.len() >= EVENT_FILE_BLOCK {
+            let whole = self.buffer.len() / EVENT_FILE_BLOCK * EVENT_FILE_BLOCK;
+            self.inner.write_all(&self.buffer[..whole])?;
+            self.buffer.drain(..whole);
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.write_all(&self.buffer)?;
+        self.buffer.clear();
+        self.inner.flush()
+    }
+}
+
+impl<W: Write> Drop for BlockWriter<W> {
+    /// Writes what is left, as `BufWriter` does; call `flush` to see its errors.
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}
+
 /// Writes messages as JSONL.
 pub fn write_jsonl(out: &mut impl Write, messages: &[Vec<u8>]) -> std::io::Result<()> {
     for message in messages {
@@ -743,5 +793,57 @@ mod tests {
         assert_ne!(a.messages, c.messages);
         assert!(!a.dims.diff(&a.dims_changed).is_empty());
         assert!(a.messages.iter().all(|m| !m.contains(&b'\n')));
+    }
+
+    /// Records the writes that reach it.
+    #[derive(Default)]
+    struct Writes(Vec<Vec<u8>>);
+
+    impl Write for &mut Writes {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.push(bytes.to_vec());
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_event_file_is_written_in_whole_blocks_then_its_tail() {
+        // Messages of every length around the block's, which end inside it, on its edge and
+        // past the next one.
+        let messages: Vec<Vec<u8>> = [
+            100,
+            EVENT_FILE_BLOCK - 101,
+            EVENT_FILE_BLOCK,
+            3,
+            2 * EVENT_FILE_BLOCK + 7,
+            EVENT_FILE_BLOCK / 2,
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| vec![b'a' + i as u8; len])
+        .collect();
+        let mut writes = Writes::default();
+        let mut expected = Vec::new();
+        {
+            let mut out = BlockWriter::new(&mut writes);
+            for message in &messages {
+                out.write_all(message).unwrap();
+                expected.extend_from_slice(message);
+            }
+            out.flush().unwrap();
+        }
+        let (tail, blocks) = writes.0.split_last().expect("writes");
+        assert!(blocks
+            .iter()
+            .all(|write| !write.is_empty() && write.len() % EVENT_FILE_BLOCK == 0));
+        assert!(tail.len() < EVENT_FILE_BLOCK);
+        assert_eq!(writes.0.concat(), expected);
+        // Dropped without a flush, the tail is still written.
+        let mut writes = Writes::default();
+        BlockWriter::new(&mut writes).write_all(b"tail").unwrap();
+        assert_eq!(writes.0.concat(), b"tail");
     }
 }

@@ -19,7 +19,7 @@
 //! time with a worker per core, and how busy the N-worker passes kept their cores.
 
 use std::borrow::Cow;
-use std::io::{BufRead, BufWriter, Write};
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ use crate::ops::thread_cpu::CpuSeconds;
 use crate::sink::SinkTarget;
 
 use super::bench::{run_measuring_cpu, BenchError, BenchInput};
+use super::gen::BlockWriter;
 
 /// One pass of the engine over the events.
 #[derive(Debug, Clone, Serialize)]
@@ -257,7 +258,7 @@ fn partition(input: &Path, parts: usize) -> Result<Vec<PathBuf>, BenchError> {
         .iter()
         .map(|path| {
             std::fs::File::create(path)
-                .map(BufWriter::new)
+                .map(BlockWriter::new)
                 .map_err(|e| io(path, e))
         })
         .collect::<Result<Vec<_>, _>>()?;
