@@ -574,8 +574,30 @@ impl Drop for FreedElsewhere {
             // Should the thread not start, the closure, and the state with it, is dropped here.
             let _ = std::thread::Builder::new()
                 .name(FREEING_THREAD.into())
-                .spawn(move || drop(state));
+                .spawn(move || {
+                    run_only_on_idle_cores();
+                    drop(state)
+                });
         }
+    }
+}
+
+/// Puts the calling thread in the scheduler's idle class (Linux's `SCHED_IDLE`): it runs only
+/// on a core no other thread wants. Freeing a worker's state is work nothing waits for, yet
+/// it starts as that worker's dataflow ends, while the other workers and the sink threads are
+/// still finishing theirs; with a worker on every core it would take turns with them and
+/// delay the run's end by several milliseconds. Returns whether the class was set (not where
+/// the system has no such class).
+fn run_only_on_idle_cores() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 names the calling thread, and `param` outlives the call.
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0 }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
     }
 }
 
@@ -780,6 +802,21 @@ mod tests {
                 }),
             },
         ]
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_freeing_thread_runs_only_on_idle_cores() {
+        let policy = std::thread::spawn(|| {
+            assert!(run_only_on_idle_cores(), "setting SCHED_IDLE failed");
+            // SAFETY: pid 0 names the calling thread.
+            unsafe { libc::sched_getscheduler(0) }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(policy, libc::SCHED_IDLE);
+        // Only that thread: the caller's class is unchanged.
+        assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER);
     }
 
     #[test]
