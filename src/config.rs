@@ -192,8 +192,8 @@ pub struct EngineConfig {
 
 impl EngineConfig {
     /// Chunks a source may hold ready for one worker: an epoch's worth (at least 4, at most
-    /// 64). The file source deals each chunk to the worker with the fewest waiting, and waits
-    /// only when every queue is full; a queue of a whole epoch lets the reader run that far
+    /// 64). The file source's workers share one queue of this many chunks per worker, and it
+    /// waits only when that is full; a queue of a whole epoch lets the reader run that far
     /// ahead of the workers (on two workers of a two-core machine, when chunks were dealt
     /// strictly in turn, 4 chunks cost 4-9 % of the throughput against 16).
     pub fn source_queue_chunks(&self) -> usize {

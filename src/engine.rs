@@ -39,7 +39,9 @@ use crate::sink::{SinkChannels, SinkCommand, SinkStats, SinkTarget, SinkThread};
 use crate::source::dims::{DimCorrection, DimDiff, DimSnapshot, DimStats};
 use crate::source::file::{positions_for, read_bounded, BoundedInput, Dealer, SourceProgress};
 use crate::source::kafka::{self, KafkaSourceError, PartitionReader, StartAt};
-use crate::source::{worker_queue, Positions, SourceBatch, SourceEvent, WorkerInbox, WorkerSource};
+use crate::source::{
+    shared_queue, worker_queue, Positions, SourceBatch, SourceEvent, WorkerInbox, WorkerSource,
+};
 use crate::spec::Spec;
 
 /// Why a run failed.
@@ -227,13 +229,7 @@ fn start_sources(pipeline: &Pipeline) -> Result<Sources, EngineError> {
     let layout = &pipeline.layout;
     let workers = layout.workers;
     let done = Arc::new(AtomicBool::new(false));
-    let mut senders = Vec::with_capacity(workers);
-    let mut receivers = Vec::with_capacity(workers);
-    for _ in 0..workers {
-        let (queue, inbox) = worker_queue(pipeline.engine.source_queue_chunks());
-        senders.push(queue);
-        receivers.push(Mutex::new(Some(inbox)));
-    }
+    let queue_chunks = pipeline.engine.source_queue_chunks();
     let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new()
             .name(name)
@@ -242,8 +238,11 @@ fn start_sources(pipeline: &Pipeline) -> Result<Sources, EngineError> {
     };
     match &pipeline.input {
         Input::Bounded(input) => {
+            // One queue that every worker of this process takes from.
+            let (queue, inboxes) = shared_queue(queue_chunks * workers, workers);
+            let receivers = inboxes.into_iter().map(|i| Mutex::new(Some(i))).collect();
             let dealer = Dealer::new(
-                senders,
+                queue,
                 layout.first_worker(),
                 layout.peers(),
                 pipeline.engine.chunk_messages,
@@ -283,6 +282,13 @@ fn start_sources(pipeline: &Pipeline) -> Result<Sources, EngineError> {
             let mut threads = Vec::with_capacity(workers);
             let mut committers = Vec::with_capacity(workers);
             let peers = layout.peers();
+            // A queue per worker, fed by the reader of that worker's partitions.
+            let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers)
+                .map(|_| {
+                    let (queue, inbox) = worker_queue(queue_chunks);
+                    (queue, Mutex::new(Some(inbox)))
+                })
+                .unzip();
             for (local, sender) in senders.into_iter().enumerate() {
                 let worker = layout.first_worker() + local;
                 let consumer =

@@ -1,10 +1,10 @@
 //! The bounded sources: a JSONL file (one message per line) or messages in memory, cut into
-//! chunks that are dealt to the workers round-robin, each chunk stamped with an epoch.
+//! chunks that this process's workers take from one queue, each chunk stamped with an epoch.
 //!
-//! Epochs are assigned here, not by the workers: chunk `k` goes to worker `k mod workers` at
-//! epoch `k / (workers × chunks_per_epoch)`, so all workers move through the same epochs and
-//! the end of input is one epoch that everyone reaches. In a cluster, every process cuts the
-//! file the same way and keeps the chunks of its own workers.
+//! Epochs are assigned here, not by the workers: chunk `k` is at epoch
+//! `k / (workers × chunks_per_epoch)`, so all workers move through the same epochs and the end
+//! of input is one epoch that everyone reaches. In a cluster, every process cuts the file the
+//! same way and keeps chunk `k` when worker `k mod workers` is one of its own.
 //!
 //! A regular file is mapped and cut into chunks of about `chunk_messages` lines by their bytes,
 //! split into lines here while the workers have chunks waiting and by the workers otherwise
@@ -60,23 +60,21 @@ pub enum BoundedInput {
 
 /// Deals chunks of messages to the workers of this process.
 pub struct Dealer {
-    /// Senders of this process's workers, by local index.
-    senders: Vec<WorkerQueue>,
+    /// The queue this process's workers take their chunks from.
+    queue: WorkerQueue,
     /// The global index of this process's first worker.
     first_worker: usize,
     peers: usize,
     chunk_messages: usize,
     chunks_per_epoch: u64,
     chunk_index: u64,
-    /// The local worker that wins a tie for the next chunk (see [`Dealer::send`]).
-    next_local: usize,
     /// Messages read so far, dealt to any process.
     read: u64,
     chunk: SourceBatch,
     make_positions: Box<dyn Fn() -> Positions + Send>,
-    /// The reader splits a mapped file's chunk into lines itself when the worker it goes to has
-    /// at least this many chunks waiting: while it keeps ahead of the workers, its time is
-    /// spare. A worker whose queue runs lower gets its chunk unsplit and splits it, so the one
+    /// The reader splits a mapped file's chunk into lines itself when at least this many
+    /// chunks per worker are waiting: while it keeps ahead of the workers, its time is spare.
+    /// When the queue runs lower the chunk goes unsplit and its worker splits it, so the one
     /// reader never holds back many workers.
     split_when_waiting: usize,
     pub progress: Arc<SourceProgress>,
@@ -84,7 +82,7 @@ pub struct Dealer {
 
 impl Dealer {
     pub fn new(
-        senders: Vec<WorkerQueue>,
+        queue: WorkerQueue,
         first_worker: usize,
         peers: usize,
         chunk_messages: usize,
@@ -94,13 +92,12 @@ impl Dealer {
     ) -> Dealer {
         let chunk = SourceBatch::new(0, make_positions());
         Dealer {
-            senders,
+            queue,
             first_worker,
             peers,
             chunk_messages,
             chunks_per_epoch: (epoch_max_messages / chunk_messages).max(1) as u64,
             chunk_index: 0,
-            next_local: 0,
             read: 0,
             chunk,
             make_positions,
@@ -151,37 +148,29 @@ impl Dealer {
 
     /// Takes the next turn: the epoch of the next chunk, and whether one of this process's
     /// workers ingests it. Chunk k belongs to the process of worker k mod peers (every process
-    /// reads the whole input and keeps its own chunks); within the process, [`Dealer::send`]
-    /// picks the worker.
+    /// reads the whole input and keeps its own chunks); within the process, whichever of its
+    /// workers is free first takes it.
     fn next_turn(&mut self) -> (u64, bool) {
         let worker = (self.chunk_index % self.peers as u64) as usize;
         let epoch = self.epoch_of(self.chunk_index);
         self.chunk_index += 1;
         let ours = worker
             .checked_sub(self.first_worker)
-            .is_some_and(|local| local < self.senders.len());
+            .is_some_and(|local| local < self.queue.workers());
         (epoch, ours)
     }
 
-    /// Sends a chunk to the worker of this process with the fewest chunks waiting (ties in
-    /// turn), or, when every queue is full, to the first that has room once one has drained
-    /// to half (see [`send_to_any`]). Workers whose share
-    /// of the keyed work runs slower, or whose core the reader shares, take fewer chunks, so
-    /// none waits for input while another's queue is full: dealt strictly in turn, a worker
-    /// could starve while the reader waited on its neighbour's full queue. `make` turns the
-    /// chunk into the event, given how many chunks wait before it.
+    /// Sends a chunk into the workers' queue, or, when it is full, once it has drained to half
+    /// (see [`send_to_any`]). Whichever worker is free takes it: one whose share of the keyed
+    /// work runs slower, or whose core the reader shares, takes fewer chunks, and none waits
+    /// for input while another has chunks waiting. `make` turns the chunk into the event,
+    /// given how many chunks per worker wait before it.
     fn send(&mut self, make: impl FnOnce(usize) -> SourceEvent) -> Result<(), Closed> {
-        let workers = self.senders.len();
-        let first = self.next_local;
-        self.next_local = (first + 1) % workers;
-        let freest = (0..workers)
-            .map(|i| (first + i) % workers)
-            .min_by_key(|&local| self.senders[local].len())
-            .expect("a process deals to at least one worker");
-        match self.senders[freest].is_full() {
+        let queue = &self.queue;
+        match queue.is_full() {
             // The reader is the queue's one sender: the room stays.
-            false => self.senders[freest].send(make(self.senders[freest].len())),
-            true => send_to_any(&self.senders, make(usize::MAX)).map(|_| ()),
+            false => queue.send(make(queue.len() / queue.workers())),
+            true => send_to_any(std::slice::from_ref(queue), make(usize::MAX)).map(|_| ()),
         }
     }
 
@@ -246,19 +235,14 @@ impl Dealer {
         } else {
             self.epoch_of(self.chunk_index - 1) + 1
         };
-        for sender in &self.senders {
-            sender
-                .send(SourceEvent::End { final_epoch })
-                .map_err(|_| Closed)?;
-        }
-        Ok(())
+        self.queue.send_to_each(|| SourceEvent::End { final_epoch })
     }
 
     /// Tells every worker the source failed.
     pub fn fail(self, message: String) {
-        for sender in &self.senders {
-            let _ = sender.send(SourceEvent::Failed(message.clone()));
-        }
+        let _ = self
+            .queue
+            .send_to_each(|| SourceEvent::Failed(message.clone()));
     }
 }
 
@@ -465,16 +449,16 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::source::{unbounded_worker_queue, worker_queue, SourcePosition};
+    use crate::source::{shared_queue, unbounded_queue, SourcePosition};
 
-    /// Queues that nobody takes from fill evenly: the chunks go round, in turn on ties.
+    /// Chunks go into the one queue in order, every worker's share of an epoch together, and
+    /// each worker gets its own end.
     #[test]
-    fn chunks_are_dealt_round_robin_with_shared_epochs() {
-        let (senders, receivers): (Vec<_>, Vec<_>) =
-            (0..2).map(|_| unbounded_worker_queue()).unzip();
+    fn chunks_are_queued_in_order_with_shared_epochs() {
+        let (queue, receiver) = unbounded_queue(2);
         let messages: Vec<Vec<u8>> = (0..10).map(|i| format!("m{i}").into_bytes()).collect();
         let dealer = Dealer::new(
-            senders,
+            queue,
             0,
             2,
             2,
@@ -484,48 +468,40 @@ mod tests {
         );
         read_bounded(&BoundedInput::Messages(Arc::new(messages)), dealer);
         let mut seen = Vec::new();
-        for (worker, rx) in receivers.iter().enumerate() {
-            for event in rx.try_iter() {
-                match event {
-                    SourceEvent::Batch(batch) => {
-                        for (i, message) in batch.messages() {
-                            let SourcePosition::Index(index) = batch.position(i) else {
-                                panic!("in-memory messages have indexes");
-                            };
-                            assert_eq!(message.bytes(), format!("m{index}").as_bytes());
-                            seen.push((worker, batch.epoch, index));
-                        }
+        let mut ends = 0;
+        for event in receiver.try_iter() {
+            match event {
+                SourceEvent::Batch(batch) => {
+                    assert_eq!(ends, 0, "a chunk after an end");
+                    for (i, message) in batch.messages() {
+                        let SourcePosition::Index(index) = batch.position(i) else {
+                            panic!("in-memory messages have indexes");
+                        };
+                        assert_eq!(message.bytes(), format!("m{index}").as_bytes());
+                        seen.push((batch.epoch, index));
                     }
-                    SourceEvent::End { final_epoch } => assert_eq!(final_epoch, 2),
-                    other => panic!("unexpected {other:?}"),
                 }
+                SourceEvent::End { final_epoch } => {
+                    assert_eq!(final_epoch, 2);
+                    ends += 1;
+                }
+                other => panic!("unexpected {other:?}"),
             }
         }
-        seen.sort_by_key(|s| s.2);
-        // Chunks of 2, dealt 0,1,0,1,0; two chunks per worker per epoch.
-        let expected: Vec<(usize, u64, u64)> = vec![
-            (0, 0, 0),
-            (0, 0, 1),
-            (1, 0, 2),
-            (1, 0, 3),
-            (0, 0, 4),
-            (0, 0, 5),
-            (1, 0, 6),
-            (1, 0, 7),
-            (0, 1, 8),
-            (0, 1, 9),
-        ];
+        assert_eq!(ends, 2, "one end for each worker");
+        // Chunks of 2, two chunks per worker per epoch: four chunks to an epoch.
+        let expected: Vec<(u64, u64)> = (0..10).map(|i| (i / 8, i)).collect();
         assert_eq!(seen, expected);
     }
 
     #[test]
     fn a_worker_that_takes_no_input_holds_back_no_other() {
-        let (queues, inboxes): (Vec<_>, Vec<_>) = (0..2).map(|_| worker_queue(2)).unzip();
-        let [stalled, taking] = inboxes.try_into().ok().expect("two queues");
+        let (queue, inboxes) = shared_queue(2, 2);
+        let [stalled, taking] = inboxes.try_into().ok().expect("two inboxes");
         let (stalled, taking) = (stalled.open(), taking.open());
         let messages: Vec<Vec<u8>> = (0..20).map(|i| format!("m{i}").into_bytes()).collect();
         let dealer = Dealer::new(
-            queues,
+            queue,
             0,
             2,
             1,
@@ -536,30 +512,28 @@ mod tests {
         let reader = std::thread::spawn(move || {
             read_bounded(&BoundedInput::Messages(Arc::new(messages)), dealer)
         });
-        let messages_in = |event| match event {
-            SourceEvent::Batch(batch) => batch.len(),
-            other => panic!("unexpected {other:?}"),
-        };
-        // The stalled worker's queue holds two chunks; every other chunk reaches the worker
-        // that takes its input, although dealt in turn half of them would be the stalled one's.
+        // Every chunk reaches the worker that takes its input, none waits for the stalled
+        // one (dealt in turn, half of them would), and each gets its end.
         let mut taken = 0;
-        while taken < 18 {
-            let event = taking
+        loop {
+            match taking
                 .recv_timeout(Duration::from_secs(10))
-                .expect("the reader keeps dealing to the worker that takes its input");
-            taken += messages_in(event);
+                .expect("the reader keeps dealing to the worker that takes its input")
+            {
+                SourceEvent::Batch(batch) => taken += batch.len(),
+                SourceEvent::End { final_epoch } => {
+                    assert_eq!(final_epoch, 3);
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
         }
-        let held: usize = (0..2)
-            .map(|_| messages_in(stalled.recv_timeout(Duration::from_secs(10)).unwrap()))
-            .sum();
-        assert_eq!(held, 2);
-        for queue in [&stalled, &taking] {
-            let end = queue.recv_timeout(Duration::from_secs(10)).unwrap();
-            assert!(
-                matches!(end, SourceEvent::End { final_epoch: 3 }),
-                "{end:?}"
-            );
-        }
+        assert_eq!(taken, 20);
+        let end = stalled.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(
+            matches!(end, SourceEvent::End { final_epoch: 3 }),
+            "{end:?}"
+        );
         reader.join().unwrap();
     }
 
@@ -573,10 +547,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("in.jsonl");
         std::fs::write(&path, text).unwrap();
-        let (sender, receiver) = unbounded_worker_queue();
+        let (sender, receiver) = unbounded_queue(1);
         let progress = Arc::new(SourceProgress::default());
         let mut dealer = Dealer::new(
-            vec![sender],
+            sender,
             0,
             1,
             chunk_messages,
@@ -676,11 +650,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("in.jsonl");
         std::fs::write(&path, text).unwrap();
-        let (senders, receivers): (Vec<_>, Vec<_>) =
-            (0..ours).map(|_| unbounded_worker_queue()).unzip();
+        let (queue, receiver) = unbounded_queue(ours);
         let progress = Arc::new(SourceProgress::default());
         let mut dealer = Dealer::new(
-            senders,
+            queue,
             peers - ours,
             peers,
             1,
@@ -696,14 +669,14 @@ mod tests {
         dealer.finish().unwrap();
         assert_eq!(progress.bytes.load(Ordering::Relaxed), text.len() as u64);
         let (mut chunks, mut split) = (Vec::new(), Vec::new());
-        for event in receivers.iter().flat_map(|rx| rx.try_iter()) {
+        for event in receiver.try_iter() {
             match event {
                 SourceEvent::FileChunk(chunk) => chunks.push(chunk),
                 SourceEvent::Batch(batch) => split.push(batch),
                 _ => {}
             }
         }
-        // Dealt to queues nobody takes from: the first chunks of each queue go unsplit.
+        // Dealt to a queue nobody takes from: the first chunks, as many per worker, go unsplit.
         let dealt = chunks.len() + split.len();
         assert_eq!(
             chunks.len(),
@@ -803,9 +776,9 @@ mod tests {
             let path = path.clone();
             std::thread::spawn(move || std::fs::write(path, AWKWARD_LINES).unwrap())
         };
-        let (sender, receiver) = unbounded_worker_queue();
+        let (sender, receiver) = unbounded_queue(1);
         let mut dealer = Dealer::new(
-            vec![sender],
+            sender,
             0,
             1,
             2,

@@ -274,21 +274,30 @@ pub enum SourceEvent {
 #[derive(Debug)]
 pub struct Closed;
 
-/// The sending end of a worker's source queue. A worker with nothing to do parks its thread
-/// until timely has work for it or a millisecond passes; a send into its empty queue wakes it,
-/// so that a worker which ran out of input does not sleep out the millisecond while its next
-/// chunk waits (on two workers of two cores the reader often gets a core only when a worker
-/// parks). It has one sender, the source that owns it.
+/// The sending end of a source queue, which one worker or several take from. A worker with
+/// nothing to do parks its thread until timely has work for it or a millisecond passes; a send
+/// into an empty queue wakes its workers, so that a worker which ran out of input does not
+/// sleep out the millisecond while its next chunk waits (on two workers of two cores the
+/// reader often gets a core only when a worker parks). It has one sender, the source that
+/// owns it.
+///
+/// A queue that several workers share ([`shared_queue`]) hands each chunk to whichever is free
+/// first, so none runs out while another has a backlog. A bounded input's workers share one
+/// queue: dealt to a queue per worker, the chunks waiting when the input ended were the
+/// workers' until they were done, and the worker whose core the reader shared finished several
+/// milliseconds after the other.
 pub struct WorkerQueue {
     sender: Sender<SourceEvent>,
-    worker: Arc<OnceLock<Thread>>,
+    workers: Arc<[OnceLock<Thread>]>,
     room: Arc<Room>,
 }
 
-/// The receiving end of a worker's source queue, before its worker takes it.
+/// The receiving end of a source queue, before its worker takes it.
 pub struct WorkerInbox {
     receiver: Receiver<SourceEvent>,
-    worker: Arc<OnceLock<Thread>>,
+    workers: Arc<[OnceLock<Thread>]>,
+    /// Which of the queue's workers this is.
+    slot: usize,
     room: Arc<Room>,
 }
 
@@ -305,32 +314,50 @@ struct Room {
     source: OnceLock<Thread>,
 }
 
-/// A worker's source queue holding at most `capacity` events.
+/// One worker's source queue holding at most `capacity` events.
 pub fn worker_queue(capacity: usize) -> (WorkerQueue, WorkerInbox) {
+    let (queue, mut inboxes) = shared_queue(capacity, 1);
+    (queue, inboxes.pop().expect("one inbox"))
+}
+
+/// A source queue holding at most `capacity` events that `workers` workers take from, each
+/// through its own inbox.
+pub fn shared_queue(capacity: usize, workers: usize) -> (WorkerQueue, Vec<WorkerInbox>) {
     let (sender, receiver) = crossbeam_channel::bounded(capacity);
-    let worker = Arc::new(OnceLock::new());
-    let room = Arc::new(Room::default());
-    (
-        WorkerQueue {
-            sender,
-            worker: worker.clone(),
-            room: room.clone(),
-        },
-        WorkerInbox {
-            receiver,
-            worker,
-            room,
-        },
-    )
+    let queue = WorkerQueue {
+        sender,
+        workers: (0..workers.max(1)).map(|_| OnceLock::new()).collect(),
+        room: Arc::new(Room::default()),
+    };
+    let inboxes = (0..queue.workers.len())
+        .map(|slot| WorkerInbox {
+            receiver: receiver.clone(),
+            workers: queue.workers.clone(),
+            slot,
+            room: queue.room.clone(),
+        })
+        .collect();
+    (queue, inboxes)
 }
 
 impl WorkerQueue {
-    /// Sends `event`, waiting while the queue is full; wakes the worker when the queue was
-    /// empty. Fails once the worker has gone.
+    /// Sends `event`, waiting while the queue is full; wakes the workers when the queue was
+    /// empty. Fails once the workers have gone.
     pub fn send(&self, event: SourceEvent) -> Result<(), Closed> {
         self.sender.send(event).map_err(|_| Closed)?;
         self.wake_if_first();
         Ok(())
+    }
+
+    /// Sends one event made by `make` to each worker of the queue (an end or a failure): a
+    /// worker takes no more events after one of those.
+    pub fn send_to_each(&self, make: impl Fn() -> SourceEvent) -> Result<(), Closed> {
+        (0..self.workers()).try_for_each(|_| self.send(make()))
+    }
+
+    /// How many workers take from the queue.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
     }
 
     /// Events waiting in the queue.
@@ -346,7 +373,7 @@ impl WorkerQueue {
         self.sender.is_full()
     }
 
-    /// Whether the queue has drained to half, where its worker wakes a waiting source.
+    /// Whether the queue has drained to half, where its workers wake a waiting source.
     fn at_half(&self) -> bool {
         self.sender
             .capacity()
@@ -354,10 +381,10 @@ impl WorkerQueue {
     }
 
     fn wake_if_first(&self) {
-        // The one sender of this queue made it non-empty: the worker may have found it empty
+        // The one sender of this queue made it non-empty: its workers may have found it empty
         // and parked (or be about to: an unpark before the park makes the park return).
         if self.sender.len() <= 1 {
-            if let Some(worker) = self.worker.get() {
+            for worker in self.workers.iter().filter_map(OnceLock::get) {
                 worker.unpark();
             }
         }
@@ -411,14 +438,14 @@ fn send_to_any_looking_every(
     }
 }
 
-/// A worker's queue without a bound whose sends wake nobody, for tests that read it after the
-/// source is done.
+/// A queue without a bound that `workers` workers would take from, whose sends wake nobody,
+/// for tests that read it after the source is done.
 #[cfg(test)]
-pub(crate) fn unbounded_worker_queue() -> (WorkerQueue, Receiver<SourceEvent>) {
+pub(crate) fn unbounded_queue(workers: usize) -> (WorkerQueue, Receiver<SourceEvent>) {
     let (sender, receiver) = crossbeam_channel::unbounded();
     let queue = WorkerQueue {
         sender,
-        worker: Arc::new(OnceLock::new()),
+        workers: (0..workers).map(|_| OnceLock::new()).collect(),
         room: Arc::new(Room::default()),
     };
     (queue, receiver)
@@ -427,7 +454,7 @@ pub(crate) fn unbounded_worker_queue() -> (WorkerQueue, Receiver<SourceEvent>) {
 impl WorkerInbox {
     /// The queue, for the calling thread, which the queue's sends wake from now on.
     pub fn open(self) -> WorkerSource {
-        let _ = self.worker.set(std::thread::current());
+        let _ = self.workers[self.slot].set(std::thread::current());
         WorkerSource {
             half: self.receiver.capacity().map_or(0, |capacity| capacity / 2),
             receiver: self.receiver,
@@ -502,6 +529,44 @@ mod tests {
             "the send did not wake the parked worker"
         );
         drop(sender.join().unwrap());
+    }
+
+    /// Workers that share a queue and found it empty all park; sends into it wake each.
+    #[test]
+    fn a_send_into_an_empty_shared_queue_wakes_its_parked_workers() {
+        let (queue, inboxes) = shared_queue(4, 2);
+        let (ready_tx, ready) = crossbeam_channel::unbounded();
+        let workers: Vec<_> = inboxes
+            .into_iter()
+            .map(|inbox| {
+                let ready_tx = ready_tx.clone();
+                std::thread::spawn(move || {
+                    let receiver = inbox.open();
+                    ready_tx.send(()).unwrap();
+                    let started = Instant::now();
+                    let mut parks = 0;
+                    while receiver.try_recv().is_err() {
+                        // Far longer than the test may take: only an unpark ends it in time.
+                        std::thread::park_timeout(Duration::from_secs(60));
+                        parks += 1;
+                        assert!(parks < 1000, "woken without input over and over");
+                    }
+                    started.elapsed()
+                })
+            })
+            .collect();
+        for _ in 0..2 {
+            ready.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        queue.send(SourceEvent::CaughtUp).unwrap();
+        queue.send(SourceEvent::CaughtUp).unwrap();
+        for worker in workers {
+            assert!(
+                worker.join().unwrap() < Duration::from_secs(30),
+                "a send did not wake a parked worker"
+            );
+        }
     }
 
     /// Every message comes out as text exactly when its own bytes are UTF-8, whatever lies
