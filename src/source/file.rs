@@ -18,9 +18,7 @@ use std::sync::Arc;
 
 use super::chunk_lines::{ChunkLines, FileChunk};
 use super::mapped::MappedFile;
-use super::{
-    send_to_any, ChunkBytes, Closed, LineBase, Positions, SourceBatch, SourceEvent, WorkerQueue,
-};
+use super::{ChunkBytes, Closed, LineBase, Positions, SourceBatch, SourceEvent, WorkerQueue};
 
 /// How far a source has read, for progress displays.
 #[derive(Debug, Default)]
@@ -161,7 +159,7 @@ impl Dealer {
     }
 
     /// Sends a chunk into the workers' queue, or, when it is full, once it has drained to half
-    /// (see [`send_to_any`]). Whichever worker is free takes it: one whose share of the keyed
+    /// (see [`WorkerQueue::send_when_room`]). Whichever worker is free takes it: one whose share of the keyed
     /// work runs slower, or whose core the reader shares, takes fewer chunks, and none waits
     /// for input while another has chunks waiting. `make` turns the chunk into the event,
     /// given how many chunks per worker wait before it.
@@ -170,7 +168,7 @@ impl Dealer {
         match queue.is_full() {
             // The reader is the queue's one sender: the room stays.
             false => queue.send(make(queue.len() / queue.workers())),
-            true => send_to_any(std::slice::from_ref(queue), make(usize::MAX)).map(|_| ()),
+            true => queue.send_when_room(make(usize::MAX)),
         }
     }
 

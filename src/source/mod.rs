@@ -301,11 +301,11 @@ pub struct WorkerInbox {
     room: Arc<Room>,
 }
 
-/// How a source that found every queue full ([`send_to_any`]) is woken: by the worker whose
-/// queue has drained to half, not by every event a worker takes. Woken per event, the source
-/// of a bounded input (which keeps ahead of the workers) slept and woke once per chunk, about
-/// a thousand times per million messages, each time taking the core of a worker for a moment;
-/// woken at half, it fills the queues again in one go.
+/// How a source that found its queue full ([`WorkerQueue::send_when_room`]) is woken: by the
+/// worker whose take leaves the queue at half, not by every event a worker takes. Woken per
+/// event, the source of a bounded input (which keeps ahead of the workers) slept and woke once
+/// per chunk, about a thousand times per million messages, each time taking the core of a
+/// worker for a moment; woken at half, it fills the queue again in one go.
 #[derive(Default)]
 struct Room {
     /// Whether the source waits for room in the queue.
@@ -391,49 +391,45 @@ impl WorkerQueue {
     }
 }
 
-/// Sends `event` into whichever of `queues` has room first, waiting while all are full; gives
-/// the index of the queue it went to. Fails when the worker of the queue it chose has gone.
-/// While all are full it waits until one has drained to half (see [`Room`]).
-pub fn send_to_any(queues: &[WorkerQueue], event: SourceEvent) -> Result<usize, Closed> {
-    send_to_any_looking_every(queues, event, ROOM_LOOK_INTERVAL)
-}
-
-/// How long a source waiting for room sleeps before it looks at the queues again unwoken:
-/// only a worker that has gone leaves it unwoken (its queue then takes no more).
+/// How long a source waiting for room sleeps before it looks at the queue again unwoken:
+/// only workers that have gone leave it unwoken (the queue then takes no more).
 const ROOM_LOOK_INTERVAL: Duration = Duration::from_millis(50);
 
-/// [`send_to_any`], looking at the queues every `interval` while it waits unwoken.
-fn send_to_any_looking_every(
-    queues: &[WorkerQueue],
-    mut event: SourceEvent,
-    interval: Duration,
-) -> Result<usize, Closed> {
-    loop {
-        for (index, queue) in queues.iter().enumerate() {
-            match queue.sender.try_send(event) {
+impl WorkerQueue {
+    /// Sends `event` once the queue has room: while it is full, waits until the workers have
+    /// drained it to half (see [`Room`]). Fails once the workers have gone.
+    pub fn send_when_room(&self, event: SourceEvent) -> Result<(), Closed> {
+        self.send_when_room_looking_every(event, ROOM_LOOK_INTERVAL)
+    }
+
+    /// [`WorkerQueue::send_when_room`], looking at the queue every `interval` while it waits
+    /// unwoken.
+    fn send_when_room_looking_every(
+        &self,
+        mut event: SourceEvent,
+        interval: Duration,
+    ) -> Result<(), Closed> {
+        loop {
+            match self.sender.try_send(event) {
                 Ok(()) => {
-                    queue.wake_if_first();
-                    return Ok(index);
+                    self.wake_if_first();
+                    return Ok(());
                 }
                 Err(TrySendError::Full(back)) => event = back,
                 Err(TrySendError::Disconnected(_)) => return Err(Closed),
             }
-        }
-        for queue in queues {
-            queue.room.source.get_or_init(std::thread::current);
-            queue.room.waiting.store(true, Ordering::SeqCst);
-        }
-        // A worker that took its queue to half before it could see the flag is seen here.
-        fence(Ordering::SeqCst);
-        let until = Instant::now() + interval;
-        while !queues.iter().any(WorkerQueue::at_half) {
-            match until.checked_duration_since(Instant::now()) {
-                Some(left) if !left.is_zero() => std::thread::park_timeout(left),
-                _ => break,
+            self.room.source.get_or_init(std::thread::current);
+            self.room.waiting.store(true, Ordering::SeqCst);
+            // A worker that took the queue to half before it could see the flag is seen here.
+            fence(Ordering::SeqCst);
+            let until = Instant::now() + interval;
+            while !self.at_half() {
+                match until.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => std::thread::park_timeout(left),
+                    _ => break,
+                }
             }
-        }
-        for queue in queues {
-            queue.room.waiting.store(false, Ordering::Relaxed);
+            self.room.waiting.store(false, Ordering::Relaxed);
         }
     }
 }
@@ -620,45 +616,30 @@ mod tests {
         assert_eq!(cases, 2 * 7 * 7 * 7);
     }
 
+    /// A source that found the queue full sleeps until its workers have drained it to half,
+    /// not until the first event is taken: on two workers of two cores, waking per chunk took
+    /// a worker's core about a thousand times per million messages.
     #[test]
-    fn a_send_goes_to_a_queue_with_room() {
-        let (queues, inboxes): (Vec<_>, Vec<_>) = (0..2).map(|_| worker_queue(1)).unzip();
+    fn a_source_waiting_for_room_is_woken_when_the_queue_drains_to_half() {
+        let (queue, inboxes) = shared_queue(4, 2);
         let receivers: Vec<_> = inboxes.into_iter().map(WorkerInbox::open).collect();
-        queues[0].send(SourceEvent::CaughtUp).unwrap();
-        assert_eq!(send_to_any(&queues, SourceEvent::CaughtUp).unwrap(), 1);
-        receivers[0].recv_timeout(Duration::from_secs(10)).unwrap();
-        assert_eq!(send_to_any(&queues, SourceEvent::CaughtUp).unwrap(), 0);
-    }
-
-    /// A source that found every queue full sleeps until a worker's queue has drained to
-    /// half, not until the first event is taken: on two workers of two cores, waking per
-    /// chunk took a worker's core about a thousand times per million messages.
-    #[test]
-    fn a_source_waiting_for_room_is_woken_when_a_queue_drains_to_half() {
-        let (queues, inboxes): (Vec<_>, Vec<_>) = (0..2).map(|_| worker_queue(4)).unzip();
-        let receivers: Vec<_> = inboxes.into_iter().map(WorkerInbox::open).collect();
-        for queue in &queues {
-            for _ in 0..4 {
-                queue.send(SourceEvent::CaughtUp).unwrap();
-            }
+        for _ in 0..4 {
+            queue.send(SourceEvent::CaughtUp).unwrap();
         }
         let sent = Arc::new(AtomicBool::new(false));
-        let room = queues[1].room.clone();
+        let room = queue.room.clone();
         let source = {
             let sent = sent.clone();
             std::thread::spawn(move || {
                 // Far longer than the test may take: only a wake-up lets it send in time.
-                let to = send_to_any_looking_every(
-                    &queues,
-                    SourceEvent::CaughtUp,
-                    Duration::from_secs(60),
-                );
+                let result = queue
+                    .send_when_room_looking_every(SourceEvent::CaughtUp, Duration::from_secs(60));
                 sent.store(true, Ordering::SeqCst);
-                to
+                result
             })
         };
-        let take = |queue: usize| {
-            receivers[queue]
+        let take = |worker: usize| {
+            receivers[worker]
                 .recv_timeout(Duration::from_secs(10))
                 .unwrap()
         };
@@ -671,15 +652,16 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         // Three of four left: the source sleeps on.
-        take(1);
+        take(0);
         std::thread::sleep(Duration::from_millis(200));
         assert!(
             !sent.load(Ordering::SeqCst),
             "woken before the queue drained to half"
         );
+        // The other worker's take leaves it at half.
         let started = Instant::now();
         take(1);
-        assert_eq!(source.join().unwrap().unwrap(), 1);
+        source.join().unwrap().unwrap();
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "the take that left the queue at half did not wake the source"
