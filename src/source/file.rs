@@ -159,10 +159,10 @@ impl Dealer {
     }
 
     /// Sends a chunk into the workers' queue, or, when it is full, once it has drained to half
-    /// (see [`WorkerQueue::send_when_room`]). Whichever worker is free takes it: one whose share of the keyed
-    /// work runs slower, or whose core the reader shares, takes fewer chunks, and none waits
-    /// for input while another has chunks waiting. `make` turns the chunk into the event,
-    /// given how many chunks per worker wait before it.
+    /// (see [`WorkerQueue::send_when_room`]). Whichever worker is free takes it: one whose
+    /// share of the keyed work runs slower, or whose core the reader shares, takes fewer
+    /// chunks, and none waits for input while another has chunks waiting. `make` turns the
+    /// chunk into the event, given how many chunks per worker wait before it.
     fn send(&mut self, make: impl FnOnce(usize) -> SourceEvent) -> Result<(), Closed> {
         let queue = &self.queue;
         match queue.is_full() {

@@ -512,19 +512,25 @@ mod tests {
             queue.send(SourceEvent::CaughtUp).unwrap();
             queue
         });
+        assert!(
+            take_parking_between_tries(&receiver) < Duration::from_secs(30),
+            "the send did not wake the parked worker"
+        );
+        drop(sender.join().unwrap());
+    }
+
+    /// Takes an event from `receiver`, parking (as a worker with nothing to do does) each time
+    /// it finds none; gives how long that took. The parks are far longer than a test may
+    /// take, so only an unpark ends one in time.
+    fn take_parking_between_tries(receiver: &WorkerSource) -> Duration {
         let started = Instant::now();
         let mut parks = 0;
         while receiver.try_recv().is_err() {
-            // Far longer than the test may take: only an unpark ends it in time.
             std::thread::park_timeout(Duration::from_secs(60));
             parks += 1;
             assert!(parks < 1000, "woken without input over and over");
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the send did not wake the parked worker"
-        );
-        drop(sender.join().unwrap());
+        started.elapsed()
     }
 
     /// Workers that share a queue and found it empty all park; sends into it wake each.
@@ -539,15 +545,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let receiver = inbox.open();
                     ready_tx.send(()).unwrap();
-                    let started = Instant::now();
-                    let mut parks = 0;
-                    while receiver.try_recv().is_err() {
-                        // Far longer than the test may take: only an unpark ends it in time.
-                        std::thread::park_timeout(Duration::from_secs(60));
-                        parks += 1;
-                        assert!(parks < 1000, "woken without input over and over");
-                    }
-                    started.elapsed()
+                    take_parking_between_tries(&receiver)
                 })
             })
             .collect();
